@@ -1,0 +1,115 @@
+"""Fast single-device TTT attention: one causal flash block plus the diagonal keys of later steps.
+
+The diagonal terms (query ``t`` against the key of step ``j`` at the same ``t``) are a per-position
+dot product, so they are merged into the causal block's result analytically by log-sum-exp rather
+than by materialising a ``T x T`` mask per step. ``merge_diagonal`` / ``diagonal_backward`` are the
+math of that merge; USP attention reuses them after its ring pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from longdraft.model.attention_kernels import (
+    _sum_kv_groups,
+    block_attention_backward,
+    block_attention_forward,
+)
+from longdraft.model.attention_reference import repeat_kv
+
+
+def _diag_scores(q: torch.Tensor, keys: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
+    n_rep = q.shape[1] // keys[0].shape[1] if keys else 1
+    qf = q.float()
+    return [(qf * repeat_kv(k, n_rep).float()).sum(-1) * scale for k in keys]
+
+
+def merge_diagonal(
+    out0: torch.Tensor,
+    lse0: torch.Tensor,
+    q: torch.Tensor,
+    diag_keys: list[torch.Tensor],
+    diag_values: list[torch.Tensor],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the diagonal terms into a causal result ``(out0, lse0)``; returns fp32 ``(out, lse)``."""
+    if not diag_keys:
+        return out0.float(), lse0
+    n_rep = q.shape[1] // diag_keys[0].shape[1]
+    scores = _diag_scores(q, diag_keys, scale)
+    lse = torch.logsumexp(torch.stack([lse0, *scores], dim=0), dim=0)
+    out = torch.exp(lse0 - lse).unsqueeze(-1) * out0.float()
+    for s, v in zip(scores, diag_values):
+        out = out + torch.exp(s - lse).unsqueeze(-1) * repeat_kv(v, n_rep).float()
+    return out, lse
+
+
+def diagonal_backward(
+    dout: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q: torch.Tensor,
+    diag_keys: list[torch.Tensor],
+    diag_values: list[torch.Tensor],
+    scale: float,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients of the diagonal terms given the final output and log-sum-exp.
+
+    Returns ``(dq_part, dkeys, dvalues)``; ``dq_part`` is fp32 and must be added to the causal
+    block's ``dq``.
+    """
+    dq = torch.zeros_like(q, dtype=torch.float32)
+    if not diag_keys:
+        return dq, [], []
+    n_kv = diag_keys[0].shape[1]
+    n_rep = q.shape[1] // n_kv
+    dof = dout.float()
+    qf = q.float()
+    delta = (dof * out.float()).sum(-1)
+    dkeys, dvalues = [], []
+    for s, k, v in zip(_diag_scores(q, diag_keys, scale), diag_keys, diag_values):
+        kf, vf = repeat_kv(k, n_rep).float(), repeat_kv(v, n_rep).float()
+        prob = torch.exp(s - lse)
+        dscore = prob * ((dof * vf).sum(-1) - delta) * scale
+        dq = dq + dscore.unsqueeze(-1) * kf
+        dkeys.append(_sum_kv_groups(dscore.unsqueeze(-1) * qf, n_kv).to(k.dtype))
+        dvalues.append(_sum_kv_groups(prob.unsqueeze(-1) * dof, n_kv).to(v.dtype))
+    return dq, dkeys, dvalues
+
+
+class _TTTAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, scale, n_diag, *kv):
+        keys, values = list(kv[: n_diag + 1]), list(kv[n_diag + 1 :])
+        out0, lse0 = block_attention_forward(q, keys[0], values[0], True, scale)
+        out, lse = merge_diagonal(out0, lse0, q, keys[1:], values[1:], scale)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, out, lse, *kv)
+        ctx.scale, ctx.n_diag = scale, n_diag
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, out, lse, *kv = ctx.saved_tensors
+        n_diag, scale = ctx.n_diag, ctx.scale
+        keys, values = kv[: n_diag + 1], kv[n_diag + 1 :]
+        dq, dk0, dv0 = block_attention_backward(dout, q, keys[0], values[0], out, lse, True, scale)
+        dq_diag, dkeys, dvalues = diagonal_backward(dout, out, lse, q, list(keys[1:]), list(values[1:]), scale)
+        dq = (dq.float() + dq_diag).to(q.dtype)
+        return (dq, None, None, dk0, *dkeys, dv0, *dvalues)
+
+
+def ttt_attention_fast(
+    q: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Same contract and result as ``ttt_attention_reference``, without a ``T x T`` mask."""
+    if len(keys) != len(values) or not keys:
+        raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    contiguous = [t.contiguous() for t in (*keys, *values)]
+    return _TTTAttention.apply(q.contiguous(), scale, len(keys) - 1, *contiguous)
