@@ -1,0 +1,120 @@
+"""The EAGLE-3 draft model: ``fc``, one Llama decoder layer over [embedding, feature], ``norm``, ``lm_head``.
+
+Parameter names equal the exported checkpoint keys (``fc.weight``, ``midlayer.*``, ``norm.weight``,
+``lm_head.weight``) so export is a plain state-dict copy. The target's embedding is a frozen buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import (
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from longdraft.model.attention_backend import AttentionBackend
+
+
+class DraftAttention(nn.Module):
+    """Llama attention whose q/k/v read the 2H-wide [embedding, feature] input."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        width = 2 * config.hidden_size
+        self.q_proj = nn.Linear(width, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def output(self, attn: torch.Tensor) -> torch.Tensor:
+        batch, _, seq, _ = attn.shape
+        return self.o_proj(attn.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+
+class DraftDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.hidden_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = DraftAttention(config)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+
+class Eagle3Draft(nn.Module):
+    def __init__(self, config: LlamaConfig, target_embedding: torch.Tensor):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        if tuple(target_embedding.shape) != (config.vocab_size, hidden):
+            raise ValueError(
+                f"target embedding has shape {tuple(target_embedding.shape)}, expected ({config.vocab_size}, {hidden})"
+            )
+        self.register_buffer("embed_tokens", target_embedding.detach().clone(), persistent=False)
+        self.fc = nn.Linear(3 * config.target_hidden_size, hidden, bias=False)
+        self.midlayer = DraftDecoderLayer(config)
+        self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False)
+        self.rotary = LlamaRotaryEmbedding(config)
+        vocab, draft_vocab = config.vocab_size, config.draft_vocab_size
+        self.register_buffer("d2t", torch.zeros(draft_vocab, dtype=torch.int64))
+        self.register_buffer("t2d", torch.ones(vocab, dtype=torch.bool) if vocab == draft_vocab else torch.zeros(vocab, dtype=torch.bool))
+
+    def set_vocab_mapping(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
+        if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
+            raise ValueError(f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match the draft's {tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}")
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+
+    @property
+    def draft_to_target(self) -> torch.Tensor:
+        return torch.arange(self.config.draft_vocab_size, device=self.d2t.device) + self.d2t
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.embed_tokens)
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor):
+        return self.rotary(x, positions)
+
+    def layer_step(
+        self,
+        embedding: torch.Tensor,
+        feature: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        backend: AttentionBackend,
+    ) -> torch.Tensor:
+        """One TTT step of the decoder layer; appends this step's prepared k/v to ``keys``/``values``.
+
+        Returns the pre-norm output, which is both the next step's feature and the input of ``logits``.
+        """
+        layer = self.midlayer
+        x = torch.cat([layer.input_layernorm(embedding), layer.hidden_norm(feature)], dim=-1)
+        q, k, v = layer.self_attn.project(x, cos, sin)
+        q, k, v = backend.prepare(q, k, v)
+        keys.append(k)
+        values.append(v)
+        attn = backend.finish(backend.attend(q, keys, values))
+        hidden = feature + layer.self_attn.output(attn)
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def logits(self, prenorm: torch.Tensor) -> torch.Tensor:
+        """Draft-vocab logits of pre-norm hidden states."""
+        return self.lm_head(self.norm(prenorm))

@@ -1,0 +1,143 @@
+"""The test-time-training (TTT) unroll of the draft over one shard, with its loss.
+
+A shard is ``n_seg`` segments of ``c`` query positions followed by ``K`` look-ahead positions (on one
+device: one segment holding the whole padded sequence). At step ``k`` query ``t`` of a segment uses
+input token ``t+k+1``, target row ``t+k+1``, loss mask ``t+k`` and RoPE position ``position[t] + k``
+(DESIGN.md, alignment table), so slicing the segment at offset ``k`` or ``k+1`` is all the left
+shifting there is, and no rank needs data from another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from longdraft.model.attention_backend import AttentionBackend
+from longdraft.model.draft import Eagle3Draft
+from longdraft.model.loss import soft_cross_entropy_sum, target_argmax_in_vocab
+
+STEP_WEIGHT_DECAY = 0.8
+
+
+@dataclass
+class ShardBatch:
+    """Local tensors of one micro-batch on one rank. Segment axis 1, position axis 2.
+
+    input_ids ``[B, n_seg, c+K]``; aux_hidden ``[B, n_seg, c+K, 3H]``; last_hidden ``[B, n_seg, c+K, H]``
+    (target hidden after its final norm); loss_mask ``[B, n_seg, c+K]``; is_real ``[B, n_seg, c+K]``
+    (the position is a token of the sequence, not tail padding); positions ``[n_seg*c]`` global
+    position of every query.
+    """
+
+    input_ids: torch.Tensor
+    aux_hidden: torch.Tensor
+    last_hidden: torch.Tensor
+    loss_mask: torch.Tensor
+    is_real: torch.Tensor
+    positions: torch.Tensor
+
+    def to(self, device) -> "ShardBatch":
+        return ShardBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def queries_per_segment(batch: ShardBatch, ttt_length: int) -> int:
+    c = batch.input_ids.shape[2] - ttt_length
+    if c <= 0:
+        raise ValueError(
+            f"a shard segment has {batch.input_ids.shape[2]} positions, which must exceed training.ttt_length={ttt_length}"
+        )
+    if batch.positions.numel() != batch.input_ids.shape[1] * c:
+        raise ValueError(f"{batch.positions.numel()} query positions given, expected {batch.input_ids.shape[1] * c}")
+    return c
+
+
+def _queries(x: torch.Tensor, offset: int, c: int) -> torch.Tensor:
+    """Positions ``offset .. offset+c`` of every segment, flattened to ``[B, n_seg*c, ...]``."""
+    sliced = x[:, :, offset : offset + c]
+    return sliced.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+@torch.no_grad()
+def target_ok(batch: ShardBatch, target_lm_head: torch.Tensor, t2d: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Per position: a real target exists and its argmax is inside the draft vocab. ``[B, n_seg, c+K]``."""
+    ok = batch.is_real.bool().clone()
+    if bool(t2d.all()):
+        return ok
+    rows = ok.nonzero(as_tuple=True)
+    ok[rows] = target_argmax_in_vocab(batch.last_hidden[rows], target_lm_head, t2d, chunk_size)
+    return ok
+
+
+def step_valid_masks(batch: ShardBatch, ok: torch.Tensor, ttt_length: int) -> list[torch.Tensor]:
+    """For each TTT step ``k``: which queries carry loss, ``[B, n_seg*c]`` bool."""
+    c = queries_per_segment(batch, ttt_length)
+    mask = batch.loss_mask.bool()
+    return [_queries(mask, k, c) & _queries(ok, k + 1, c) for k in range(ttt_length)]
+
+
+@dataclass
+class UnrollResult:
+    loss: torch.Tensor  # weighted sum of per-step losses, normalised by the given counts
+    loss_sums: torch.Tensor  # [K] fp32, detached: local sum of per-position soft cross-entropy
+    correct: torch.Tensor  # [K] int64: local top-1 agreements
+    counts: torch.Tensor  # [K] int64: local valid positions
+
+
+def ttt_unroll(
+    model: Eagle3Draft,
+    batch: ShardBatch,
+    valid: list[torch.Tensor],
+    normalisers: torch.Tensor,
+    target_lm_head_draft_rows: torch.Tensor,
+    backend: AttentionBackend,
+    loss_chunk_size: int = 1024,
+    activation_checkpointing: bool = False,
+) -> UnrollResult:
+    """Run the K-step unroll; ``normalisers[k]`` is the global valid count of step k (>= 1)."""
+    ttt_length = len(valid)
+    c = queries_per_segment(batch, ttt_length)
+    bsz = batch.batch_size
+    feature = model.fc(_queries(batch.aux_hidden, 0, c))
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    loss = feature.new_zeros((), dtype=torch.float32)
+    sums, corrects, counts = [], [], []
+    for k in range(ttt_length):
+        embedding = model.embed(_queries(batch.input_ids, k + 1, c))
+        positions = (batch.positions + k).unsqueeze(0).expand(bsz, -1)
+        cos, sin = model.rope(feature, positions)
+        if activation_checkpointing:
+            feature, key, value = checkpoint(
+                _step, model, embedding, feature, cos, sin, backend, len(keys), *keys, *values, use_reentrant=False
+            )
+            keys.append(key)
+            values.append(value)
+        else:
+            feature = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
+        rows = valid[k]
+        step_sum, step_correct = soft_cross_entropy_sum(
+            model.norm(feature[rows]),
+            model.lm_head.weight,
+            _queries(batch.last_hidden, k + 1, c)[rows],
+            target_lm_head_draft_rows,
+            loss_chunk_size,
+        )
+        loss = loss + (STEP_WEIGHT_DECAY**k) * step_sum / normalisers[k]
+        sums.append(step_sum.detach())
+        corrects.append(step_correct)
+        counts.append(rows.sum())
+    # A shard without loss tokens must still run every collective of the backward (DESIGN.md, invariant 1).
+    loss = loss + 0.0 * feature.float().sum()
+    return UnrollResult(loss, torch.stack(sums), torch.stack(corrects), torch.stack(counts))
+
+
+def _step(model, embedding, feature, cos, sin, backend, n_prev, *kv):
+    keys, values = list(kv[:n_prev]), list(kv[n_prev:])
+    out = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
+    return out, keys[-1], values[-1]

@@ -1,0 +1,100 @@
+"""Export to the EAGLE-3 serving layout (SGLang / vLLM) and load it back.
+
+``config.json``: a one-layer Llama with ``architectures: ["LlamaForCausalLMEagle3"]``, the target
+vocab as ``vocab_size``, ``draft_vocab_size``, explicit ``rope_theta``/``rope_scaling``.
+``model.safetensors``: ``fc.weight``, ``midlayer.*``, ``norm.weight``, ``lm_head.weight``, ``d2t``,
+``t2d``; no ``model.`` prefix and no embedding (engines take the target's).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig
+
+from longdraft.model.draft import Eagle3Draft
+from longdraft.model.draft_config import rope_theta_and_scaling
+
+WEIGHT_PREFIXES = ("fc.", "midlayer.", "norm.", "lm_head.")
+
+
+def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
+    rope_theta, rope_scaling = rope_theta_and_scaling(config)
+    return {
+        "architectures": ["LlamaForCausalLMEagle3"],
+        "model_type": "llama",
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "num_hidden_layers": 1,
+        "hidden_act": config.hidden_act,
+        "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": rope_theta,
+        "rope_scaling": rope_scaling,
+        "vocab_size": config.vocab_size,
+        "draft_vocab_size": config.draft_vocab_size,
+        "target_hidden_size": config.target_hidden_size,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def export_draft(model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: param.detach().to("cpu", dtype).contiguous()
+        for name, param in model.state_dict().items()
+        if name.startswith(WEIGHT_PREFIXES)
+    }
+    tensors["d2t"] = model.d2t.detach().cpu().to(torch.int64).contiguous()
+    tensors["t2d"] = model.t2d.detach().cpu().to(torch.bool).contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(export_config_dict(model.config, dtype), indent=2) + "\n")
+    return out
+
+
+def draft_config_from_export(cfg: dict) -> LlamaConfig:
+    rope_parameters = {"rope_type": "default", **(cfg.get("rope_scaling") or {}), "rope_theta": cfg["rope_theta"]}
+    config = LlamaConfig(
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg["num_key_value_heads"],
+        head_dim=cfg["head_dim"],
+        num_hidden_layers=1,
+        hidden_act=cfg["hidden_act"],
+        rms_norm_eps=cfg["rms_norm_eps"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        vocab_size=cfg["vocab_size"],
+        rope_parameters=rope_parameters,
+        tie_word_embeddings=False,
+    )
+    config.draft_vocab_size = cfg["draft_vocab_size"]
+    config.target_hidden_size = cfg.get("target_hidden_size", cfg["hidden_size"])
+    config.architectures = ["LlamaForCausalLMEagle3"]
+    return config
+
+
+def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) -> Eagle3Draft:
+    """Rebuild an ``Eagle3Draft`` from an export; the embedding comes from the target, as in serving."""
+    path = Path(export_dir)
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("architectures") != ["LlamaForCausalLMEagle3"]:
+        raise ValueError(f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']")
+    model = Eagle3Draft(draft_config_from_export(cfg), target_embedding.float())
+    tensors = load_file(str(path / "model.safetensors"))
+    model.set_vocab_mapping(tensors.pop("d2t"), tensors.pop("t2d"))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    missing = [k for k in missing if k not in ("d2t", "t2d")]
+    if missing or unexpected:
+        raise ValueError(f"{path / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
+    return model

@@ -1,0 +1,41 @@
+"""Sums across ranks: one process group (all DP and SP ranks) or none on a single device.
+
+Exactness rule (DESIGN.md): per TTT step the loss is normalised by the valid count summed over
+every rank and micro-batch of the optimizer step, and gradients are then summed over all ranks.
+That equals the single-device mean over the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class SumReducer:
+    """Sums tensors over ``group``; a ``None`` group is the single-device no-op."""
+
+    def __init__(self, group=None):
+        self.group = group
+
+    @property
+    def distributed(self) -> bool:
+        return self.group is not None
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.group is not None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
+    def sum_gradients_(self, params) -> None:
+        if self.group is None:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n

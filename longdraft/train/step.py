@@ -1,0 +1,129 @@
+"""One optimizer step over this rank's micro-batches, and the evaluation pass."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from longdraft.model.attention_backend import AttentionBackend
+from longdraft.model.draft import Eagle3Draft
+from longdraft.model.ttt import STEP_WEIGHT_DECAY, ShardBatch, step_valid_masks, target_ok, ttt_unroll
+from longdraft.train.reduction import SumReducer
+
+
+@dataclass
+class StepSettings:
+    ttt_length: int
+    loss_chunk_size: int = 1024
+    activation_checkpointing: bool = False
+    max_grad_norm: float = 0.5
+    precision: str = "fp32"
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor) -> dict:
+    """Per-step loss/accuracy from global sums and counts (never means of means)."""
+    denom = counts.clamp(min=1).double()
+    loss_k = (sums.double() / denom).tolist()
+    acc_k = (correct.double() / denom).tolist()
+    weights = [STEP_WEIGHT_DECAY**k for k in range(len(loss_k))]
+    sim_acc_len, running = 0.0, 1.0
+    for acc in acc_k:
+        running *= acc
+        sim_acc_len += running
+    return {
+        "loss": sum(w * l for w, l in zip(weights, loss_k)),
+        "loss_k": loss_k,
+        "acc_k": acc_k,
+        "sim_acc_len": sim_acc_len,
+        "loss_tokens": int(counts[0].item()),
+        "count_k": [int(c) for c in counts.tolist()],
+    }
+
+
+def _valid_masks(model, batches, target_lm_head, settings):
+    masks = []
+    for batch in batches:
+        ok = target_ok(batch, target_lm_head, model.t2d, settings.loss_chunk_size)
+        masks.append(step_valid_masks(batch, ok, settings.ttt_length))
+    return masks
+
+
+def train_step(
+    model: Eagle3Draft,
+    batches: list[ShardBatch],
+    backend: AttentionBackend,
+    target_lm_head: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    settings: StepSettings,
+    reducer: SumReducer,
+) -> dict:
+    """Forward/backward every micro-batch, sum gradients over ranks, clip, step. Returns metrics."""
+    device = target_lm_head.device
+    masks = _valid_masks(model, batches, target_lm_head, settings)
+    counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    for valid in masks:
+        counts += torch.stack([v.sum() for v in valid])
+    reducer.sum_(counts)  # before any forward: every loss is normalised by the global count
+    normalisers = counts.clamp(min=1).float()
+    draft_rows = target_lm_head[model.draft_to_target]
+    sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
+    correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    optimizer.zero_grad(set_to_none=True)
+    for batch, valid in zip(batches, masks):
+        with autocast_for(settings.precision, device):
+            result = ttt_unroll(
+                model, batch, valid, normalisers, draft_rows, backend,
+                settings.loss_chunk_size, settings.activation_checkpointing,
+            )
+        result.loss.backward()
+        sums += result.loss_sums
+        correct += result.correct
+    params = [p for p in model.parameters() if p.requires_grad]
+    reducer.sum_gradients_(params)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+    lr = optimizer.param_groups[0]["lr"]
+    if torch.isfinite(torch.tensor(grad_norm)):
+        optimizer.step()
+    scheduler.step()
+    reducer.sum_(sums)
+    reducer.sum_(correct)
+    metrics = step_metrics(sums, correct, counts)
+    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not torch.isfinite(torch.tensor(grad_norm)).item())
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: Eagle3Draft,
+    batches: list[ShardBatch],
+    backend: AttentionBackend,
+    target_lm_head: torch.Tensor,
+    settings: StepSettings,
+    reducer: SumReducer,
+) -> dict:
+    """Held-out per-step loss/accuracy and simulated acceptance length, reduced as sums."""
+    device = target_lm_head.device
+    masks = _valid_masks(model, batches, target_lm_head, settings)
+    draft_rows = target_lm_head[model.draft_to_target]
+    sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
+    correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    ones = torch.ones(settings.ttt_length, device=device)
+    for batch, valid in zip(batches, masks):
+        with autocast_for(settings.precision, device):
+            result = ttt_unroll(model, batch, valid, ones, draft_rows, backend, settings.loss_chunk_size)
+        sums += result.loss_sums
+        correct += result.correct
+        counts += result.counts
+    for t in (sums, correct, counts):
+        reducer.sum_(t)
+    return step_metrics(sums, correct, counts)
