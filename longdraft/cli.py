@@ -1,0 +1,85 @@
+"""``longdraft`` command line: train, export, eval, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+USAGE_EXAMPLES = """examples:
+  longdraft train examples/shakespeare/draft.yaml
+  longdraft train my.yaml training.num_steps=200 training.lr=3e-4 output.dir=runs/try2
+  longdraft export runs/try2/checkpoints/step_200 runs/try2/exported
+  longdraft eval --target examples/shakespeare/target --draft runs/try2/final --data heldout.jsonl --json
+  longdraft bench attention --json
+"""
+
+
+def _train(args) -> int:
+    from longdraft.config import load_config
+    from longdraft.train.trainer import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_training(cfg)
+    print(f"trained {result.steps} steps; metrics: {result.output_dir / 'metrics.jsonl'}; export: {result.final_dir}")
+    return 0
+
+
+def _export(args) -> int:
+    from longdraft.train.export_checkpoint import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint_dir, args.out_dir)
+    print(f"exported {args.checkpoint_dir} to {out}")
+    return 0
+
+
+def _bench(args) -> int:
+    if args.what == "attention":
+        from longdraft.bench.attention import main as bench_main
+    else:
+        from longdraft.bench.memory import main as bench_main
+    return bench_main(args.rest) or 0
+
+
+def _eval(args) -> int:
+    from longdraft.eval.cli import main as eval_main
+
+    return eval_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longdraft",
+        description="Train EAGLE-3 draft models for a target LLM, on one device or sequence-parallel over many.",
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a draft from a YAML config (+ section.key=value overrides)")
+    train.add_argument("config", help="YAML config file (see README: config reference)")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=3e-4")
+    train.set_defaults(func=_train)
+    export = sub.add_parser("export", help="export a training checkpoint in the SGLang/vLLM EAGLE-3 layout")
+    export.add_argument("checkpoint_dir", help="e.g. runs/x/checkpoints/step_100")
+    export.add_argument("out_dir")
+    export.set_defaults(func=_export)
+    evaluate = sub.add_parser("eval", help="speculative decoding with target + draft: acceptance length", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(func=_eval)
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, memory")
+    bench.add_argument("what", choices=["attention", "memory"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
