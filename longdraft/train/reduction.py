@@ -29,9 +29,12 @@ class SumReducer:
     def sum_gradients_(self, params) -> None:
         if self.group is None:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
+        # A rank whose micro-batches were all skipped has no gradients yet; it must still send
+        # zeros of the same size, or the all-reduce would not match across ranks.
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
         offset = 0

@@ -25,14 +25,11 @@ class LoadedData:
 
 
 def load_data(cfg: Config, tokenizer) -> LoadedData:
-    """Tokenise the data sets; samples with fewer than ``min_loss_tokens`` loss tokens are counted, not trained."""
+    """Tokenise the data sets. Samples with too few loss tokens stay in the order; the trainer skips them."""
     train, train_report = load_samples(
         cfg.data.train_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row, cfg.data.max_rows
     )
     reports, skipped = [train_report], Counter({f"bad_row:{k}": v for k, v in train_report.skipped.items()})
-    kept = [s for s in train if s.num_loss_tokens >= cfg.training.min_loss_tokens]
-    if len(kept) < len(train):
-        skipped["too_few_loss_tokens"] += len(train) - len(kept)
     held_out: list[Sample] = []
     if cfg.data.eval_path:
         held_out, eval_report = load_samples(
@@ -40,7 +37,7 @@ def load_data(cfg: Config, tokenizer) -> LoadedData:
         )
         reports.append(eval_report)
         held_out = [s for s in held_out if s.num_loss_tokens >= cfg.training.min_loss_tokens]
-    return LoadedData(kept, held_out, reports, skipped)
+    return LoadedData(train, held_out, reports, skipped)
 
 
 def load_tokenizer(cfg: Config):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from longdraft.train.metrics_log import MetricsLog, peak_memory
 from longdraft.train.optim import build_optimizer, build_scheduler
 from longdraft.train.reduction import SumReducer
 from longdraft.train.sample_order import SampleOrder
+from longdraft.train.skips import too_few_loss_tokens
 from longdraft.train.setup import build_draft, load_data, load_engine, load_tokenizer, vocab_for
 from longdraft.train.step import StepSettings, evaluate, train_step
 
@@ -78,11 +80,12 @@ def run_training(cfg: Config) -> TrainResult:
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
     order = SampleOrder(len(data.train), t.seed)
-    start_step, elapsed_before = 0, 0.0
+    start_step, elapsed_before, skipped_in_training = 0, 0.0, Counter()
     checkpoint = latest_checkpoint(out) if t.resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         start_step, order.position, elapsed_before = state["step"], state["samples_consumed"], state["elapsed_s"]
+        skipped_in_training.update(state["skipped"])
         print(f"resumed from {checkpoint} (step {start_step}, {order.position} samples consumed)")
     log = MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard)
     backend, settings, reducer = local_backend(t.attention_backend), step_settings(cfg), SumReducer(None)
@@ -95,15 +98,17 @@ def run_training(cfg: Config) -> TrainResult:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         indices = order.take(t.batch_size)
+        kept = [data.train[i] for i in indices if not too_few_loss_tokens(data.train[i].num_loss_tokens, t.min_loss_tokens)]
+        skipped_in_training["too_few_loss_tokens"] += len(indices) - len(kept)
         batches = [
-            full_sequence_batch([data.train[i] for i in indices[j : j + t.micro_batch_size]], engine, t.ttt_length, device)
-            for j in range(0, len(indices), t.micro_batch_size)
+            full_sequence_batch(kept[j : j + t.micro_batch_size], engine, t.ttt_length, device)
+            for j in range(0, len(kept), t.micro_batch_size)
         ]
         metrics = train_step(model, batches, backend, target_head, optimizer, scheduler, settings, reducer)
         step_s = time.perf_counter() - step_start
         tokens = sum(int(b.is_real.sum()) for b in batches)
         mem, mem_kind = peak_memory(device)
-        metrics.update(step=step + 1, samples=len(indices), tokens=tokens, tokens_per_s=tokens / step_s,
+        metrics.update(step=step + 1, samples=len(kept), samples_skipped=len(indices) - len(kept), tokens=tokens, tokens_per_s=tokens / step_s,
                        elapsed_s=time.perf_counter() - started, peak_mem_bytes=mem, peak_mem_kind=mem_kind,
                        epoch=order.epoch)
         if eval_batches and t.eval_every and ((step + 1) % t.eval_every == 0 or step + 1 == t.num_steps):
@@ -112,14 +117,14 @@ def run_training(cfg: Config) -> TrainResult:
         log.write(metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc0=f"{metrics['acc_k'][0]:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.num_steps:
-            extra = {"samples_consumed": order.position, "elapsed_s": metrics["elapsed_s"],
+            extra = {"samples_consumed": order.position, "elapsed_s": metrics["elapsed_s"], "skipped": dict(skipped_in_training),
                      "draft_config": export_config_dict(model.config, torch.float32)}
             save_checkpoint(out, step + 1, model, optimizer, scheduler, extra)
     log.close()
     final_dir = export_draft(model, out / "final")
     summary = {
         "steps": t.num_steps, "final_loss": metrics.get("loss"), "final_acc_k": metrics.get("acc_k"),
-        "eval": eval_metrics, "samples_skipped": dict(data.skipped),
+        "eval": eval_metrics, "samples_skipped": dict(data.skipped + skipped_in_training),
         "data": [r.summary() for r in data.reports], "train_samples": len(data.train),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
