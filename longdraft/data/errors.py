@@ -1,0 +1,27 @@
+"""The error raised for a bad data row."""
+
+from __future__ import annotations
+
+# Reason kinds, used as keys of DataReport.skipped.
+BAD_JSON = "bad_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+BAD_FIELD_TYPE = "bad_field_type"
+UNKNOWN_ROLE = "unknown_role"
+EMPTY_CONVERSATION = "empty_conversation"
+TEMPLATE_MISMATCH = "template_mismatch"
+EMPTY_AFTER_TOKENIZATION = "empty_after_tokenization"
+
+
+class DataError(ValueError):
+    """A bad row: `location` is "file:line", `kind` one of the reason kinds above."""
+
+    def __init__(self, kind: str, reason: str, location: str | None = None) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.location = location
+        super().__init__(f"{location}: {reason}" if location else reason)
+
+    def at(self, location: str) -> "DataError":
+        """The same error, attributed to a row."""
+        return DataError(self.kind, self.reason, location)

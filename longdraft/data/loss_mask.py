@@ -1,0 +1,87 @@
+"""Run-length packed 0/1 loss masks.
+
+Runs alternate 0,1,0,1,... and always start with a 0-run (which may have length 0), so
+`0011100110` packs to `[2, 3, 2, 2, 1]` and serialises as `"2,3,2,2,1"`. An empty mask packs
+to `[]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pack_loss_mask(mask: Sequence[int] | Sequence[bool] | torch.Tensor) -> list[int]:
+    """Run-length encode a 0/1 mask; the first run counts zeros (possibly 0 of them)."""
+    values = mask.flatten().tolist() if isinstance(mask, torch.Tensor) else list(mask)
+    runs: list[int] = []
+    current, length = 0, 0
+    for i, v in enumerate(values):
+        bit = int(v)
+        if bit not in (0, 1):
+            raise ValueError(f"loss mask value at position {i} is {v!r}; expected 0 or 1")
+        if bit == current:
+            length += 1
+        else:
+            runs.append(length)
+            current, length = bit, 1
+    if values:
+        runs.append(length)
+    return runs
+
+
+def serialize_loss_mask(packed: Sequence[int]) -> str:
+    return ",".join(str(int(n)) for n in packed)
+
+
+def parse_loss_mask(text: str) -> list[int]:
+    """Inverse of `serialize_loss_mask`; the empty string is the empty mask."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        runs = [int(part) for part in text.split(",")]
+    except ValueError as e:
+        raise ValueError(f"packed loss mask {text!r} is not a comma-separated list of integers") from e
+    _check_runs(runs)
+    return runs
+
+
+def _check_runs(runs: Sequence[int]) -> None:
+    for i, n in enumerate(runs):
+        if n < 0:
+            raise ValueError(f"packed loss mask run {i} has negative length {n}")
+
+
+def packed_length(packed: Sequence[int] | str) -> int:
+    runs = parse_loss_mask(packed) if isinstance(packed, str) else packed
+    return int(sum(runs))
+
+
+def count_loss_tokens(packed: Sequence[int] | str) -> int:
+    """Number of ones: the sum of the odd-indexed runs."""
+    runs = parse_loss_mask(packed) if isinstance(packed, str) else packed
+    return int(sum(runs[1::2]))
+
+
+def unpack_loss_mask(packed: Sequence[int] | str, length: int | None = None,
+                     dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Expand a packed mask to a 1-D tensor; with `length`, truncate or zero-pad to it."""
+    runs = parse_loss_mask(packed) if isinstance(packed, str) else [int(n) for n in packed]
+    _check_runs(runs)
+    bits = torch.tensor([i % 2 for i in range(len(runs))], dtype=dtype)
+    mask = torch.repeat_interleave(bits, torch.tensor(runs, dtype=torch.long)) if runs else torch.zeros(0, dtype=dtype)
+    if length is not None:
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        if mask.numel() >= length:
+            mask = mask[:length]
+        else:
+            mask = torch.cat([mask, torch.zeros(length - mask.numel(), dtype=dtype)])
+    return mask
+
+
+def slice_packed(packed: Sequence[int] | str, start: int, end: int) -> list[int]:
+    """Packed form of `unpack(packed)[start:end]`, zero-padded past the end of the mask."""
+    return pack_loss_mask(unpack_loss_mask(packed, max(end, 0))[max(start, 0):end])

@@ -1,0 +1,120 @@
+"""Tokenising rows with the tokenizer's chat template and an assistant-only loss mask.
+
+The mask is found from character spans, not from token patterns, so it works for any chat
+template that renders conversations prefix-stably:
+
+1. For each assistant message i, render messages[:i] with the generation prompt (`gen`) and
+   messages[:i+1] (`full_i`). The assistant content is searched in `full_i` after `gen`.
+2. The loss span runs from the start of the (stripped) content to the end of `full_i` with
+   trailing whitespace removed, i.e. the content **plus the template's end-of-turn token**
+   (`<|im_end|>`, `<|eot_id|>`, `</s>` ...), but not the newline some templates put after it.
+3. The whole conversation is tokenised once with offsets; a token is in the loss when its
+   character range overlaps a loss span.
+
+Plain-text rows: every token carries loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from longdraft.data import errors as E
+from longdraft.data.errors import DataError
+from longdraft.data.rows import Conversation, PlainText, Row
+
+
+@dataclass(frozen=True)
+class TokenizedRow:
+    input_ids: list[int]
+    loss_mask: list[int]
+    truncated: bool
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja errors, raise_exception() in templates, missing template
+        raise DataError(E.TEMPLATE_MISMATCH, f"chat template failed: {type(e).__name__}: {e}") from e
+    if not isinstance(text, str):
+        raise DataError(E.TEMPLATE_MISMATCH, f"chat template returned {type(text).__name__}, expected a string")
+    return text
+
+
+def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if not messages and not add_generation_prompt:
+        return ""
+    try:
+        return render_chat(tokenizer, messages, add_generation_prompt)
+    except DataError:
+        if messages:
+            raise
+        return ""  # some templates refuse an empty conversation; nothing precedes message 0 then
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages`; return the text and the [start, end) character spans that carry loss."""
+    text = render_chat(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        full = render_chat(tokenizer, messages[: i + 1])
+        if not text.startswith(full):
+            raise DataError(E.TEMPLATE_MISMATCH, f"chat template is not prefix-stable: the rendering up to "
+                                                 f"message {i} is not a prefix of the whole conversation")
+        gen = _render_prefix(tokenizer, messages[:i], add_generation_prompt=True)
+        if not full.startswith(gen):
+            gen = _render_prefix(tokenizer, messages[:i], add_generation_prompt=False)
+            if not full.startswith(gen):
+                raise DataError(E.TEMPLATE_MISMATCH, f"chat template is not prefix-stable at message {i}")
+        content = msg["content"].strip()
+        start = full.find(content, len(gen))
+        if start < 0:
+            raise DataError(E.TEMPLATE_MISMATCH, f"assistant message {i} content was not found in the "
+                                                 "rendered chat template (does the template rewrite it?)")
+        end = len(full.rstrip())
+        if end > start:
+            spans.append((start, end))
+    return text, spans
+
+
+def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    mask = [0] * len(offsets)
+    j = 0
+    for t, (s, e) in enumerate(offsets):
+        while j < len(spans) and spans[j][1] <= s:
+            j += 1
+        if j < len(spans) and s < spans[j][1] and e > spans[j][0] and e > s:
+            mask[t] = 1
+    return mask
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("assistant loss masks need a fast tokenizer (offset mapping)")
+    text, spans = assistant_spans(tokenizer, messages)
+    # The template already wrote BOS (if any); do not add special tokens again.
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), _mask_from_offsets([tuple(o) for o in enc["offset_mapping"]], spans)
+
+
+def tokenize_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    if not text.strip():  # would be nothing (or a lone BOS) after tokenization
+        raise DataError(E.EMPTY_AFTER_TOKENIZATION, "text row is empty after tokenization")
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return ids, [1] * len(ids)
+
+
+def tokenize_row(tokenizer: Any, row: Row, max_seq_length: int) -> TokenizedRow:
+    """Tokenise one row and truncate it to `max_seq_length` tokens."""
+    if isinstance(row, Conversation):
+        ids, mask = tokenize_conversation(tokenizer, row.messages)
+    elif isinstance(row, PlainText):
+        ids, mask = tokenize_text(tokenizer, row.text)
+    else:
+        raise TypeError(f"unknown row type {type(row).__name__}")
+    if not ids:
+        raise DataError(E.EMPTY_AFTER_TOKENIZATION, "row is empty after tokenization")
+    truncated = len(ids) > max_seq_length
+    return TokenizedRow(ids[:max_seq_length], mask[:max_seq_length], truncated)

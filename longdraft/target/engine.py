@@ -1,0 +1,78 @@
+"""The target inference-engine interface: prefill → EAGLE-3 features."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TargetFeatures:
+    """Features of one sample (no padding)."""
+
+    aux_hidden: torch.Tensor  # [L, 3H]: outputs of the aux layers, concatenated in ascending layer order
+    last_hidden: torch.Tensor  # [L, H]: last hidden state after the final norm (lm_head input)
+
+    @property
+    def length(self) -> int:
+        return int(self.last_hidden.shape[0])
+
+
+def default_aux_layers(num_layers: int) -> list[int]:
+    """EAGLE-3 default: outputs of layers [1, N/2-1, N-4] (0-indexed)."""
+    return [1, num_layers // 2 - 1, num_layers - 4]
+
+
+def resolve_aux_layers(aux_layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """Validate aux layer ids (3 distinct ids in [0, N)) and return them ascending."""
+    if aux_layers is None:
+        layers = default_aux_layers(num_layers)
+        if len(set(layers)) != 3 or min(layers) < 0:
+            raise ValueError(f"the default aux layers [1, N/2-1, N-4] = {layers} are not 3 distinct valid layers "
+                             f"for a target with N={num_layers} layers; set model.aux_layers explicitly")
+        return sorted(layers)
+    layers = [int(x) for x in aux_layers]
+    if len(layers) != 3:
+        raise ValueError(f"aux_layers={layers}: expected exactly 3 layer ids")
+    if len(set(layers)) != 3:
+        raise ValueError(f"aux_layers={layers}: expected 3 distinct layer ids")
+    bad = [x for x in layers if not 0 <= x < num_layers]
+    if bad:
+        raise ValueError(f"aux_layers={layers}: ids {bad} are outside [0, {num_layers}) for a target with "
+                         f"{num_layers} layers")
+    return sorted(layers)
+
+
+class TargetEngine(ABC):
+    """A frozen target model that turns token ids into EAGLE-3 training features."""
+
+    @abstractmethod
+    def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
+        """Run the target over each sequence; return one unpadded TargetFeatures per sequence."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def aux_layers(self) -> list[int]: ...
+
+    @abstractmethod
+    def lm_head_weight(self) -> torch.Tensor:
+        """Frozen output projection [vocab, H] (detached)."""
+
+    @abstractmethod
+    def embed_tokens_weight(self) -> torch.Tensor:
+        """Frozen input embedding [vocab, H] (detached)."""

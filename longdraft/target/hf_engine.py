@@ -1,0 +1,122 @@
+"""HF transformers target engine: prefill a local checkpoint and capture EAGLE-3 features.
+
+Aux features are the outputs of decoder layers `aux_layers` (0-indexed; for i < N-1 the output
+of layer i is `hidden_states[i + 1]` of `output_hidden_states`), captured with forward hooks so
+no logits and no other layers' states are materialised. `last_hidden` is the final-norm output,
+so `lm_head(last_hidden)` are the target logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from longdraft.target.engine import TargetEngine, TargetFeatures, resolve_aux_layers
+
+_DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[return-value]
+
+
+class HFTargetEngine(TargetEngine):
+    def __init__(
+        self,
+        path: str | Path,
+        aux_layers: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "auto",
+        output_device: str | torch.device | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"target model directory {p} has no config.json (only local checkpoints "
+                                    "are loaded, never downloads)")
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype")
+            dtype = _DTYPES[dtype]
+        self.device = resolve_device(device)
+        self.output_device = torch.device(output_device) if output_device is not None else self.device
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self._text_config = model.config.get_text_config()
+        self._decoder = model.get_decoder()
+        self._aux_layers = resolve_aux_layers(aux_layers, self.num_layers)
+        self._captured: dict[int | str, torch.Tensor] = {}
+        layers = self._decoder.layers
+        for i in self._aux_layers:
+            layers[i].register_forward_hook(self._capture(i))
+        self._decoder.norm.register_forward_hook(self._capture("norm"))
+
+    def _capture(self, key: int | str):
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            self._captured[key] = _first(output)
+
+        return hook
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._text_config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._text_config.num_hidden_layers)
+
+    @property
+    def aux_layers(self) -> list[int]:
+        return list(self._aux_layers)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_output_embeddings().weight.dtype
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight.detach()
+
+    def embed_tokens_weight(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight.detach()
+
+    @torch.inference_mode()
+    def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
+        if not batch:
+            return []
+        lengths = [len(ids) for ids in batch]
+        if min(lengths) == 0:
+            raise ValueError(f"prefill got an empty sequence at batch index {lengths.index(0)}")
+        max_len = max(lengths)
+        input_ids = torch.zeros(len(batch), max_len, dtype=torch.long)
+        attention_mask = torch.zeros(len(batch), max_len, dtype=torch.long)
+        for b, ids in enumerate(batch):  # right padding: positions of real tokens stay 0..L-1
+            input_ids[b, : lengths[b]] = torch.as_tensor(list(ids), dtype=torch.long)
+            attention_mask[b, : lengths[b]] = 1
+        bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)]
+        if bad.numel():
+            raise ValueError(f"token id {bad[0].item()} is outside the target vocab [0, {self.vocab_size})")
+        self._captured.clear()
+        try:
+            self._decoder(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                          use_cache=False)
+            aux = torch.cat([self._captured[i] for i in self._aux_layers], dim=-1)
+            last = self._captured["norm"]
+        finally:
+            self._captured.clear()
+        return [
+            TargetFeatures(aux[b, :n].to(self.output_device, copy=True), last[b, :n].to(self.output_device, copy=True))
+            for b, n in enumerate(lengths)
+        ]
