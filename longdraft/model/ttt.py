@@ -45,6 +45,11 @@ class ShardBatch:
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
 
+    def query_tokens(self) -> int:
+        """Real tokens among the query rows (look-ahead rows belong to the next shard)."""
+        c = self.positions.numel() // self.input_ids.shape[1]
+        return int(self.is_real[:, :, :c].sum())
+
 
 def queries_per_segment(batch: ShardBatch, ttt_length: int) -> int:
     c = batch.input_ids.shape[2] - ttt_length

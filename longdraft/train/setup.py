@@ -50,9 +50,11 @@ def load_engine(cfg: Config) -> HFTargetEngine:
     )
 
 
-def build_draft(engine: HFTargetEngine, vocab: VocabMapping, device: torch.device) -> Eagle3Draft:
-    config = draft_config_from_target(engine.model.config, vocab.draft_vocab_size)
-    model = Eagle3Draft(config, engine.embed_tokens_weight().float().cpu())
+def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int) -> Eagle3Draft:
+    """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike."""
+    config = draft_config_from_target(target_config, vocab.draft_vocab_size)
+    torch.manual_seed(seed)
+    model = Eagle3Draft(config, embedding.float().cpu())
     model.set_vocab_mapping(vocab.d2t, vocab.t2d)
     return model.to(device)
 

@@ -74,7 +74,7 @@ def run_training(cfg: Config) -> TrainResult:
     engine = load_engine(cfg)
     device = engine.device
     vocab = vocab_for(cfg, data.train, engine)
-    model = build_draft(engine, vocab, device)
+    model = build_draft(engine.model.config, engine.embed_tokens_weight(), vocab, device, t.seed)
     target_head = engine.lm_head_weight().float().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
@@ -106,7 +106,7 @@ def run_training(cfg: Config) -> TrainResult:
         ]
         metrics = train_step(model, batches, backend, target_head, optimizer, scheduler, settings, reducer)
         step_s = time.perf_counter() - step_start
-        tokens = sum(int(b.is_real.sum()) for b in batches)
+        tokens = sum(b.query_tokens() for b in batches)
         mem, mem_kind = peak_memory(device)
         metrics.update(step=step + 1, samples=len(kept), samples_skipped=len(indices) - len(kept), tokens=tokens, tokens_per_s=tokens / step_s,
                        elapsed_s=time.perf_counter() - started, peak_mem_bytes=mem, peak_mem_kind=mem_kind,

@@ -1,0 +1,159 @@
+"""Run the disaggregated pipeline on Ray: producers, controller and trainer ranks as actors.
+
+Local mode starts Ray on 127.0.0.1 (fractional CPUs per actor); cluster mode connects to
+``RAY_ADDRESS``. Any actor that fails stops the run with its error and rank; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from longdraft.config import Config, ConfigError, save_config
+from longdraft.store.mooncake_master import free_port
+from longdraft.pipeline.records import PromptItem
+from longdraft.pipeline.stores import StoreService
+from longdraft.train.metrics_log import read_metrics
+from longdraft.train.sample_order import SampleOrder
+from longdraft.train.setup import load_data, load_tokenizer
+from longdraft.data.vocab import build_vocab_mapping
+
+POLL_S = 0.5
+
+
+def _check(cfg: Config) -> None:
+    t = cfg.training
+    if t.micro_batch_size != 1:
+        raise ConfigError(
+            f"training.micro_batch_size={t.micro_batch_size}: multi-rank runs train one sequence per micro-batch "
+            "(each sample has its own shard layout); set training.micro_batch_size=1"
+        )
+    if t.batch_size % cfg.dp_size:
+        raise ConfigError(f"training.batch_size={t.batch_size} must be divisible by the DP size {cfg.dp_size}")
+
+
+def _prompts(cfg: Config, samples, start_position: int, steps: int) -> list[PromptItem]:
+    order = SampleOrder(len(samples), cfg.training.seed, position=start_position)
+    out = []
+    for i in range(steps * cfg.training.batch_size):
+        s = samples[order.take(1)[0]]
+        out.append(PromptItem(start_position + i, s.sample_id, s.input_ids, s.packed_loss_mask))
+    return out
+
+
+def _start_ray() -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False)
+    return True
+
+
+def _wait_all(named_futures: dict, actors: list, timeout_s: float) -> dict:
+    """Wait for every future; the first failure kills all actors and raises with the failing name."""
+    import ray
+
+    pending = dict(named_futures)
+    results = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+        for future in done:
+            name = pending.pop(future)
+            try:
+                results[name] = ray.get(future)
+            except Exception as exc:
+                for actor in actors:
+                    ray.kill(actor, no_restart=True)
+                raise RuntimeError(f"{name} failed; the run was stopped: {exc}") from exc
+        if time.monotonic() > deadline:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise TimeoutError(f"run did not finish within {timeout_s:.0f} s; still waiting for {sorted(pending.values())}")
+    return results
+
+
+def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
+    import ray
+    from ray.util.queue import Queue
+
+    from longdraft.pipeline.actors import controller_actor, producer_actor, trainer_actor
+    from longdraft.pipeline.trainer_rank import latest_step
+    from longdraft.train.trainer import TrainResult
+
+    _check(cfg)
+    t = cfg.training
+    out = Path(cfg.output.dir)
+    save_config(cfg, out / "config.yaml")
+    data = load_data(cfg, load_tokenizer(cfg))
+    for report in data.reports:
+        print(report.summary())
+    start_step = latest_step(cfg.output.dir) if t.resume else 0
+    vocab = build_vocab_mapping(data.train, target_vocab_size(cfg), cfg.model.draft_vocab_size)
+    prompts = _prompts(cfg, data.train, start_step * t.batch_size, t.num_steps - start_step)
+    started_ray = _start_ray()
+    store = StoreService(cfg)
+    actors = []
+    try:
+        world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
+        cpus = 0.5 if not os.environ.get("RAY_ADDRESS") else 1
+        queues = [[Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)]
+        run_key = uuid.uuid4().hex[:8]
+        producers = [
+            producer_actor(cpus).remote(i, cfg, store.producer_factory(), run_key) for i in range(cfg.inference.num_producers)
+        ]
+        controller = controller_actor().remote(prompts, producers, queues, t.batch_size,
+                                               pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
+                                               producer_batch=cfg.inference.batch_size)
+        port = free_port()
+        trainers = [
+            trainer_actor(cpus, use_gpu=_has_gpu(cfg)).remote(
+                rank, world, cfg, port, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
+                vocab.draft_to_target, start_step)
+            for rank in range(world)
+        ]
+        actors = [*producers, controller, *trainers]
+        _wait_all({trainer.setup.remote(): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)}, actors, 600)
+        futures = {controller.run.remote(): "controller"}
+        futures.update({trainer.train.remote(): f"trainer rank {r}" for r, trainer in enumerate(trainers)})
+        results = _wait_all(futures, actors, timeout_s)
+        summary = ray.get(controller.summary.remote())
+        producer_reports = ray.get([p.report.remote() for p in producers])
+        ray.get([trainer.shutdown.remote() for trainer in trainers])
+        summary.update(producers=producer_reports, keys_left=store.keys_left(),
+                       ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if summary["lost"]:
+            raise RuntimeError(f"{summary['lost']} samples were lost between producers and trainers: {summary}")
+        root = results["trainer rank 0"]
+        metrics = read_metrics(out)
+        return TrainResult(out, Path(root["final_dir"]), t.num_steps, metrics[-1] if metrics else {}, None)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        store.close()
+        if started_ray:
+            ray.shutdown()
+
+
+def target_vocab_size(cfg: Config) -> int:
+    """Rows of the target's lm_head: the id space of d2t/t2d."""
+    from longdraft.target.head_weights import load_embedding_and_head
+
+    return int(load_embedding_and_head(cfg.model.target_path)[1].shape[0])
+
+
+def _has_gpu(cfg: Config) -> bool:
+    import torch
+
+    return cfg.training.device != "cpu" and torch.cuda.is_available()

@@ -1,0 +1,55 @@
+"""Producer: owns a target engine, prefills samples, writes one shard per SP rank to the store."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from longdraft.pipeline.records import PromptItem, SampleMeta
+from longdraft.shard import ShardLayout, split_sample
+from longdraft.store.base import TensorStore
+from longdraft.target.engine import TargetEngine
+
+
+class Producer:
+    def __init__(self, producer_id: int, engine: TargetEngine, store: TensorStore, ulysses: int, ring: int,
+                 ttt_length: int, layout: str, run_key: str):
+        self.producer_id = producer_id
+        self.engine = engine
+        self.store = store
+        self.ulysses, self.ring, self.ttt_length, self.layout = ulysses, ring, ttt_length, layout
+        self.run_key = run_key
+        self.busy_s = 0.0
+        self.samples = 0
+
+    def produce(self, items: list[PromptItem]) -> list[SampleMeta]:
+        start = time.perf_counter()
+        features = self.engine.prefill([item.input_ids for item in items])
+        metas = []
+        for item, feat in zip(items, features):
+            length = len(item.input_ids)
+            layout = ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.layout)
+            tensors = {
+                "input_ids": torch.tensor(item.input_ids, dtype=torch.int64),
+                "aux_hidden": feat.aux_hidden.cpu(),
+                "last_hidden": feat.last_hidden.cpu(),
+            }
+            key = f"{self.run_key}_s{item.seq}"
+            handle = self.store.put_sample(key, split_sample(tensors, layout))
+            metas.append(SampleMeta(
+                seq=item.seq, sample_id=item.sample_id, key=key, length=length,
+                packed_loss_mask=item.packed_loss_mask,
+                shapes={n: tuple(t.shape) for n, t in tensors.items()},
+                dtypes={n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
+                layout={"length": length, "ulysses": self.ulysses, "ring": self.ring,
+                        "ttt_length": self.ttt_length, "layout": self.layout},
+                handle=handle, produced_by=self.producer_id,
+            ))
+        self.busy_s += time.perf_counter() - start
+        self.samples += len(items)
+        return metas
+
+    def report(self) -> dict:
+        return {"producer": self.producer_id, "samples": self.samples, "busy_s": self.busy_s,
+                "samples_per_s": self.samples / self.busy_s if self.busy_s else 0.0, "store": self.store.stats()}

@@ -1,0 +1,59 @@
+"""The run's tensor store: which backend, the local Mooncake master if one is needed, client factories.
+
+Factories are picklable (module-level functions + partial) so each actor builds its own client.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from longdraft.config import Config
+from longdraft.store.base import TensorStore
+
+
+def _ray_store() -> TensorStore:
+    from longdraft.store.ray_store import RayTensorStore
+
+    return RayTensorStore()
+
+
+def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> TensorStore:
+    from longdraft.store.mooncake_store import MooncakeStoreOptions, MooncakeTensorStore
+
+    # Producers lend memory to the pool (the shards live there); trainers only read.
+    overrides = {} if lend_segment else {"global_segment_size": 0}
+    return MooncakeTensorStore(MooncakeStoreOptions.from_config(mooncake_cfg, master_address, **overrides))
+
+
+class StoreService:
+    def __init__(self, cfg: Config):
+        self.backend = cfg.store.backend
+        self.master = None
+        self.master_address = None
+        if self.backend == "mooncake":
+            mc = cfg.store.mooncake
+            self.master_address = mc.master_address
+            if self.master_address is None:
+                from longdraft.store.mooncake_master import MooncakeMaster
+
+                self.master = MooncakeMaster().start()
+                self.master_address = self.master.address
+            self._mooncake_cfg = mc
+
+    def producer_factory(self):
+        if self.backend == "ray":
+            return _ray_store
+        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, True)
+
+    def trainer_factory(self):
+        if self.backend == "ray":
+            return _ray_store
+        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, False)
+
+    def keys_left(self) -> int | None:
+        """Keys the Mooncake master still holds (None for Ray: see the put/deleted counts)."""
+        return self.master.key_count() if self.master is not None else None
+
+    def close(self) -> None:
+        if self.master is not None:
+            self.master.stop()

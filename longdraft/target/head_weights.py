@@ -1,0 +1,52 @@
+"""Read only the target's input embedding and ``lm_head`` from its safetensors files.
+
+Trainer ranks need these two matrices (frozen) but not the rest of the target, so they read them
+directly instead of instantiating the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+EMBED_KEYS = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "embed_tokens.weight")
+HEAD_KEYS = ("lm_head.weight",)
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index when the checkpoint is sharded."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return {name: path / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    with safe_open(str(single), "pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None:
+    for name in names:
+        if name in files:
+            with safe_open(str(files[name]), "pt") as f:
+                return f.get_tensor(name)
+    return None
+
+
+def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding ``[V, H]``, lm_head ``[V, H]``) in fp32; a tied target reuses the embedding."""
+    path = Path(target_path)
+    files = _weight_files(path)
+    embed = _read(files, EMBED_KEYS)
+    if embed is None:
+        raise KeyError(f"{path}: none of {EMBED_KEYS} found among the checkpoint's tensors")
+    head = _read(files, HEAD_KEYS)
+    if head is None:
+        config = json.loads((path / "config.json").read_text())
+        if not config.get("tie_word_embeddings", False):
+            raise KeyError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
+        head = embed
+    return embed.float(), head.float()

@@ -1,0 +1,59 @@
+"""``<output_dir>/metrics.png``: loss and per-step acc_k over training steps, plus held-out curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longdraft.train.metrics_log import read_metrics
+
+
+def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
+    # A bare Figure on an Agg canvas: no display needed, pyplot's global state is left alone.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(output_dir)
+    if not (out / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{out / 'metrics.jsonl'} not found: nothing to plot")
+    records = [r for r in read_metrics(out) if "step" in r]
+    if not records:
+        raise ValueError(f"{out / 'metrics.jsonl'} has no records with a 'step'")
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r or "eval_acc_k" in r]
+    has_sim = any("eval_sim_acc_len" in r for r in evals)
+    fig = Figure(figsize=(15 if has_sim else 10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3 if has_sim else 2, squeeze=False)
+    ax_loss, ax_acc = axes[0][0], axes[0][1]
+
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    if any("eval_loss" in r for r in evals):
+        pts = [r for r in evals if "eval_loss" in r]
+        ax_loss.plot([r["step"] for r in pts], [r["eval_loss"] for r in pts], "o--", label="held-out")
+    ax_loss.set(xlabel="step", ylabel="loss (0.8^k weighted)", title="loss")
+    ax_loss.legend()
+
+    num_k = max((len(r.get("acc_k") or []) for r in records), default=0)
+    colors = colormaps["viridis"]
+    for k in range(num_k):
+        color = colors(k / max(1, num_k - 1))
+        pts = [r for r in train if len(r.get("acc_k") or []) > k]
+        ax_acc.plot([r["step"] for r in pts], [r["acc_k"][k] for r in pts], color=color, label=f"acc_{k}")
+        epts = [r for r in evals if len(r.get("eval_acc_k") or []) > k]
+        if epts:
+            ax_acc.plot([r["step"] for r in epts], [r["eval_acc_k"][k] for r in epts], "o--", color=color)
+    ax_acc.set(xlabel="step", ylabel="top-1 agreement", title="acc_k (train solid, held-out dashed)", ylim=(0, 1))
+    if num_k:
+        ax_acc.legend(fontsize="small", ncol=2)
+
+    if has_sim:
+        pts = [r for r in evals if "eval_sim_acc_len" in r]
+        ax_sim = axes[0][2]
+        ax_sim.plot([r["step"] for r in pts], [r["eval_sim_acc_len"] for r in pts], "o-")
+        ax_sim.set(xlabel="step", ylabel="Σ_k Π_j≤k acc_j", title="held-out simulated acceptance length")
+
+    fig.tight_layout()
+    path = out / filename
+    fig.savefig(path, dpi=100)
+    return path
