@@ -14,6 +14,9 @@ from collections import Counter
 from longdraft.pipeline.records import EndOfRun, PromptItem, SampleMeta
 
 
+_STAGE = {"new": 0, "prefilling": 1, "produced": 2, "dispatched": 3, "trained": 4, "skipped": 4}
+
+
 def replica_of(seq: int, batch_size: int, dp_size: int) -> int:
     """Round-robin over DP replicas within each optimizer step's global batch."""
     return (seq % batch_size) % dp_size
@@ -70,11 +73,11 @@ class Controller:
 
     def _dispatch(self, meta: SampleMeta) -> None:
         replica = self.queues[replica_of(meta.seq, self.batch_size, len(self.queues))]
+        self._set(meta.seq, "dispatched")  # before the puts: a trainer may report it trained right away
         start = time.perf_counter()
         for r, queue in enumerate(replica):
             queue.put(meta.for_rank(r))  # blocks while the trainers are behind: backpressure
         self.dispatch_wait_s += time.perf_counter() - start
-        self._set(meta.seq, "dispatched")
 
     def mark(self, seqs: list[int], outcome: str) -> None:
         """Called by SP rank 0 of a replica: ``trained`` or ``skipped:<reason>``."""
@@ -85,8 +88,10 @@ class Controller:
                     self.skip_reasons[outcome.split(":", 1)[1]] += 1
 
     def _set(self, seq: int, state: str) -> None:
+        """States only move forward (reports arrive concurrently with dispatching)."""
         with self._lock:
-            self.status[seq] = state
+            if _STAGE[state.split(":")[0]] > _STAGE[self.status.get(seq, "new").split(":")[0]]:
+                self.status[seq] = state
 
     def summary(self) -> dict:
         with self._lock:

@@ -50,7 +50,7 @@ class TrainerRank:
         self.vocab_ids = vocab_ids
         self.start_step = start_step
         self.report = {"rank": rank, "sp_rank": self.sp_rank, "samples_read": 0, "samples_skipped": 0,
-                       "bytes_read": 0, "full_sample_bytes": 0, "keys_deleted": 0, "data_wait_s": 0.0,
+                       "bytes_read": 0, "full_sample_bytes": 0, "rows_read": 0, "sample_rows": 0, "keys_deleted": 0, "data_wait_s": 0.0,
                        "step_s": 0.0, "peak_mem_bytes": []}
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -108,6 +108,8 @@ class TrainerRank:
         self.report["keys_deleted"] += 1
         self.report["bytes_read"] += sum(t.numel() * t.element_size() for t in shard.values())
         self.report["full_sample_bytes"] += _full_bytes(meta)
+        self.report["rows_read"] += int(shard["input_ids"].shape[0])
+        self.report["sample_rows"] += meta.length
         if should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):
             return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike
         return meta, shard_batch(meta, shard, self.sp_rank).to(self.device)

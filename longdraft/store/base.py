@@ -1,0 +1,111 @@
+"""Tensor store interface: a producer puts the S shards of a sample, each trainer rank reads
+and deletes only its own shard.
+
+A shard is a ``dict[str, Tensor]``: ``input_ids`` int64 [T], ``aux_hidden`` [T, 3H],
+``last_hidden`` [T, H], optionally ``loss_mask`` [T], and the int64 ``shard_header``
+(see `longdraft.shard`). The `SampleHandle` returned by `put_sample` is small and picklable;
+it travels in the sample metadata to every rank of the SP group.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+class StoreError(RuntimeError):
+    """A tensor store operation failed; the message names the key and the cause."""
+
+
+@dataclass
+class SampleHandle:
+    key: str
+    num_shards: int
+    shard_nbytes: tuple[int, ...]
+    refs: list[Any] | None = None  # backend-specific per-shard references (Ray ObjectRefs), else None
+
+    def for_rank(self, r: int) -> "SampleHandle":
+        """A copy that keeps only shard ``r``'s reference, for the queue of SP rank ``r``: no
+        trainer then holds (and keeps alive) another rank's shard."""
+        check_rank(self, r)
+        if self.refs is None:
+            return replace(self)
+        return replace(self, refs=[ref if i == r else None for i, ref in enumerate(self.refs)])
+
+
+def shard_key(key: str, r: int) -> str:
+    return f"{key}_usp{r}"
+
+
+def check_rank(handle: SampleHandle, r: int) -> None:
+    if not 0 <= r < handle.num_shards:
+        raise StoreError(f"sample {handle.key!r}: shard {r} is outside [0, {handle.num_shards})")
+
+
+def shard_nbytes(shard: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in shard.values())
+
+
+@dataclass
+class StoreStats:
+    """Counters of what THIS store instance did (a process's view; thread-safe)."""
+
+    keys_put: int = 0
+    keys_read: int = 0
+    keys_deleted: int = 0
+    bytes_put: int = 0
+    bytes_read: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            d = {k: getattr(self, k) for k in ("keys_put", "keys_read", "keys_deleted", "bytes_put", "bytes_read")}
+        d["keys_alive"] = d["keys_put"] - d["keys_deleted"]
+        return d
+
+
+class TensorStore(ABC):
+    """One key per SP shard; `get_shard` by default deletes the shard once read."""
+
+    def __init__(self) -> None:
+        self._stats = StoreStats()
+
+    @abstractmethod
+    def put_sample(self, key: str, shards: Sequence[Mapping[str, torch.Tensor]]) -> SampleHandle:
+        """Store the S shards of sample ``key``; returns the handle readers need."""
+
+    @abstractmethod
+    def get_shard(self, handle: SampleHandle | str, r: int, *, delete: bool = True) -> dict[str, torch.Tensor]:
+        """Shard ``r`` of a sample (only that shard is transferred); deleted after the read unless
+        ``delete=False``."""
+
+    @abstractmethod
+    def delete(self, handle: SampleHandle | str, r: int) -> None:
+        """Release shard ``r`` (e.g. of a skipped sample). Deleting an absent shard is a no-op."""
+
+    @abstractmethod
+    def exists(self, handle: SampleHandle | str, r: int) -> bool:
+        """Whether shard ``r`` is still held by the store."""
+
+    def stats(self) -> dict[str, int]:
+        """keys_put/read/deleted, bytes_put/read, keys_alive (this instance's counters)."""
+        return self._stats.as_dict()
+
+    def close(self) -> None:
+        """Release client resources; the store object is unusable afterwards."""
+
+    def __enter__(self) -> "TensorStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
