@@ -361,9 +361,13 @@ def _validate(b: _Builder) -> None:
         if getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")
     mc = cfg.store.mooncake
-    for key in ("global_segment_size_mb", "local_buffer_size_mb"):
-        if getattr(mc, key) < 1:
-            fail(f"store.mooncake.{key}", getattr(mc, key), "an integer >= 1")
+    if mc.global_segment_size_mb < 16:  # Mooncake refuses smaller segments
+        fail("store.mooncake.global_segment_size_mb", mc.global_segment_size_mb, "an integer >= 16 (MiB)")
+    if mc.local_buffer_size_mb < 1:
+        fail("store.mooncake.local_buffer_size_mb", mc.local_buffer_size_mb, "an integer >= 1")
+    if t.num_trainers > 1 and t.micro_batch_size != 1:
+        fail("training.micro_batch_size", t.micro_batch_size,
+             "1 when training.num_trainers > 1 (each sequence has its own shard layout)")
     for key in ("max_new_tokens", "num_prompts"):
         if getattr(cfg.eval, key) < 1:
             fail(f"eval.{key}", getattr(cfg.eval, key), "an integer >= 1")

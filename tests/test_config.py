@@ -59,7 +59,7 @@ def test_overrides_parse_yaml_scalars_and_nested_keys(tmp_path, monkeypatch):
         "training.lr=3e-4", "training.resume=true", "model.aux_layers=[1, 3, 4]",
         "store.backend=mooncake", "store.mooncake.protocol=rdma", "store.mooncake.master_address=127.0.0.1:50051",
         "training.num_trainers=8", "training.sp_ulysses_size=2", "training.sp_ring_size=2",
-        "training.attention_backend=usp", "training.micro_batch_size=2", "training.batch_size=8",
+        "training.attention_backend=usp", "training.micro_batch_size=1", "training.batch_size=8",
         "data.eval_path=eval.jsonl", "training.max_grad_norm=1",
     ])
     assert cfg.training.lr == pytest.approx(3e-4)
@@ -67,7 +67,7 @@ def test_overrides_parse_yaml_scalars_and_nested_keys(tmp_path, monkeypatch):
     assert cfg.model.aux_layers == [1, 3, 4]
     assert cfg.store.backend == "mooncake" and cfg.store.mooncake.protocol == "rdma"
     assert cfg.store.mooncake.master_address == "127.0.0.1:50051"
-    assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (4, 2, 2)
+    assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (4, 2, 4)
     assert cfg.data.eval_path == str(tmp_path / "eval.jsonl")  # override paths: relative to the CWD
     assert cfg.training.max_grad_norm == 1.0 and isinstance(cfg.training.max_grad_norm, float)
 
@@ -141,8 +141,10 @@ def test_sp_with_usp_is_valid_and_sp1_usp_is_fine(tmp_path):
     cfg = load_config(path, ["training.attention_backend=usp"])
     assert cfg.sp_size == 1
     cfg = load_config(path, ["training.attention_backend=usp", "training.num_trainers=4",
-                             "training.sp_ring_size=2", "training.batch_size=4", "training.micro_batch_size=2"])
-    assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (2, 2, 1)
+                             "training.sp_ring_size=2", "training.batch_size=4"])
+    assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (2, 2, 2)
+    msg = error_of(path, ["training.num_trainers=2", "training.micro_batch_size=2", "training.batch_size=4"])
+    assert "training.micro_batch_size" in msg and "1 when training.num_trainers > 1" in msg
 
 
 def test_required_keys(tmp_path):

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from longdraft.config import Config, ConfigError, save_config
+from longdraft.config import Config, save_config
 from longdraft.store.mooncake_master import free_port
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.stores import StoreService
@@ -22,17 +22,6 @@ from longdraft.train.setup import load_data, load_tokenizer
 from longdraft.data.vocab import build_vocab_mapping
 
 POLL_S = 0.5
-
-
-def _check(cfg: Config) -> None:
-    t = cfg.training
-    if t.micro_batch_size != 1:
-        raise ConfigError(
-            f"training.micro_batch_size={t.micro_batch_size}: multi-rank runs train one sequence per micro-batch "
-            "(each sample has its own shard layout); set training.micro_batch_size=1"
-        )
-    if t.batch_size % cfg.dp_size:
-        raise ConfigError(f"training.batch_size={t.batch_size} must be divisible by the DP size {cfg.dp_size}")
 
 
 def _prompts(cfg: Config, samples, start_position: int, steps: int) -> list[PromptItem]:
@@ -91,7 +80,6 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
     from longdraft.pipeline.trainer_rank import latest_step
     from longdraft.train.trainer import TrainResult
 
-    _check(cfg)
     t = cfg.training
     out = Path(cfg.output.dir)
     save_config(cfg, out / "config.yaml")

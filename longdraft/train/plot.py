@@ -1,10 +1,20 @@
-"""``<output_dir>/metrics.png``: loss and per-step acc_k over training steps, plus held-out curves."""
+"""``<output_dir>/metrics.png``: loss and per-step acc_k over training steps, plus held-out curves
+and, once ``eval.json`` exists, the real acceptance length of the final evaluation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from longdraft.train.metrics_log import read_metrics
+
+
+def _real_acceptance_length(out: Path) -> float | None:
+    """Real τ from ``eval.json`` of the final evaluation, when it already ran."""
+    path = out / "eval.json"
+    if not path.is_file():
+        return None
+    return (json.loads(path.read_text()).get("acceptance_length") or {}).get("real")
 
 
 def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
@@ -21,7 +31,8 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
         raise ValueError(f"{out / 'metrics.jsonl'} has no records with a 'step'")
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r or "eval_acc_k" in r]
-    has_sim = any("eval_sim_acc_len" in r for r in evals)
+    real_tau = _real_acceptance_length(out)
+    has_sim = any("eval_sim_acc_len" in r for r in evals) or real_tau is not None
     fig = Figure(figsize=(15 if has_sim else 10, 4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3 if has_sim else 2, squeeze=False)
@@ -50,8 +61,12 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     if has_sim:
         pts = [r for r in evals if "eval_sim_acc_len" in r]
         ax_sim = axes[0][2]
-        ax_sim.plot([r["step"] for r in pts], [r["eval_sim_acc_len"] for r in pts], "o-")
-        ax_sim.set(xlabel="step", ylabel="Σ_k Π_j≤k acc_j", title="held-out simulated acceptance length")
+        if pts:
+            ax_sim.plot([r["step"] for r in pts], [r["eval_sim_acc_len"] for r in pts], "o-", label="simulated")
+        if real_tau is not None:  # τ counts the bonus token, the simulated value does not
+            ax_sim.axhline(real_tau - 1.0, color="tab:red", linestyle="--", label="real τ − 1 (final eval)")
+        ax_sim.set(xlabel="step", ylabel=r"$\sum_k \prod_{j \leq k} acc_j$", title="held-out acceptance length")
+        ax_sim.legend()
 
     fig.tight_layout()
     path = out / filename

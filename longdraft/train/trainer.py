@@ -28,7 +28,7 @@ from longdraft.train.metrics_log import MetricsLog, peak_memory
 from longdraft.train.optim import build_optimizer, build_scheduler
 from longdraft.train.reduction import SumReducer
 from longdraft.train.sample_order import SampleOrder
-from longdraft.train.skips import too_few_loss_tokens
+from longdraft.shard import should_skip
 from longdraft.train.setup import build_draft, load_data, load_engine, load_tokenizer, vocab_for
 from longdraft.train.step import StepSettings, evaluate, train_step
 
@@ -98,7 +98,7 @@ def run_training(cfg: Config) -> TrainResult:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         indices = order.take(t.batch_size)
-        kept = [data.train[i] for i in indices if not too_few_loss_tokens(data.train[i].num_loss_tokens, t.min_loss_tokens)]
+        kept = [s for s in (data.train[i] for i in indices) if not should_skip(s.packed_loss_mask, t.min_loss_tokens, s.length)]
         skipped_in_training["too_few_loss_tokens"] += len(indices) - len(kept)
         batches = [
             full_sequence_batch(kept[j : j + t.micro_batch_size], engine, t.ttt_length, device)
