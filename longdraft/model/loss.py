@@ -11,8 +11,9 @@ import torch
 
 
 def _chunk_logits(x, weight, target_hidden, target_weight):
-    draft_logits = x.float() @ weight.float().t()
-    target_probs = torch.softmax(target_hidden.float() @ target_weight.float().t(), dim=-1)
+    """``weight``/``target_weight`` arrive already in fp32 (converted once per call, not per chunk)."""
+    draft_logits = x.float() @ weight.t()
+    target_probs = torch.softmax(target_hidden.float() @ target_weight.t(), dim=-1)
     return draft_logits, target_probs
 
 
@@ -21,9 +22,10 @@ class _ChunkedSoftCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, target_hidden, target_weight, chunk_size):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        weight32, target_weight32 = weight.float(), target_weight.float()
         for start in range(0, x.shape[0], chunk_size):
             end = start + chunk_size
-            logits, probs = _chunk_logits(x[start:end], weight, target_hidden[start:end], target_weight)
+            logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
             total += (torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)).sum()
             correct += (logits.argmax(-1) == probs.argmax(-1)).sum()
         ctx.save_for_backward(x, weight, target_hidden, target_weight)
@@ -36,11 +38,12 @@ class _ChunkedSoftCrossEntropy(torch.autograd.Function):
         x, weight, target_hidden, target_weight = ctx.saved_tensors
         grad_x = torch.empty_like(x, dtype=torch.float32)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        weight32, target_weight32 = weight.float(), target_weight.float()
         for start in range(0, x.shape[0], ctx.chunk_size):
             end = start + ctx.chunk_size
-            logits, probs = _chunk_logits(x[start:end], weight, target_hidden[start:end], target_weight)
+            logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
             dlogits = (torch.softmax(logits, dim=-1) - probs) * grad_total
-            grad_x[start:end] = dlogits @ weight.float()
+            grad_x[start:end] = dlogits @ weight32
             grad_w += dlogits.t() @ x[start:end].float()
         return grad_x.to(x.dtype), grad_w.to(weight.dtype), None, None, None
 
@@ -70,7 +73,8 @@ def target_argmax_in_vocab(
 ) -> torch.Tensor:
     """Per row: is the target's full-vocabulary argmax inside the draft vocab? ``[N]`` bool."""
     out = torch.empty(target_hidden.shape[0], dtype=torch.bool, device=target_hidden.device)
+    head = target_lm_head.float()
     for start in range(0, target_hidden.shape[0], chunk_size):
-        logits = target_hidden[start : start + chunk_size].float() @ target_lm_head.float().t()
+        logits = target_hidden[start : start + chunk_size].float() @ head.t()
         out[start : start + chunk_size] = t2d[logits.argmax(-1)]
     return out
