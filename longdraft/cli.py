@@ -73,7 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # eval and bench parse their own options; argparse would refuse an option as the first
+    # word of a REMAINDER argument (``longdraft eval --target ...``).
+    if argv[:1] == ["eval"]:
+        args = argparse.Namespace(func=_eval, rest=argv[1:])
+    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"]):
+        args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -78,7 +78,7 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
 
     from longdraft.pipeline.actors import controller_actor, producer_actor, trainer_actor
     from longdraft.pipeline.trainer_rank import latest_step
-    from longdraft.train.trainer import TrainResult
+    from longdraft.train.trainer import TrainResult, finish_run
 
     t = cfg.training
     out = Path(cfg.output.dir)
@@ -125,7 +125,8 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
             raise RuntimeError(f"{summary['lost']} samples were lost between producers and trainers: {summary}")
         root = results["trainer rank 0"]
         metrics = read_metrics(out)
-        return TrainResult(out, Path(root["final_dir"]), t.num_steps, metrics[-1] if metrics else {}, None)
+        result = TrainResult(out, Path(root["final_dir"]), t.num_steps, metrics[-1] if metrics else {}, None)
+        return finish_run(cfg, result)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

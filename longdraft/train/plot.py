@@ -19,6 +19,10 @@ def _real_acceptance_length(out: Path) -> float | None:
 
 def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     # A bare Figure on an Agg canvas: no display needed, pyplot's global state is left alone.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("plotting needs matplotlib: pip install 'longdraft[plot]'") from exc
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

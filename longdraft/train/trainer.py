@@ -128,7 +128,20 @@ def run_training(cfg: Config) -> TrainResult:
         "data": [r.summary() for r in data.reports], "train_samples": len(data.train),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return TrainResult(out, final_dir, t.num_steps, metrics, eval_metrics)
+    return finish_run(cfg, TrainResult(out, final_dir, t.num_steps, metrics, eval_metrics))
+
+
+def finish_run(cfg: Config, result: TrainResult) -> TrainResult:
+    """Speculative-decoding evaluation of the export, then the training plot (which shows its tau)."""
+    if cfg.eval.enabled:
+        from longdraft.eval.after_training import final_evaluation
+
+        final_evaluation(cfg, result)
+    if cfg.output.plot:
+        from longdraft.train.plot import plot_metrics
+
+        print(f"plot: {plot_metrics(result.output_dir)}")
+    return result
 
 
 def _eval_batches(cfg: Config, samples: list[Sample], engine, device) -> list[ShardBatch]:

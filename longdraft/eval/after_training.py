@@ -1,0 +1,90 @@
+"""Final evaluation of a training run: real acceptance length next to the simulated one.
+
+The simulated value is training's held-out ``sim_acc_len = Σ_k Π_{j≤k} acc_j``: teacher-forced, without
+the bonus token, so ``1 + sim_acc_len`` is the number comparable with the real τ, and the cumulative
+products ``Π_{j≤k} acc_j`` compare with the real per-position acceptance rates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longdraft.config import Config
+from longdraft.eval.evaluate import run_speculative_eval
+from longdraft.eval.report import format_table
+
+
+def _last_eval_metrics(output_dir: Path, last_eval: dict | None) -> dict | None:
+    if last_eval and "sim_acc_len" in last_eval:
+        return last_eval
+    path = output_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    from longdraft.train.metrics_log import read_metrics
+
+    for record in reversed(read_metrics(output_dir)):
+        if "eval_sim_acc_len" in record:
+            return {"sim_acc_len": record["eval_sim_acc_len"], "acc_k": record.get("eval_acc_k"),
+                    "step": record["step"]}
+    return None
+
+
+def simulated_summary(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    cumulative, running = [], 1.0
+    for acc in metrics.get("acc_k") or []:
+        running *= acc
+        cumulative.append(running)
+    return {
+        "sim_acc_len": metrics["sim_acc_len"],
+        "acceptance_length": 1.0 + metrics["sim_acc_len"],  # + the bonus token, comparable with τ
+        "acc_k": metrics.get("acc_k"),
+        "cumulative_acc": cumulative,
+    }
+
+
+def side_by_side_table(simulated: dict | None, real: dict) -> str:
+    k = real["num_draft_tokens"]
+    sim_len = "-" if simulated is None else f"{simulated['acceptance_length']:.3f}"
+    real_len = "-" if real["acceptance_length"] is None else f"{real['acceptance_length']:.3f}"
+    sim_pos = (simulated or {}).get("cumulative_acc") or []
+    lines = [
+        "                       simulated     real",
+        f"acceptance length   {sim_len:>12s} {real_len:>8s}   (1 + sim_acc_len vs tau; bonus token included)",
+    ]
+    for j in range(k):
+        sim = f"{sim_pos[j]:.3f}" if j < len(sim_pos) else "-"
+        rate = real["accept_rate_per_position"][j]
+        lines.append(f"accepted at pos {j + 1:<3d} {sim:>12s} {'-' if rate is None else f'{rate:.3f}':>8s}")
+    return "\n".join(lines)
+
+
+def final_evaluation(cfg: Config, train_result) -> dict:
+    """Run the speculative evaluator on held-out prompts; write and return ``<output_dir>/eval.json``."""
+    output_dir = Path(train_result.output_dir)
+    held_out = cfg.data.eval_path is not None
+    data_path = cfg.data.eval_path if held_out else cfg.data.train_path
+    real = run_speculative_eval(
+        cfg.model.target_path, train_result.final_dir, data_path,
+        num_prompts=cfg.eval.num_prompts, max_new_tokens=cfg.eval.max_new_tokens,
+        num_draft_tokens=cfg.training.ttt_length, aux_layers=cfg.model.aux_layers,
+        device=cfg.training.device, dtype=cfg.model.target_dtype, check_greedy=True,
+    )
+    simulated = simulated_summary(_last_eval_metrics(output_dir, train_result.last_eval))
+    result = {
+        "prompts_held_out": held_out,
+        "acceptance_length": {
+            "real": real["acceptance_length"],
+            "simulated": None if simulated is None else simulated["acceptance_length"],
+        },
+        "real": real,
+        "simulated": simulated,
+    }
+    (output_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_table(real, per_prompt=False))
+    print(side_by_side_table(simulated, real))
+    if not held_out:
+        print("note: data.eval_path is not set; prompts were taken from the training data")
+    return result

@@ -1,0 +1,69 @@
+"""``longdraft eval``: acceptance length of an exported EAGLE-3 draft with its HF target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _aux_layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--aux-layers={text!r}: expected comma-separated layer ids, e.g. 1,3,4") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="longdraft eval",
+        description="Greedy chain speculative decoding with an HF target and an exported EAGLE-3 draft; "
+        "reports the acceptance length tau (tokens per target verification step, bonus included).",
+    )
+    p.add_argument("--target", required=True, help="local HF target model directory")
+    p.add_argument("--draft", required=True, help="exported draft directory (config.json + model.safetensors)")
+    p.add_argument("--data", required=True, help="JSONL file: conversations (prompt = turns before the first "
+                   "assistant turn) or text rows (prompt = first half of the tokens)")
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-steps", type=int, default=7, help="draft tokens per verification step K (default 7)")
+    p.add_argument("--max-text-prompt-tokens", type=int, default=128)
+    p.add_argument("--aux-layers", type=_aux_layers, default=None, help="target aux layers (default 1,N/2-1,N-4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="target dtype")
+    p.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens tokens")
+    p.add_argument("--check-greedy", action="store_true",
+                   help="also run plain greedy decoding and report whether the outputs are equal")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longdraft.eval.evaluate import run_speculative_eval
+    from longdraft.eval.report import format_table
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `longdraft eval -- --target ...`: the separator argparse REMAINDER may pass on
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    for name in ("num_prompts", "max_new_tokens", "num_steps", "max_text_prompt_tokens"):
+        if getattr(args, name) < 1:
+            print(f"longdraft eval: --{name.replace('_', '-')}={getattr(args, name)}: expected >= 1", file=sys.stderr)
+            return 2
+    report = run_speculative_eval(
+        args.target, args.draft, args.data, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        num_draft_tokens=args.num_steps, aux_layers=args.aux_layers, device=args.device, dtype=args.dtype,
+        check_greedy=args.check_greedy, ignore_eos=args.ignore_eos,
+        max_text_prompt_tokens=args.max_text_prompt_tokens, progress=not args.json,
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if report["matches_greedy"] is False:
+        print("error: speculative output differs from plain greedy decoding", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,91 @@
+"""Load target + exported draft + prompts, run chain speculative decoding, summarise acceptance."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from longdraft.eval.prompts import Prompt, load_prompts
+from longdraft.eval.proposers import Eagle3Proposer, Proposer
+from longdraft.eval.report import PromptOutcome, summarize
+from longdraft.eval.speculative import greedy_generate, speculative_generate
+from longdraft.eval.target_runner import TargetRunner, stop_token_ids
+
+
+def run_prompts(
+    target: TargetRunner,
+    proposer: Proposer,
+    prompts: list[Prompt],
+    max_new_tokens: int,
+    num_draft_tokens: int,
+    stop_ids: Collection[int] = (),
+    check_greedy: bool = False,
+    progress: bool = False,
+) -> list[PromptOutcome]:
+    outcomes = []
+    for prompt in tqdm(prompts, desc="speculative eval", unit=" prompt", disable=not progress):
+        result = speculative_generate(target, proposer, prompt.input_ids, max_new_tokens, num_draft_tokens, stop_ids)
+        matches = None
+        if check_greedy:
+            matches = result.output == greedy_generate(target, prompt.input_ids, max_new_tokens, stop_ids)
+        outcomes.append(PromptOutcome(prompt.prompt_id, prompt.kind, len(prompt.input_ids), result, matches))
+    return outcomes
+
+
+def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) -> None:
+    path = draft_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"draft directory {draft_dir} has no config.json (expected an export: "
+                                "<output_dir>/final or `longdraft export`)")
+    cfg = json.loads(path.read_text())
+    if cfg.get("vocab_size") != vocab_size:
+        raise ValueError(f"{path}: vocab_size={cfg.get('vocab_size')}, but the target vocab has {vocab_size} tokens")
+    target_hidden = cfg.get("target_hidden_size", cfg.get("hidden_size"))
+    if target_hidden != hidden_size:
+        raise ValueError(f"{path}: target_hidden_size={target_hidden}, but the target's hidden size is {hidden_size}")
+
+
+def run_speculative_eval(
+    target_dir: str | Path,
+    draft_dir: str | Path,
+    data_path: str | Path,
+    *,
+    num_prompts: int = 16,
+    max_new_tokens: int = 64,
+    num_draft_tokens: int = 7,
+    aux_layers: Sequence[int] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    check_greedy: bool = False,
+    ignore_eos: bool = False,
+    max_text_prompt_tokens: int = 128,
+    progress: bool = False,
+) -> dict:
+    from transformers import AutoTokenizer
+
+    from longdraft.target.hf_engine import HFTargetEngine
+    from longdraft.train.export import load_exported_draft
+
+    started = time.perf_counter()
+    engine = HFTargetEngine(target_dir, aux_layers, device=device, dtype=dtype)
+    check_draft_fits_target(Path(draft_dir), engine.vocab_size, engine.hidden_size)
+    draft = load_exported_draft(draft_dir, engine.embed_tokens_weight().float().cpu()).to(engine.device)
+    tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
+    prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
+    target = TargetRunner.from_engine(engine)
+    stop_ids = set() if ignore_eos else stop_token_ids(engine.model)
+    try:
+        with torch.no_grad():
+            outcomes = run_prompts(target, Eagle3Proposer(draft), prompts, max_new_tokens, num_draft_tokens,
+                                   stop_ids, check_greedy, progress)
+    finally:
+        target.close()
+    report = summarize(outcomes, num_draft_tokens)
+    report.update(target=str(target_dir), draft=str(draft_dir), data=str(data_path), max_new_tokens=max_new_tokens,
+                  stop_at_eos=not ignore_eos, device=str(engine.device), wall_s=time.perf_counter() - started)
+    return report
