@@ -83,7 +83,19 @@ def test_layout_equals_single_rank(ray_session, data_dir, tmp_path, baseline, dp
         assert share < 1.0 / sp + 0.35
         assert rank["bytes_read"] / rank["full_sample_bytes"] == pytest.approx(share, abs=0.03)
         assert rank["keys_deleted"] == rank["samples_read"]
+        assert len(rank["peak_mem_bytes"]) == 4 and min(rank["peak_mem_bytes"]) > 0 and rank["data_wait_s"] >= 0
+    assert all(m["peak_mem_bytes"] >= max(r["peak_mem_bytes"][m["step"] - 1] for r in ranks) for m in metrics)
     put = sum(p["store"]["keys_put"] for p in summary["producers"])
     assert put == sum(rank["keys_deleted"] for rank in ranks)
     if store == "mooncake":
         assert summary["keys_left"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_unreachable_store_stops_the_run_naming_the_rank(ray_session, data_dir, tmp_path):
+    from longdraft.store.mooncake_master import free_port
+
+    cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake")
+    cfg.store.mooncake.master_address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed.*cannot reach the Mooncake master"):
+        run_sharded_training(cfg, timeout_s=150)

@@ -70,3 +70,17 @@ def test_segment_too_short_raises():
     batch.input_ids = batch.input_ids[:, :, :K]
     with pytest.raises(ValueError, match="must exceed training.ttt_length"):
         step_valid_masks(batch, batch.is_real[:, :, :K], K)
+
+
+def test_bf16_autocast_stays_within_bf16_rounding_of_fp32():
+    # Autocast runs the matmuls in bf16 (8 mantissa bits, ~4e-3 relative per rounding) while the
+    # parameters stay fp32 (master weights); the loss is a sum of fp32 soft cross-entropies of
+    # bf16-rounded logits, so a few roundings deep it should agree to ~1e-2 relative.
+    model, head = tiny_draft()
+    batch = batch_of(random_samples([11, 7]), K)
+    fp32, _ = _run(model, head, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, grads = _run(model, head, batch)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert abs(bf16.loss.item() - fp32.loss.item()) < 2e-2 * abs(fp32.loss.item())
+    assert all(torch.isfinite(g).all() for g in grads.values())
