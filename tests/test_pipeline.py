@@ -97,5 +97,5 @@ def test_unreachable_store_stops_the_run_naming_the_rank(ray_session, data_dir, 
 
     cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake")
     cfg.store.mooncake.master_address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed.*cannot reach the Mooncake master"):
+    with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed; the run was stopped: StoreError: cannot reach the Mooncake master"):
         run_sharded_training(cfg, timeout_s=150)

@@ -64,7 +64,8 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float) -> dict:
             except Exception as exc:
                 for actor in actors:
                     ray.kill(actor, no_restart=True)
-                raise RuntimeError(f"{name} failed; the run was stopped: {exc}") from exc
+                cause = getattr(exc, "cause", None) or exc  # the actor's own exception, without Ray's wrapper
+                raise RuntimeError(f"{name} failed; the run was stopped: {type(cause).__name__}: {cause}") from exc
         if time.monotonic() > deadline:
             for actor in actors:
                 ray.kill(actor, no_restart=True)

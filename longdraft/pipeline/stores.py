@@ -18,11 +18,14 @@ def _ray_store() -> TensorStore:
 
 
 def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> TensorStore:
+    from dataclasses import replace
+
     from longdraft.store.mooncake_store import MooncakeStoreOptions, MooncakeTensorStore
 
-    # Producers lend memory to the pool (the shards live there); trainers only read.
-    overrides = {} if lend_segment else {"global_segment_size": 0}
-    return MooncakeTensorStore(MooncakeStoreOptions.from_config(mooncake_cfg, master_address, **overrides))
+    options = MooncakeStoreOptions.from_config(mooncake_cfg, master_address)
+    if not lend_segment:  # producers lend memory to the pool (the shards live there); trainers only read
+        options = replace(options, global_segment_size=0)
+    return MooncakeTensorStore(options)
 
 
 class StoreService:
