@@ -1,0 +1,201 @@
+"""Ring attention over the step-0 (causal) keys, forward and backward, without autograd.
+
+After the Ulysses all-to-all every ring rank holds a block of queries and the keys/values at the
+same positions. K/V blocks travel once around the ring (non-blocking sends to the next rank,
+started before the current block is computed, so transfer overlaps compute). Each block's result
+is merged into the running output with its log-sum-exp in fp32.
+
+Backward runs every block's kernel with the *final* output and log-sum-exp (so each block's
+softmax gradient is the global one), keeps dQ local, and sends fp32 dK/dV accumulators around
+the ring together with K/V: after ``R`` hops each accumulator arrives back at its owner.
+
+Which query rows meet which key columns (``block_plan``):
+
+- ``contiguous``: own block causal, blocks of earlier ring ranks in full, later ones skipped.
+- ``zigzag``: local order ``[chunk q | chunk 2R-1-q]``. Own block causal; an earlier rank's
+  block: all queries against its first chunk; a later rank's block: the second query chunk
+  against both of its chunks. Every rank then does the same work at every hop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+from longdraft.model.attention_kernels import block_attention_backward, block_attention_forward
+from longdraft.parallel.stats import CommStats, maybe_timed
+
+_ALL = slice(None)
+_KV_TAG, _GRAD_TAG = 0, 1
+
+
+@dataclass(frozen=True)
+class RingComm:
+    """The ring group as seen from one rank (group-local ranks)."""
+
+    group: ProcessGroup | None
+    size: int
+    rank: int
+
+    @property
+    def next(self) -> int:
+        return (self.rank + 1) % self.size
+
+    @property
+    def prev(self) -> int:
+        return (self.rank - 1) % self.size
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    rows: slice  # query rows of this rank
+    cols: slice  # key columns of the visiting block
+    causal: bool
+
+
+def block_plan(layout: str, my_rank: int, src_rank: int, seq: int) -> BlockPlan | None:
+    """What this rank computes with the K/V block of ring rank ``src_rank`` (``None``: nothing)."""
+    if src_rank == my_rank:
+        return BlockPlan(_ALL, _ALL, True)
+    if layout == "contiguous":
+        return BlockPlan(_ALL, _ALL, False) if src_rank < my_rank else None
+    half = seq // 2
+    if src_rank < my_rank:
+        return BlockPlan(_ALL, slice(0, half), False)
+    return BlockPlan(slice(half, None), _ALL, False)
+
+
+class _Exchange:
+    """One hop around the ring: send ``tensor`` to the next rank, receive the previous rank's."""
+
+    def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, stats: CommStats | None):
+        self.recv = torch.empty_like(tensor)
+        self.stats, self.device = stats, tensor.device
+        ops = [
+            dist.P2POp(dist.isend, tensor, group=comm.group, group_peer=comm.next, tag=tag),
+            dist.P2POp(dist.irecv, self.recv, group=comm.group, group_peer=comm.prev, tag=tag),
+        ]
+        self.works = dist.batch_isend_irecv(ops)
+
+    def wait(self) -> torch.Tensor:
+        with maybe_timed(self.stats, "ring_wait", self.device):
+            for work in self.works:
+                work.wait()
+        return self.recv
+
+
+def _merge_into(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor, block_lse: torch.Tensor) -> None:
+    old_lse = lse[:, :, rows]
+    new_lse = torch.logaddexp(old_lse, block_lse)
+    out[:, :, rows] = (
+        torch.exp(old_lse - new_lse).unsqueeze(-1) * out[:, :, rows]
+        + torch.exp(block_lse - new_lse).unsqueeze(-1) * block_out.float()
+    )
+    lse[:, :, rows] = new_lse
+
+
+def forward_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, out: torch.Tensor, lse: torch.Tensor, scale: float
+) -> None:
+    """Attend ``q[rows]`` to the visiting block's ``k/v[cols]`` and merge into fp32 ``out``/``lse`` in place."""
+    block_out, block_lse = block_attention_forward(
+        q[:, :, plan.rows].contiguous(),
+        k[:, :, plan.cols].contiguous(),
+        v[:, :, plan.cols].contiguous(),
+        plan.causal,
+        scale,
+    )
+    _merge_into(out, lse, plan.rows, block_out, block_lse)
+
+
+def backward_block(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    plan: BlockPlan,
+    scale: float,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+) -> None:
+    """One block's gradients from the final ``out``/``lse``, added into fp32 ``dq``/``dk``/``dv`` in place."""
+    r, c = plan.rows, plan.cols
+    dq_b, dk_b, dv_b = block_attention_backward(
+        dout[:, :, r].contiguous(),
+        q[:, :, r].contiguous(),
+        k[:, :, c].contiguous(),
+        v[:, :, c].contiguous(),
+        out[:, :, r].contiguous(),
+        lse[:, :, r].contiguous(),
+        plan.causal,
+        scale,
+    )
+    dq[:, :, r] += dq_b.float()
+    dk[:, :, c] += dk_b.float()
+    dv[:, :, c] += dv_b.float()
+
+
+def ring_attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    comm: RingComm,
+    layout: str,
+    scale: float,
+    stats: CommStats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of the local queries over the whole ring's keys; returns fp32 ``(out, lse)``."""
+    seq = q.shape[2]
+    kv = torch.stack([k, v])
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+    for hop in range(comm.size):
+        exchange = _Exchange(comm, kv, _KV_TAG, stats) if hop + 1 < comm.size else None
+        plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
+        if plan is not None:
+            forward_block(q, kv[0], kv[1], plan, out, lse, scale)
+        if exchange is not None:
+            kv = exchange.wait()
+    return out, lse
+
+
+def ring_attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    comm: RingComm,
+    layout: str,
+    scale: float,
+    stats: CommStats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the ring attention given the final ``out``/``lse``; dq is fp32, dk/dv in k's dtype."""
+    seq = q.shape[2]
+    dout, out = dout.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
+    kv = torch.stack([k, v])
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    grad_exchange: _Exchange | None = None
+    for hop in range(comm.size):
+        kv_exchange = _Exchange(comm, kv, _KV_TAG, stats) if hop + 1 < comm.size else None
+        plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
+        dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
+        if plan is not None:
+            backward_block(dout, q, kv[0], kv[1], out, lse, plan, scale, dq, dkv[0], dkv[1])
+        if grad_exchange is not None:
+            # The accumulator of the block just processed, from the rank that had it before.
+            dkv += grad_exchange.wait()
+        if comm.size > 1:
+            grad_exchange = _Exchange(comm, dkv, _GRAD_TAG, stats)
+        if kv_exchange is not None:
+            kv = kv_exchange.wait()
+    # After R hops each accumulator is back with the rank that owns its block.
+    dkv = grad_exchange.wait() if grad_exchange is not None else dkv
+    return dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)

@@ -1,0 +1,50 @@
+"""Optional timing of the communication that blocks compute (for the benchmark).
+
+Only the time a rank spends *waiting* is counted: the blocking all-to-alls and the waits on ring
+transfers. Transfers hidden behind compute do not show up, which is the point of measuring.
+On CUDA, timing synchronises the device, so only enable it when measuring.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+class CommStats:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.seconds[kind] += seconds
+
+    @contextmanager
+    def timed(self, kind: str, device: torch.device) -> Iterator[None]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.add(kind, time.perf_counter() - start)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+@contextmanager
+def maybe_timed(stats: CommStats | None, kind: str, device: torch.device) -> Iterator[None]:
+    if stats is None:
+        yield
+    else:
+        with stats.timed(kind, device):
+            yield

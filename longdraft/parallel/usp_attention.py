@@ -1,0 +1,132 @@
+"""USP attention for the EAGLE-3 draft: Ulysses all-to-all inside, ring attention outside.
+
+Per TTT step the draft model calls ``prepare`` on that step's local q/k/v (RoPE applied), keeps
+the prepared keys/values of all steps, calls ``attend(q_k, keys[:k+1], values[:k+1])`` and then
+``finish``. Step-0 keys go through the ring (causal over the whole sequence); the diagonal keys
+of steps >= 1 sit at the query's own position, which after the all-to-all is on the same rank
+and head shard, so they are merged locally by log-sum-exp, in the same autograd function.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from longdraft.model.attention_reference import repeat_kv
+from longdraft.model.attention_ttt import diagonal_backward, merge_diagonal
+from longdraft.parallel.layout import LAYOUTS
+from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
+from longdraft.parallel.ring import RingComm, ring_attention_backward, ring_attention_forward
+from longdraft.parallel.stats import CommStats
+from longdraft.parallel.ulysses import heads_to_sequence, sequence_to_heads
+
+
+class _USPStepAttention(torch.autograd.Function):
+    """One TTT step: ring attention over keys[0] plus the local diagonal keys[1:]."""
+
+    @staticmethod
+    def forward(ctx, q, scale, n_diag, comm, layout, stats, *kv):
+        keys, values = list(kv[: n_diag + 1]), list(kv[n_diag + 1 :])
+        out0, lse0 = ring_attention_forward(q, keys[0], values[0], comm, layout, scale, stats)
+        out, lse = merge_diagonal(out0, lse0, q, keys[1:], values[1:], scale)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, out, lse, *kv)
+        ctx.scale, ctx.n_diag, ctx.comm, ctx.layout, ctx.stats = scale, n_diag, comm, layout, stats
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, out, lse, *kv = ctx.saved_tensors
+        n_diag, scale = ctx.n_diag, ctx.scale
+        keys, values = kv[: n_diag + 1], kv[n_diag + 1 :]
+        dq, dk0, dv0 = ring_attention_backward(
+            dout, q, keys[0], values[0], out, lse, ctx.comm, ctx.layout, scale, ctx.stats
+        )
+        dq_diag, dkeys, dvalues = diagonal_backward(dout, out, lse, q, list(keys[1:]), list(values[1:]), scale)
+        dq = (dq + dq_diag).to(q.dtype)
+        return (dq, None, None, None, None, None, dk0, *dkeys, dv0, *dvalues)
+
+
+def _zigzag_to_chunks(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
+    """After the all-to-all the sequence is ``[u0: seg0 seg1 | u1: seg0 seg1 | ...]``; reorder to
+    ``[chunk q = seg0 of u0..uU-1 | chunk 2R-1-q = seg1 of u0..uU-1]`` (causal order)."""
+    b, h, t, d = x.shape
+    seg = t // (2 * ulysses_size)
+    return x.reshape(b, h, ulysses_size, 2, seg, d).transpose(2, 3).reshape(b, h, t, d)
+
+
+def _chunks_to_zigzag(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
+    b, h, t, d = x.shape
+    seg = t // (2 * ulysses_size)
+    return x.reshape(b, h, 2, ulysses_size, seg, d).transpose(2, 3).reshape(b, h, t, d)
+
+
+class USPAttentionBackend:
+    """Draft attention over a sequence split across the SP group of ``mesh``.
+
+    ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``parallel/layout.py``); it
+    must match how the local tensors were sharded. ``stats`` (optional) collects the time spent
+    waiting on communication.
+    """
+
+    def __init__(
+        self,
+        mesh: USPMesh,
+        num_heads: int,
+        num_kv_heads: int,
+        layout: str = "contiguous",
+        scale: float | None = None,
+        stats: CommStats | None = None,
+    ):
+        validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
+        if layout not in LAYOUTS:
+            raise ValueError(f"USP sequence layout {layout!r} is not one of {LAYOUTS}")
+        self.mesh, self.layout, self.scale, self.stats = mesh, layout, scale, stats
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.kv_repeat = kv_replication_factor(num_heads, num_kv_heads, mesh.ulysses_size)
+        self.ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
+
+    def _check_local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+            raise ValueError(f"expected q/k/v as [B, H, T, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        if q.shape[1] != self.num_heads or k.shape[1] != self.num_kv_heads:
+            raise ValueError(
+                f"q has {q.shape[1]} heads and k/v {k.shape[1]}, but the backend was built for "
+                f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}"
+            )
+        if (q.shape[0], q.shape[2]) != (k.shape[0], k.shape[2]):
+            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or local length")
+        if self.layout == "zigzag" and q.shape[2] % 2:
+            raise ValueError(f"zigzag shards hold two equal segments; local length {q.shape[2]} is odd")
+
+    def _to_ring(self, x: torch.Tensor) -> torch.Tensor:
+        x = heads_to_sequence(x.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.stats)
+        return _zigzag_to_chunks(x, self.mesh.ulysses_size) if self.layout == "zigzag" else x
+
+    def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Local ``[B, H, T_local, D]`` -> this ring rank's sequence with ``1/U`` of the heads."""
+        self._check_local(q, k, v)
+        # Replicated KV heads are copies made by autograd, so their gradients sum back.
+        k, v = repeat_kv(k, self.kv_repeat), repeat_kv(v, self.kv_repeat)
+        return self._to_ring(q), self._to_ring(k), self._to_ring(v)
+
+    def attend(self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        if len(keys) != len(values) or not keys:
+            raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
+        expected = (q.shape[0], keys[0].shape[1], q.shape[2], q.shape[3])
+        for j, (k, v) in enumerate(zip(keys, values)):
+            if tuple(k.shape) != expected or tuple(v.shape) != expected:
+                raise ValueError(
+                    f"keys[{j}]/values[{j}] have shapes {tuple(k.shape)}/{tuple(v.shape)}, expected {expected} "
+                    f"(prepared like q {tuple(q.shape)})"
+                )
+        scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else self.scale
+        kv = [t.contiguous() for t in (*keys, *values)]
+        return _USPStepAttention.apply(q.contiguous(), scale, len(keys) - 1, self.ring, self.layout, self.stats, *kv)
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """Back to the local ``[B, num_heads, T_local, D]`` in the rank's own (shard) order."""
+        if self.layout == "zigzag":
+            out = _chunks_to_zigzag(out, self.mesh.ulysses_size)
+        return sequence_to_heads(out.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.stats)
