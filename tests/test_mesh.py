@@ -118,9 +118,11 @@ def test_scatter_gather_round_trip_pads_only_the_tail(layout) -> None:
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("layout", shard_layout.LAYOUTS)
-def test_layout_agrees_with_the_shard_contract_module(layout) -> None:
-    # The writer/reader contract (longdraft/shard.py) and the attention layout must never drift.
-    shard = pytest.importorskip("longdraft.shard")
+def test_query_positions_do_not_depend_on_the_lookahead(layout) -> None:
+    # Writers shard with K look-ahead rows, the attention code reasons without them: the query
+    # positions must be the same either way.
+    import longdraft.shard as shard
+
     for U, R in [(1, 1), (2, 1), (1, 3), (2, 2), (4, 1), (3, 2)]:
         for L in (1, 7, 24, 31):
             contract = shard.ShardLayout(L, U, R, 3, layout)
@@ -134,7 +136,7 @@ def test_layout_agrees_with_the_shard_contract_module(layout) -> None:
 def test_layout_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="not one of"):
         shard_layout.local_length(10, 2, 1, "striped")
-    with pytest.raises(ValueError, match="sp_rank 4"):
+    with pytest.raises(ValueError, match="SP rank 4 is outside"):
         shard_layout.query_positions(10, 2, 2, 4, "contiguous")
 
 

@@ -84,18 +84,6 @@ def _check_ring_positions(layout: ShardLayout) -> None:
                                                                                      dtype=torch.int64))
 
 
-def test_agrees_with_parallel_layout() -> None:
-    pl = pytest.importorskip("longdraft.parallel.layout")
-    for layout in CASES:
-        if layout.ttt_length != 1:
-            continue
-        args = (layout.length, layout.ulysses, layout.ring)
-        for r in range(layout.sp_size):
-            assert torch.equal(layout.query_positions(r), pl.query_positions(*args, r, layout.layout)), layout
-        for q in range(layout.ring):
-            assert torch.equal(layout.ring_positions(q), pl.ring_positions(*args, q, layout.layout)), layout
-
-
 def test_worked_example_and_empty_shard() -> None:
     lay = ShardLayout(10000, 2, 2, 7)
     assert (lay.segment_queries, lay.local_length) == (2500, 2507)

@@ -1,4 +1,5 @@
-"""Which global query positions each sequence-parallel rank holds: pure functions, no communication.
+"""Which global query positions each sequence-parallel rank holds, in the argument style of the
+attention code and its tests; the formulas live in the shard contract (``longdraft/shard.py``).
 
 ``L`` is the global length, ``S = U * R``; SP rank ``r = ring * U + ulysses``.
 
@@ -15,68 +16,39 @@ them away from real queries.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Layout = Literal["contiguous", "zigzag"]
-LAYOUTS: tuple[str, ...] = ("contiguous", "zigzag")
+from longdraft.shard import LAYOUTS, ShardLayout  # noqa: F401  (LAYOUTS re-exported)
 
 
-def _check(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"sequence layout {layout!r} is not one of {LAYOUTS}")
-    if seq_len < 1:
-        raise ValueError(f"global sequence length must be >= 1, got {seq_len}")
-    if ulysses_size < 1 or ring_size < 1:
-        raise ValueError(f"ulysses_size={ulysses_size} and ring_size={ring_size} must be >= 1")
+def _layout(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> ShardLayout:
+    """The shard contract without look-ahead rows: the query part of every shard."""
+    return ShardLayout(seq_len, ulysses_size, ring_size, 0, layout)
 
 
 def segment_length(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> int:
     """Tokens per contiguous segment of one SP rank: ``C`` (contiguous) or ``c`` (zigzag, 2 segments)."""
-    _check(seq_len, ulysses_size, ring_size, layout)
-    sp_size = ulysses_size * ring_size
-    parts = sp_size if layout == "contiguous" else 2 * sp_size
-    return -(-seq_len // parts)
+    return _layout(seq_len, ulysses_size, ring_size, layout).segment_queries
 
 
 def local_length(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> int:
     """Number of query positions each SP rank holds (the same on every rank)."""
-    seg = segment_length(seq_len, ulysses_size, ring_size, layout)
-    return seg if layout == "contiguous" else 2 * seg
+    return _layout(seq_len, ulysses_size, ring_size, layout).local_queries
 
 
 def padded_length(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> int:
-    return ulysses_size * ring_size * local_length(seq_len, ulysses_size, ring_size, layout)
+    return _layout(seq_len, ulysses_size, ring_size, layout).padded_length
 
 
 def query_positions(seq_len: int, ulysses_size: int, ring_size: int, sp_rank: int, layout: str) -> torch.Tensor:
     """Global positions (int64, local order) of SP rank ``sp_rank``'s queries; values ``>= L`` are padding."""
-    seg = segment_length(seq_len, ulysses_size, ring_size, layout)
-    sp_size = ulysses_size * ring_size
-    if not 0 <= sp_rank < sp_size:
-        raise ValueError(f"sp_rank {sp_rank} is outside [0, {sp_size}) for U={ulysses_size}, R={ring_size}")
-    steps = torch.arange(seg, dtype=torch.int64)
-    if layout == "contiguous":
-        return sp_rank * seg + steps
-    ring, uly = divmod(sp_rank, ulysses_size)
-    chunk = ulysses_size * seg
-    first = ring * chunk + uly * seg
-    second = (2 * ring_size - 1 - ring) * chunk + uly * seg
-    return torch.cat([first + steps, second + steps])
+    return _layout(seq_len, ulysses_size, ring_size, layout).query_positions(sp_rank)
 
 
 def ring_positions(seq_len: int, ulysses_size: int, ring_size: int, ring_rank: int, layout: str) -> torch.Tensor:
     """Global positions held by ring rank ``ring_rank`` after the all-to-all, in the order the USP
     backend computes in: contiguous ``[q*U*C, (q+1)*U*C)``; zigzag ``[chunk q | chunk 2R-1-q]``."""
-    seg = segment_length(seq_len, ulysses_size, ring_size, layout)
-    if not 0 <= ring_rank < ring_size:
-        raise ValueError(f"ring_rank {ring_rank} is outside [0, {ring_size})")
-    chunk = ulysses_size * seg
-    steps = torch.arange(chunk, dtype=torch.int64)
-    if layout == "contiguous":
-        return ring_rank * chunk + steps
-    return torch.cat([ring_rank * chunk + steps, (2 * ring_size - 1 - ring_rank) * chunk + steps])
+    return _layout(seq_len, ulysses_size, ring_size, layout).ring_positions(ring_rank)
 
 
 def scatter_sequence(
