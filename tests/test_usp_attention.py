@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from longdraft.model.attention_reference import ttt_attention_reference
 from longdraft.parallel import layout as shard_layout
-from longdraft.parallel.backends import ReferenceAttentionBackend
+from longdraft.model.attention_backend import local_backend
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
 from longdraft.parallel.usp_attention import USPAttentionBackend
@@ -211,7 +211,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     full_mask = torch.ones(L)
     full_mask[empty_positions[empty_positions < L]] = 0.0
 
-    ref_outs = ref_model(full_inputs, torch.arange(L), ReferenceAttentionBackend())
+    ref_outs = ref_model(full_inputs, torch.arange(L), local_backend("reference"))
     ref_sum, ref_count = _masked_loss(ref_outs, weights, full_mask)
     (ref_sum / ref_count).backward()
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from longdraft.parallel.backends import FastAttentionBackend
+from longdraft.model.attention_backend import local_backend
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.layout import local_length
 from longdraft.parallel.mesh import USPMesh, validate_usp_sizes
@@ -119,7 +119,7 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
         backend = USPAttentionBackend(mesh, cfg.heads, cfg.kv_heads, layout=spec.layout, stats=stats)
         batch, seq = world, local_length(cfg.seq_len, spec.ulysses, spec.ring, spec.layout)
     else:
-        backend = FastAttentionBackend()
+        backend = local_backend("fast")
         batch, seq = 1, cfg.seq_len
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

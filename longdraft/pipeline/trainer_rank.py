@@ -21,7 +21,6 @@ from transformers import AutoConfig
 
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
-from longdraft.model.attention_backend import local_backend
 from longdraft.pipeline.records import EndOfRun, SampleMeta
 from longdraft.pipeline.shard_batch import shard_batch
 from longdraft.shard import should_skip
@@ -55,8 +54,8 @@ class TrainerRank:
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:
+        from longdraft.parallel.backends import make_attention_backend
         from longdraft.parallel.mesh import USPMesh
-        from longdraft.parallel.usp_attention import USPAttentionBackend
 
         t = self.cfg.training
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() and t.device != "cpu" else torch.device("cpu")
@@ -74,10 +73,10 @@ class TrainerRank:
         heads = text_config.num_attention_heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
-        if self.sp_size > 1:
-            self.backend = USPAttentionBackend(self.mesh, heads, kv_heads, t.ring_layout)
-        else:
-            self.backend = local_backend("fast" if t.attention_backend == "usp" else t.attention_backend)
+        # One rank per sequence needs no USP exchange even when the config says usp.
+        name = "fast" if self.sp_size == 1 and t.attention_backend == "usp" else t.attention_backend
+        self.backend = make_attention_backend(name, num_heads=heads, num_kv_heads=kv_heads, mesh=self.mesh,
+                                              layout=t.ring_layout)
         self.reducer = SumReducer(dist.group.WORLD if self.world_size > 1 else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, t.lr, t.weight_decay)
