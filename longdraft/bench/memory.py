@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,7 +48,7 @@ class MemoryBenchConfig:
     def realistic(cls) -> "MemoryBenchConfig":
         """A Llama-3-8B-sized draft (GPU)."""
         return cls(hidden=4096, heads=32, kv_heads=8, intermediate=14336, draft_vocab=32000, target_vocab=128256,
-                   budget_bytes=40 << 30, fixed_len=8192, min_len=1024, device="cuda")
+                   budget_bytes=40 << 30, fixed_len=8192, min_len=4096, resolution=0.05, device="cuda")
 
 
 def _read_status(field: str) -> int:
@@ -160,7 +161,9 @@ def _rank_search(rank: int, world: int, cfg: MemoryBenchConfig) -> dict:
         worst = int(agg[0])
         return worst <= cfg.budget_bytes and agg[1] == 0, worst
 
+    start = time.perf_counter()
     _, fixed_peak = probe(cfg.fixed_len)
+    fixed_step_s = time.perf_counter() - start  # includes building the shard; the first probe also warms up
     lo, hi = 0, None
     length = cfg.min_len * world
     while hi is None and length <= cfg.max_len:
@@ -175,7 +178,7 @@ def _rank_search(rank: int, world: int, cfg: MemoryBenchConfig) -> dict:
         mid = (lo + hi) // 2
         fits, _ = probe(mid)
         lo, hi = (mid, hi) if fits else (lo, mid)
-    return {"max_seq_len": lo, "peak_mem_bytes_fixed_len": fixed_peak}
+    return {"max_seq_len": lo, "peak_mem_bytes_fixed_len": fixed_peak, "step_s_fixed_len": fixed_step_s}
 
 
 def run_memory_bench(cfg: MemoryBenchConfig, sp_sizes: list[int], timeout_s: float = 1800) -> list[dict]:

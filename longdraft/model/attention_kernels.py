@@ -95,13 +95,11 @@ def block_attention_backward(
             dout, q, k, v, out, lse, 0.0, causal, scale=scale
         )
     elif _use_cuda_flash(q):
-        seq_q, seq_k = q.shape[2], k.shape[2]
-        # Dense (non-varlen) flash backward: cumulative lengths are unused; no dropout, so the
-        # philox seed/offset are placeholders.
-        empty = torch.empty(0, dtype=torch.int32, device=q.device)
+        # Dense (non-varlen) call: no cumulative lengths (None, as the forward returns them), no
+        # dropout, so the philox seed/offset are unused placeholders.
         seed = torch.zeros((), dtype=torch.int64, device=q.device)
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            dout, q, k, v, out, lse.contiguous(), empty, empty, seq_q, seq_k, 0.0, causal, seed, seed,
+            dout, q, k, v, out, lse.contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, seed, seed,
             scale=scale,
         )
     else:
