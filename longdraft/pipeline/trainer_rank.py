@@ -110,6 +110,7 @@ class TrainerRank:
         self.report["rows_read"] += int(shard["input_ids"].shape[0])
         self.report["sample_rows"] += meta.length
         if should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):
+            self.report["samples_skipped"] += 1
             return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike
         return meta, shard_batch(meta, shard, self.sp_rank).to(self.device)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,15 +90,17 @@ def train_step(
         correct += result.correct
     params = [p for p in model.parameters() if p.requires_grad]
     reducer.sum_gradients_(params)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+    max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = optimizer.param_groups[0]["lr"]
-    if torch.isfinite(torch.tensor(grad_norm)):
+    finite = math.isfinite(grad_norm)
+    if finite:  # every rank holds the same summed gradients, so all skip or step together
         optimizer.step()
     scheduler.step()
     reducer.sum_(sums)
     reducer.sum_(correct)
     metrics = step_metrics(sums, correct, counts)
-    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not torch.isfinite(torch.tensor(grad_norm)).item())
+    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite)
     return metrics
 
 
