@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("mooncake.store")
+import mooncake.store  # noqa: F401,E402  (a broken install must fail, not skip)
 
 from longdraft.shard import ShardLayout, check_shard, split_sample  # noqa: E402
 from longdraft.store.base import StoreError, shard_nbytes  # noqa: E402

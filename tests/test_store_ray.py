@@ -9,7 +9,7 @@ from longdraft.shard import ShardLayout, check_shard, split_sample
 from longdraft.store.base import SampleHandle, StoreError, shard_nbytes
 from longdraft.store.ray_store import RayTensorStore, local_object_store_usage
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 
 
 def make_sample(length: int, hidden: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
