@@ -167,6 +167,9 @@ class TrainerRank:
                 history.append(metrics)
                 if is_root:
                     log.write(metrics)
+                    if (step + 1) % t.log_every == 0 or step + 1 == t.num_steps:  # progress, via Ray's log stream
+                        print(f"step {step + 1}/{t.num_steps} loss {metrics['loss']:.3f} acc0 {metrics['acc_k'][0]:.3f} "
+                              f"{metrics['tokens_per_s']:.0f} tok/s", flush=True)
                     if (t.save_every and (step + 1) % t.save_every == 0) or step + 1 == t.num_steps:
                         extra = {"samples_consumed": samples_consumed, "elapsed_s": metrics["elapsed_s"], "skipped": {},
                                  "draft_config": export_config_dict(self.model.config, torch.float32)}
