@@ -31,7 +31,7 @@ from longdraft.model.attention_ttt import diagonal_backward, merge_diagonal, ttt
 from longdraft.parallel import layout as shard_layout
 from longdraft.parallel.ring import backward_block, block_plan, forward_block
 
-FP32_TOL = 1e-5  # absolute, inputs ~N(0,1)
+FP32_TOL = 1e-5  # relative to the compared tensor's largest magnitude: gradients reach ~10 at L=1024
 BF16_REL_TOL = 2.0**-5  # relative to the largest magnitude of the compared tensor (see tests)
 
 
@@ -42,7 +42,7 @@ def _dev(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def _ok(devs: dict, dtype: torch.dtype) -> bool:
-    key, tol = ("max_abs", FP32_TOL) if dtype == torch.float32 else ("max_rel", BF16_REL_TOL)
+    key, tol = ("max_rel", FP32_TOL) if dtype == torch.float32 else ("max_rel", BF16_REL_TOL)
     return all(d[key] <= tol for d in devs.values())
 
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "all_ok": all(r.get("ok", True) for r in results),
-        "tolerances": {"fp32_abs": FP32_TOL, "bf16_rel": BF16_REL_TOL},
+        "tolerances": {"fp32_rel": FP32_TOL, "bf16_rel": BF16_REL_TOL},
         "results": results,
     }
     print(json.dumps(report, indent=1))
