@@ -14,6 +14,7 @@ from longdraft.shard import ShardLayout, check_shard, split_sample  # noqa: E402
 from longdraft.store.base import StoreError, shard_nbytes  # noqa: E402
 from longdraft.store.mooncake_master import MooncakeMaster, free_port, port_open  # noqa: E402
 from longdraft.store.mooncake_store import MooncakeStoreOptions, MooncakeTensorStore  # noqa: E402
+from tests.sample_tensors import make_sample
 
 MiB = 1024 * 1024
 
@@ -42,15 +43,6 @@ def no_keys_left_behind(request):
     if "master" in request.fixturenames:
         master = request.getfixturevalue("master")
         assert master.key_count() == 0, "a test left Mooncake objects behind"
-
-
-def make_sample(length: int, hidden: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "input_ids": torch.randint(0, 1000, (length,), generator=g),
-        "aux_hidden": torch.randn(length, 3 * hidden, generator=g).to(dtype),
-        "last_hidden": torch.randn(length, hidden, generator=g).to(dtype),
-    }
 
 
 def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

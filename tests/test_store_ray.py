@@ -8,17 +8,9 @@ import torch
 from longdraft.shard import ShardLayout, check_shard, split_sample
 from longdraft.store.base import SampleHandle, StoreError, shard_nbytes
 from longdraft.store.ray_store import RayTensorStore, local_object_store_usage
+from tests.sample_tensors import make_sample
 
 import ray  # noqa: E402
-
-
-def make_sample(length: int, hidden: int, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "input_ids": torch.randint(0, 1000, (length,), generator=g),
-        "aux_hidden": torch.randn(length, 3 * hidden, generator=g).to(dtype),
-        "last_hidden": torch.randn(length, hidden, generator=g).to(dtype),
-    }
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
