@@ -38,7 +38,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
     torch.save(
         {
             "step": step,
-            "model": {k: v for k, v in model.state_dict().items()},
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
