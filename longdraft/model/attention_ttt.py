@@ -79,15 +79,32 @@ def diagonal_backward(
     return dq, dkeys, dvalues
 
 
-class _TTTAttention(torch.autograd.Function):
+class LocalCausal:
+    """The step-0 causal keys all on this device: one causal block."""
+
+    def forward(self, q, k, v, scale):
+        return block_attention_forward(q, k, v, True, scale)
+
+    def backward(self, dout, q, k, v, out, lse, scale):
+        return block_attention_backward(dout, q, k, v, out, lse, True, scale)
+
+
+class _TTTStepAttention(torch.autograd.Function):
+    """One TTT step: ``causal`` attention over keys[0] plus the diagonal keys[1:], merged by LSE.
+
+    ``causal`` has ``forward(q, k, v, scale) -> (out, lse)`` and
+    ``backward(dout, q, k, v, out, lse, scale) -> (dq, dk, dv)`` taking the final merged out/LSE
+    (one local block here; the ring in USP attention).
+    """
+
     @staticmethod
-    def forward(ctx, q, scale, n_diag, *kv):
+    def forward(ctx, q, scale, n_diag, causal, *kv):
         keys, values = list(kv[: n_diag + 1]), list(kv[n_diag + 1 :])
-        out0, lse0 = block_attention_forward(q, keys[0], values[0], True, scale)
+        out0, lse0 = causal.forward(q, keys[0], values[0], scale)
         out, lse = merge_diagonal(out0, lse0, q, keys[1:], values[1:], scale)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, out, lse, *kv)
-        ctx.scale, ctx.n_diag = scale, n_diag
+        ctx.scale, ctx.n_diag, ctx.causal = scale, n_diag, causal
         return out
 
     @staticmethod
@@ -95,10 +112,19 @@ class _TTTAttention(torch.autograd.Function):
         q, out, lse, *kv = ctx.saved_tensors
         n_diag, scale = ctx.n_diag, ctx.scale
         keys, values = kv[: n_diag + 1], kv[n_diag + 1 :]
-        dq, dk0, dv0 = block_attention_backward(dout, q, keys[0], values[0], out, lse, True, scale)
+        dq, dk0, dv0 = ctx.causal.backward(dout, q, keys[0], values[0], out, lse, scale)
         dq_diag, dkeys, dvalues = diagonal_backward(dout, out, lse, q, list(keys[1:]), list(values[1:]), scale)
         dq = (dq.float() + dq_diag).to(q.dtype)
-        return (dq, None, None, dk0, *dkeys, dv0, *dvalues)
+        return (dq, None, None, None, dk0, *dkeys, dv0, *dvalues)
+
+
+def ttt_step_attention(q, keys, values, scale, causal) -> torch.Tensor:
+    """Attention of one TTT step with a pluggable causal part (see ``_TTTStepAttention``)."""
+    if len(keys) != len(values) or not keys:
+        raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    contiguous = [t.contiguous() for t in (*keys, *values)]
+    return _TTTStepAttention.apply(q.contiguous(), scale, len(keys) - 1, causal, *contiguous)
 
 
 def ttt_attention_fast(
@@ -108,8 +134,4 @@ def ttt_attention_fast(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Same contract and result as ``ttt_attention_reference``, without a ``T x T`` mask."""
-    if len(keys) != len(values) or not keys:
-        raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    contiguous = [t.contiguous() for t in (*keys, *values)]
-    return _TTTAttention.apply(q.contiguous(), scale, len(keys) - 1, *contiguous)
+    return ttt_step_attention(q, keys, values, scale, LocalCausal())

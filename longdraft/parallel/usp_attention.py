@@ -9,12 +9,10 @@ and head shard, so they are merged locally by log-sum-exp, in the same autograd 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from longdraft.model.attention_reference import repeat_kv
-from longdraft.model.attention_ttt import diagonal_backward, merge_diagonal
+from longdraft.model.attention_ttt import ttt_step_attention
 from longdraft.parallel.layout import LAYOUTS
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
 from longdraft.parallel.ring import RingComm, ring_attention_backward, ring_attention_forward
@@ -22,30 +20,17 @@ from longdraft.parallel.stats import CommStats
 from longdraft.parallel.ulysses import heads_to_sequence, sequence_to_heads
 
 
-class _USPStepAttention(torch.autograd.Function):
-    """One TTT step: ring attention over keys[0] plus the local diagonal keys[1:]."""
+class _RingCausal:
+    """The step-0 causal keys spread over the ring: blocks rotate, merged by log-sum-exp."""
 
-    @staticmethod
-    def forward(ctx, q, scale, n_diag, comm, layout, stats, *kv):
-        keys, values = list(kv[: n_diag + 1]), list(kv[n_diag + 1 :])
-        out0, lse0 = ring_attention_forward(q, keys[0], values[0], comm, layout, scale, stats)
-        out, lse = merge_diagonal(out0, lse0, q, keys[1:], values[1:], scale)
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, out, lse, *kv)
-        ctx.scale, ctx.n_diag, ctx.comm, ctx.layout, ctx.stats = scale, n_diag, comm, layout, stats
-        return out
+    def __init__(self, comm: RingComm, layout: str, stats: CommStats | None):
+        self.comm, self.layout, self.stats = comm, layout, stats
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, out, lse, *kv = ctx.saved_tensors
-        n_diag, scale = ctx.n_diag, ctx.scale
-        keys, values = kv[: n_diag + 1], kv[n_diag + 1 :]
-        dq, dk0, dv0 = ring_attention_backward(
-            dout, q, keys[0], values[0], out, lse, ctx.comm, ctx.layout, scale, ctx.stats
-        )
-        dq_diag, dkeys, dvalues = diagonal_backward(dout, out, lse, q, list(keys[1:]), list(values[1:]), scale)
-        dq = (dq + dq_diag).to(q.dtype)
-        return (dq, None, None, None, None, None, dk0, *dkeys, dv0, *dvalues)
+    def forward(self, q, k, v, scale):
+        return ring_attention_forward(q, k, v, self.comm, self.layout, scale, self.stats)
+
+    def backward(self, dout, q, k, v, out, lse, scale):
+        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.layout, scale, self.stats)
 
 
 def _zigzag_to_chunks(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
@@ -121,9 +106,7 @@ class USPAttentionBackend:
                     f"keys[{j}]/values[{j}] have shapes {tuple(k.shape)}/{tuple(v.shape)}, expected {expected} "
                     f"(prepared like q {tuple(q.shape)})"
                 )
-        scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else self.scale
-        kv = [t.contiguous() for t in (*keys, *values)]
-        return _USPStepAttention.apply(q.contiguous(), scale, len(keys) - 1, self.ring, self.layout, self.stats, *kv)
+        return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats))
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """Back to the local ``[B, num_heads, T_local, D]`` in the rank's own (shard) order."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from longdraft.config import Config, save_config
 from longdraft.store.mooncake_master import free_port
+from longdraft.target.head_weights import head_rows
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.stores import StoreService
 from longdraft.train.metrics_log import read_metrics
@@ -88,7 +89,7 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
     for report in data.reports:
         print(report.summary())
     start_step = latest_step(cfg.output.dir) if t.resume else 0
-    vocab = build_vocab_mapping(data.train, target_vocab_size(cfg), cfg.model.draft_vocab_size)
+    vocab = build_vocab_mapping(data.train, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
     prompts = _prompts(cfg, data.train, start_step * t.batch_size, t.num_steps - start_step)
     started_ray = _start_ray()
     store = StoreService(cfg)
@@ -134,13 +135,6 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
         store.close()
         if started_ray:
             ray.shutdown()
-
-
-def target_vocab_size(cfg: Config) -> int:
-    """Rows of the target's lm_head: the id space of d2t/t2d."""
-    from longdraft.target.head_weights import load_embedding_and_head
-
-    return int(load_embedding_and_head(cfg.model.target_path)[1].shape[0])
 
 
 def _has_gpu(cfg: Config) -> bool:

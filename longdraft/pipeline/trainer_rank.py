@@ -9,6 +9,7 @@ same order on every rank of the group.
 from __future__ import annotations
 
 import json
+import math
 import queue as local_queue
 import threading
 import time
@@ -195,14 +196,8 @@ class TrainerRank:
 
 
 def _full_bytes(meta: SampleMeta) -> int:
-    sizes = {"int64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-    total = 0
-    for name, shape in meta.shapes.items():
-        n = 1
-        for d in shape:
-            n *= d
-        total += n * sizes.get(meta.dtypes[name], 4)
-    return total
+    """Bytes of the whole sample's tensors, from the metadata's global shapes and dtypes."""
+    return sum(math.prod(shape) * getattr(torch, meta.dtypes[name]).itemsize for name, shape in meta.shapes.items())
 
 
 def latest_step(output_dir: str) -> int:

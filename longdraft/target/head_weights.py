@@ -36,6 +36,17 @@ def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None
     return None
 
 
+def head_rows(target_path: str | Path) -> int:
+    """Rows of the target's ``lm_head`` (the id space of ``d2t``/``t2d``), read from the header only."""
+    path = Path(target_path)
+    files = _weight_files(path)
+    for name in (*HEAD_KEYS, *EMBED_KEYS):  # a tied target has no lm_head: its embedding has the rows
+        if name in files:
+            with safe_open(str(files[name]), "pt") as f:
+                return int(f.get_slice(name).get_shape()[0])
+    raise KeyError(f"{path}: none of {HEAD_KEYS + EMBED_KEYS} found among the checkpoint's tensors")
+
+
 def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding ``[V, H]``, lm_head ``[V, H]``) in fp32; a tied target reuses the embedding."""
     path = Path(target_path)
