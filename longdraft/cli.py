@@ -11,12 +11,14 @@ USAGE_EXAMPLES = """examples:
   longdraft export runs/try2/checkpoints/step_200 runs/try2/exported
   longdraft eval --target examples/shakespeare/target --draft runs/try2/final --data heldout.jsonl --json
   longdraft bench attention --json
+
+Errors print one line; add --debug (anywhere) for the full traceback.
 """
 
 
 def _train(args) -> int:
     from longdraft.config import load_config
-    from longdraft.train.trainer import run_training
+    from longdraft.run import run_training
 
     cfg = load_config(args.config, args.overrides)
     result = run_training(cfg)
@@ -72,8 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(exc: BaseException) -> str:
+    """One line for the user: their own mistakes as they are, anything else with its type."""
+    from longdraft.errors import UserError
+
+    if isinstance(exc, (UserError, FileNotFoundError)):
+        return f"longdraft: error: {exc}"
+    return f"longdraft: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv[:1] or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     # eval and bench parse their own options; argparse would refuse an option as the first
     # word of a REMAINDER argument (``longdraft eval --target ...``).
     if argv[:1] == ["eval"]:
@@ -87,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(_report(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from transformers import LlamaConfig
 
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
-from longdraft.train.batching import collate_full_sequences
+from longdraft.data.loss_mask import pack_loss_mask
+from longdraft.sharding.reader import full_sequence_batch
 
 HIDDEN, VOCAB = 32, 50
 
@@ -45,7 +46,5 @@ def random_samples(lengths, seed=0, loss_fraction=0.7):
 
 
 def batch_of(samples, ttt_length):
-    return collate_full_sequences(
-        [s["input_ids"] for s in samples], [s["loss_mask"] for s in samples],
-        [s["aux_hidden"] for s in samples], [s["last_hidden"] for s in samples], ttt_length,
-    )
+    tensors = [{k: s[k] for k in ("input_ids", "aux_hidden", "last_hidden")} for s in samples]
+    return full_sequence_batch(tensors, [pack_loss_mask(s["loss_mask"].long().tolist()) for s in samples], ttt_length)

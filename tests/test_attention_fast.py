@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from longdraft.model.attention_reference import ttt_attention_reference
-from longdraft.model.attention_ttt import ttt_attention_fast
+from longdraft.attention.reference import ttt_attention_reference
+from longdraft.attention.ttt_step import ttt_attention_fast
 
 
 def _run(fn, q, keys, values, grad_out):

@@ -46,7 +46,8 @@ def test_defaults_paths_and_scientific_floats(tmp_path):
     assert cfg.training.lr == pytest.approx(1e-4) and isinstance(cfg.training.lr, float)
     t = cfg.training
     assert (t.max_seq_length, t.ttt_length, t.micro_batch_size, t.max_grad_norm) == (2048, 7, 1, 0.5)
-    assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("fast", "fp32", "contiguous", "auto")
+    assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("auto", "fp32", "contiguous", "auto")
+    assert cfg.attention_backend == "fast" and cfg.inference.engine == "hf"
     assert cfg.store.backend == "ray" and cfg.store.mooncake.metadata_server == "P2PHANDSHAKE"
     assert cfg.store.mooncake.master_address is None and cfg.store.mooncake.global_segment_size_mb == 256
     assert cfg.inference.batch_size == 4 and cfg.eval.max_new_tokens == 64 and cfg.output.plot is True
@@ -105,7 +106,8 @@ def test_wrong_types_name_key_value_expected_and_line(tmp_path):
 
 @pytest.mark.parametrize("override,key,choices", [
     ("training.precision=fp16", "training.precision", "'fp32', 'bf16'"),
-    ("training.attention_backend=flash", "training.attention_backend", "'fast', 'reference', 'usp'"),
+    ("training.attention_backend=flash", "training.attention_backend", "'auto', 'fast', 'reference', 'usp'"),
+    ("inference.engine=sglang", "inference.engine", "'hf'"),
     ("training.ring_layout=striped", "training.ring_layout", "'contiguous', 'zigzag'"),
     ("data.on_bad_row=ignore", "data.on_bad_row", "'error', 'skip'"),
     ("store.backend=redis", "store.backend", "'ray', 'mooncake'"),
@@ -121,11 +123,13 @@ def test_bad_enums_list_the_valid_choices(tmp_path, override, key, choices):
 @pytest.mark.parametrize("overrides,key,fragment", [
     (["training.num_trainers=3", "training.sp_ulysses_size=2", "training.attention_backend=usp"],
      "training.num_trainers", "multiple of sp_ulysses_size*sp_ring_size"),
-    (["training.num_trainers=2", "training.sp_ring_size=2"], "training.attention_backend", "'usp'"),
+    (["training.num_trainers=2", "training.sp_ring_size=2", "training.attention_backend=fast"],
+     "training.attention_backend", "'usp' or 'auto' when a sequence spans ranks"),
+    (["training.attention_backend=usp"], "training.attention_backend", "'usp' needs sp_ulysses_size*sp_ring_size > 1"),
     (["training.batch_size=6", "training.num_trainers=4"], "training.batch_size", "micro_batch_size*dp = 1*4"),
     (["training.batch_size=3", "training.micro_batch_size=2"], "training.batch_size", "= 2"),
     (["training.ttt_length=0"], "training.ttt_length", ">= 1"),
-    (["training.lr=0"], "training.lr", "> 0"),
+    (["training.lr=-1e-4"], "training.lr", ">= 0"),
     (["training.min_lr=1e-3"], "training.min_lr", "<= training.lr"),
     (["model.aux_layers=[1, 1, 2]"], "model.aux_layers", "3 distinct"),
     (["model.draft_vocab_size=0"], "model.draft_vocab_size", ">= 1"),
@@ -136,13 +140,15 @@ def test_impossible_combinations(tmp_path, overrides, key, fragment):
     assert key in msg and fragment in msg
 
 
-def test_sp_with_usp_is_valid_and_sp1_usp_is_fine(tmp_path):
+def test_the_backend_follows_the_layout(tmp_path):
     path = write(tmp_path, BASE_YAML)
-    cfg = load_config(path, ["training.attention_backend=usp"])
-    assert cfg.sp_size == 1
-    cfg = load_config(path, ["training.attention_backend=usp", "training.num_trainers=4",
-                             "training.sp_ring_size=2", "training.batch_size=4"])
+    cfg = load_config(path, ["training.num_trainers=4", "training.sp_ring_size=2", "training.batch_size=4"])
     assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (2, 2, 2)
+    assert cfg.training.attention_backend == "auto" and cfg.attention_backend == "usp"
+    cfg = load_config(path, ["training.attention_backend=usp", "training.num_trainers=2", "training.sp_ulysses_size=2"])
+    assert cfg.attention_backend == "usp"
+    assert load_config(path, ["training.attention_backend=reference"]).attention_backend == "reference"
+    assert load_config(path, ["training.lr=0", "training.min_lr=0"]).training.lr == 0.0  # a frozen draft
     msg = error_of(path, ["training.num_trainers=2", "training.micro_batch_size=2", "training.batch_size=4"])
     assert "training.micro_batch_size" in msg and "1 when training.num_trainers > 1" in msg
 

@@ -17,12 +17,11 @@ from longdraft.data.loss_mask import (
     pack_loss_mask,
     parse_loss_mask,
     serialize_loss_mask,
-    slice_packed,
     unpack_loss_mask,
 )
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl, parse_row
 from longdraft.data.tokenize import tokenize_conversation
-from longdraft.target.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
+from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,6 @@ def test_pack_unpack_round_trip_random():
 def test_unpack_length_truncates_or_pads_and_slice():
     assert unpack_loss_mask([1, 2], length=5).tolist() == [0, 1, 1, 0, 0]
     assert unpack_loss_mask([1, 2, 3], length=2).tolist() == [0, 1]
-    assert slice_packed([2, 3, 2, 2, 1], 3, 12) == pack_loss_mask([1, 1, 0, 0, 1, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="expected 0 or 1"):
         pack_loss_mask([0, 2])
     with pytest.raises(ValueError, match="comma-separated"):

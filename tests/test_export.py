@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.factory import make_attention_backend
 from longdraft.train.export import export_draft, load_exported_draft
 from tests.draft_factory import batch_of, random_samples, tiny_draft
 
@@ -15,7 +15,7 @@ def _logits(model, batch):
     feature = model.fc(batch.aux_hidden[:, 0, :c])
     emb = model.embed(batch.input_ids[:, 0, 1 : c + 1])
     cos, sin = model.rope(feature, batch.positions.unsqueeze(0))
-    return model.logits(model.layer_step(emb, feature, cos, sin, [], [], local_backend("fast")))
+    return model.logits(model.layer_step(emb, feature, cos, sin, [], [], make_attention_backend("fast")))
 
 
 def test_export_layout_and_round_trip(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.parallel import layout as shard_layout
+from tests import layout_positions as shard_layout
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import (
     USPMesh,
@@ -15,7 +15,7 @@ from longdraft.parallel.mesh import (
     kv_replication_factor,
     validate_usp_sizes,
 )
-from longdraft.parallel.usp_attention import USPAttentionBackend
+from longdraft.attention.usp import USPAttentionBackend
 
 # --- sizes and coordinates (pure) ------------------------------------------------------------
 
@@ -121,7 +121,7 @@ def test_scatter_gather_round_trip_pads_only_the_tail(layout) -> None:
 def test_query_positions_do_not_depend_on_the_lookahead(layout) -> None:
     # Writers shard with K look-ahead rows, the attention code reasons without them: the query
     # positions must be the same either way.
-    import longdraft.shard as shard
+    import longdraft.sharding.layout as shard
 
     for U, R in [(1, 1), (2, 1), (1, 3), (2, 2), (4, 1), (3, 2)]:
         for L in (1, 7, 24, 31):

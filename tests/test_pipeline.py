@@ -5,12 +5,15 @@ metadata out; each trainer rank reads only its own shard. Real Ray actors, gloo 
 """
 
 import json
+import shutil
 
 import pytest
 
 from longdraft.config import config_from_dict
-from longdraft.pipeline.launch import run_sharded_training
-from longdraft.target.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
+from longdraft.pipeline.launch import run_pipeline
+from longdraft.run import run_training
+from longdraft.train.checkpoint import latest_checkpoint
+from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
 from longdraft.train.metrics_log import read_metrics
 
 K = 3
@@ -27,26 +30,27 @@ def data_dir(tmp_path_factory):
     # No loss tokens at all: every rank of the group must skip it together.
     rows.insert(2, {"conversations": [{"role": "user", "content": "only a question here"}]})
     write_tiny_jsonl(root / "train.jsonl", rows)
+    write_tiny_jsonl(root / "eval.jsonl", num_conversations=3, num_texts=1, seed=7)
     return root
 
 
-def _config(root, out, dp, u, r, store):
+def _config(root, out, dp, u, r, store, **training):
+    # No attention_backend key: "auto" must choose USP whenever a sequence spans ranks.
     return config_from_dict({
         "data": {"train_path": str(root / "train.jsonl")},
         "model": {"target_path": str(root / "target"), "draft_vocab_size": 200},
         "training": {"max_seq_length": 40, "ttt_length": K, "batch_size": 4, "micro_batch_size": 1,
                      "num_steps": 4, "lr": 3e-3, "seed": 0, "num_trainers": dp * u * r,
-                     "sp_ulysses_size": u, "sp_ring_size": r, "attention_backend": "usp" if u * r > 1 else "fast",
-                     "device": "cpu"},
+                     "sp_ulysses_size": u, "sp_ring_size": r, "device": "cpu", **training},
         "inference": {"batch_size": 4},
         "store": {"backend": store, "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
-        "output": {"dir": str(out)},
+        "output": {"dir": str(out), "plot": False},
     })
 
 
 def _run(ray_session, root, tmp_path, dp, u, r, store):
     out = tmp_path / f"{store}_{dp}{u}{r}"
-    run_sharded_training(_config(root, out, dp, u, r, store), timeout_s=240)
+    run_pipeline(_config(root, out, dp, u, r, store), None, timeout_s=240)
     return out, read_metrics(out), json.loads((out / "summary.json").read_text())
 
 
@@ -98,4 +102,43 @@ def test_unreachable_store_stops_the_run_naming_the_rank(ray_session, data_dir, 
     cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake")
     cfg.store.mooncake.master_address = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed; the run was stopped: StoreError: cannot reach the Mooncake master"):
-        run_sharded_training(cfg, timeout_s=150)
+        run_pipeline(cfg, None, timeout_s=150)
+
+
+def _assert_steps_equal(got_records, want_records, rel, keys=("loss", "loss_k", "acc_k")):
+    assert [r["step"] for r in got_records] == [r["step"] for r in want_records]
+    for got, want in zip(got_records, want_records):
+        for key in keys:
+            g, w = got[key], want[key]
+            pairs = zip(g, w) if isinstance(g, list) else [(g, w)]
+            assert all(_close(a, b, rel) for a, b in pairs), (got["step"], key, g, w)
+
+
+@pytest.mark.timeout(420)
+def test_eval_and_resume_on_two_ranks_equal_one_device(ray_session, data_dir, tmp_path):
+    """U=2 with held-out evaluation equals the one-device run (train and eval_* metrics), and a
+    U=2 run resumed from its step-2 checkpoint continues exactly like the uninterrupted run."""
+    extra = dict(eval_every=2, save_every=2)
+    local = _config(data_dir, tmp_path / "local", 1, 1, 1, "ray", **extra)
+    local.data.eval_path = str(data_dir / "eval.jsonl")
+    run_training(local)
+    sp2 = _config(data_dir, tmp_path / "sp2", 1, 2, 1, "ray", **extra)
+    sp2.data.eval_path = str(data_dir / "eval.jsonl")
+    run_training(sp2)
+    one, two = read_metrics(tmp_path / "local"), read_metrics(tmp_path / "sp2")
+    eval_keys = ("eval_loss", "eval_loss_k", "eval_acc_k", "eval_sim_acc_len")
+    assert all(key in two[1] and key in two[3] for key in eval_keys)
+    _assert_steps_equal(two, one, 1e-5, ("loss", "loss_k", "acc_k", "count_k"))
+    _assert_steps_equal([two[1], two[3]], [one[1], one[3]], 1e-5, eval_keys)
+
+    # Killed after the step-2 checkpoint: the step-4 checkpoint and the export never came.
+    resumed_dir = tmp_path / "sp2_resumed"
+    shutil.copytree(tmp_path / "sp2", resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step_4")
+    shutil.rmtree(resumed_dir / "final")
+    assert latest_checkpoint(resumed_dir).name == "step_2"
+    sp2.output.dir, sp2.training.resume = str(resumed_dir), True
+    run_training(sp2)
+    resumed = read_metrics(resumed_dir)
+    _assert_steps_equal(resumed, two, 1e-6, ("loss", "loss_k", "acc_k", "grad_norm", "count_k", *eval_keys))
+    assert json.loads((resumed_dir / "summary.json").read_text())["trained"] == 2 * 4 - 1  # one sample skipped

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.model.attention_reference import repeat_kv
-from longdraft.parallel import layout as shard_layout
+from longdraft.attention.heads import repeat_kv
+from tests import layout_positions as shard_layout
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
-from longdraft.parallel.ring import RingComm, block_plan, ring_attention_backward, ring_attention_forward
-from longdraft.parallel.usp_attention import USPAttentionBackend
+from longdraft.attention.ring import RingComm, block_plan, ring_attention_backward, ring_attention_forward
+from longdraft.attention.usp import USPAttentionBackend
 
 # --- the block plan (pure) -------------------------------------------------------------------
 

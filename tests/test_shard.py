@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from longdraft.data.loss_mask import pack_loss_mask, unpack_loss_mask
-from longdraft.shard import (
-    HEADER_KEY, ShardHeader, ShardLayout, ShardMismatchError, check_header, check_shard,
-    expected_header, gather_shards, global_length, local_loss_mask, should_skip, split_sample,
-    split_tensor,
+from longdraft.sharding.header import (
+    HEADER_KEY, ShardHeader, ShardMismatchError, check_header, check_shard, expected_header,
 )
+from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.reader import local_loss_mask, should_skip
+from longdraft.sharding.split import split_sample, split_tensor
+from tests.layout_positions import gather_shards
 
 LENGTHS = [1, 2, 3, 5, 7, 8, 13, 16, 31, 64, 97]
 GRIDS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 3), (2, 3), (4, 2)]  # (U, R)
@@ -99,8 +101,7 @@ def test_worked_example_and_empty_shard() -> None:
     assert zig.local_length == 6
 
 
-def test_global_length_truncates() -> None:
-    assert global_length(100, 64) == 64 and global_length(10, 64) == 10 and global_length(7, None) == 7
+def test_writer_truncates_rows_past_the_global_length() -> None:
     lay = ShardLayout(4, 2, 1, 1)
     long = torch.arange(1, 11)  # rows past L are dropped by the writer
     assert torch.equal(gather_shards([split_tensor(long, lay, r) for r in range(2)], lay), long[:4])
@@ -166,8 +167,8 @@ def test_skip_decision_is_global() -> None:
     assert not should_skip(packed, min_loss_tokens=5, length=40)
     assert should_skip(packed, min_loss_tokens=11, length=40)
     assert should_skip(packed, min_loss_tokens=5, length=32)  # truncation leaves 2 loss tokens
-    assert should_skip([5], min_loss_tokens=0)  # no loss token at all: always skipped
-    assert not should_skip("0,1", min_loss_tokens=0)
+    assert should_skip([5], min_loss_tokens=0, length=5)  # no loss token at all: always skipped
+    assert not should_skip("0,1", min_loss_tokens=0, length=1)
 
 
 def test_bad_inputs_are_named() -> None:

@@ -19,10 +19,10 @@ from longdraft.eval.proposers import Eagle3Proposer, OracleProposer
 from longdraft.eval.report import summarize
 from longdraft.eval.speculative import greedy_generate, speculative_generate
 from longdraft.eval.target_runner import TargetRunner, stop_token_ids
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.factory import make_attention_backend
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
-from longdraft.target.tiny import build_tiny_target, write_tiny_jsonl
+from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import export_draft, load_exported_draft
 from tests.draft_factory import HIDDEN, VOCAB, tiny_draft
 
@@ -100,7 +100,7 @@ def test_draft_runner_equals_training_unroll():
         for k in range(steps):
             cos, sin = model.rope(feature, torch.arange(c)[None] + k)
             feature = model.layer_step(model.embed(x[k + 1 : k + 1 + c])[None], feature, cos, sin, keys, values,
-                                       local_backend("reference"))
+                                       make_attention_backend("reference"))
             per_step.append(feature[0])
     runner = DraftRunner(model)
     for t in (0, 4, c - 2):
@@ -120,7 +120,7 @@ def test_draft_runner_equals_training_unroll():
 
 def test_target_runner_features_equal_training_features(env):
     """Aux features from the cached, incremental verify forwards equal the training prefill's."""
-    from longdraft.target.hf_engine import HFTargetEngine
+    from longdraft.engines.hf import HFTargetEngine
 
     ids = env.prompts[0].input_ids + env.prompts[4].input_ids
     training = HFTargetEngine(env.target_dir, device="cpu", dtype="fp32").prefill([ids])[0]

@@ -10,7 +10,9 @@ import torch
 
 import mooncake.store  # noqa: F401,E402  (a broken install must fail, not skip)
 
-from longdraft.shard import ShardLayout, check_shard, split_sample  # noqa: E402
+from longdraft.sharding.header import check_shard
+from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.split import split_sample  # noqa: E402
 from longdraft.store.base import StoreError, shard_nbytes  # noqa: E402
 from longdraft.store.mooncake_master import MooncakeMaster, free_port, port_open  # noqa: E402
 from longdraft.store.mooncake_store import MooncakeStoreOptions, MooncakeTensorStore  # noqa: E402

@@ -5,7 +5,9 @@ import time
 import pytest
 import torch
 
-from longdraft.shard import ShardLayout, check_shard, split_sample
+from longdraft.sharding.header import check_shard
+from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.split import split_sample
 from longdraft.store.base import SampleHandle, StoreError, shard_nbytes
 from longdraft.store.ray_store import RayTensorStore, local_object_store_usage
 from tests.sample_tensors import make_sample

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from longdraft.target.engine import TargetEngine, default_aux_layers, resolve_aux_layers
-from longdraft.target.hf_engine import HFTargetEngine
-from longdraft.target.tiny import build_tiny_target
+from longdraft.engines.base import TargetEngine, default_aux_layers, resolve_aux_layers
+from longdraft.engines.hf import HFTargetEngine
+from longdraft.engines.tiny import build_tiny_target
 
 ATOL = 1e-5
 

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from longdraft.cli import main
-from longdraft.target.hf_engine import HFTargetEngine
-from longdraft.target.tiny import build_tiny_target, write_tiny_jsonl
+from longdraft.engines.hf import HFTargetEngine
+from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import load_exported_draft
 from longdraft.train.metrics_log import read_metrics
 

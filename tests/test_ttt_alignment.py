@@ -3,7 +3,7 @@
 import torch
 
 import longdraft.model.ttt as ttt
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.factory import make_attention_backend
 from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
 from tests.draft_factory import HIDDEN, batch_of, random_samples, tiny_draft
 
@@ -29,7 +29,7 @@ def _spy_run(monkeypatch):
 
     monkeypatch.setattr(ttt, "soft_cross_entropy_sum", loss_spy)
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 4), K)
-    ttt_unroll(model, batch, valid, torch.ones(K), target_head[model.draft_to_target], local_backend("fast"))
+    ttt_unroll(model, batch, valid, torch.ones(K), target_head[model.draft_to_target], make_attention_backend("fast"))
     return seen, valid
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.factory import make_attention_backend
 from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
 from tests.draft_factory import batch_of, random_samples, tiny_draft
 
@@ -14,7 +14,7 @@ def _run(model, target_head, batch, backend="fast", checkpointing=False, chunk=5
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 3), K)
     counts = torch.stack([v.sum() for v in valid]).clamp(min=1).float()
     model.zero_grad(set_to_none=True)
-    result = ttt_unroll(model, batch, valid, counts, target_head[model.draft_to_target], local_backend(backend),
+    result = ttt_unroll(model, batch, valid, counts, target_head[model.draft_to_target], make_attention_backend(backend),
                         chunk, checkpointing)
     result.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -41,7 +41,7 @@ def test_loss_is_the_weighted_soft_cross_entropy():
     valid = step_valid_masks(batch, target_ok(batch, head, model.t2d, 3), K)
     expected, feature = 0.0, model.fc(batch.aux_hidden[:, 0, :9])
     keys, values = [], []
-    backend = local_backend("reference")
+    backend = make_attention_backend("reference")
     with torch.no_grad():
         for k in range(K):
             emb = model.embed(batch.input_ids[:, 0, k + 1 : k + 10])

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.parallel import layout as shard_layout
+from tests import layout_positions as shard_layout
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
-from longdraft.parallel.ulysses import heads_to_sequence, sequence_to_heads
-from longdraft.parallel.usp_attention import USPAttentionBackend
+from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
+from longdraft.attention.usp import USPAttentionBackend
 
 GRIDS = [(4, 1), (2, 2), (2, 1)]  # (2, 1) on 4 ranks: two DP replicas
 B, H, L, D = 2, 8, 11, 3

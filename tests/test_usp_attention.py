@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.model.attention_reference import ttt_attention_reference
-from longdraft.parallel import layout as shard_layout
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.reference import ttt_attention_reference
+from tests import layout_positions as shard_layout
+from longdraft.attention.factory import make_attention_backend
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
-from longdraft.parallel.usp_attention import USPAttentionBackend
+from longdraft.attention.usp import USPAttentionBackend
 
 FP32_TOL = 1e-5
 # bf16: each rounding to bf16 has relative error <= u = 2^-8. The reference rounds once (its output or the
@@ -211,7 +211,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     full_mask = torch.ones(L)
     full_mask[empty_positions[empty_positions < L]] = 0.0
 
-    ref_outs = ref_model(full_inputs, torch.arange(L), local_backend("reference"))
+    ref_outs = ref_model(full_inputs, torch.arange(L), make_attention_backend("reference"))
     ref_sum, ref_count = _masked_loss(ref_outs, weights, full_mask)
     (ref_sum / ref_count).backward()
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.model.attention_backend import local_backend
-from longdraft.model.ttt import ShardBatch, step_valid_masks, target_ok, ttt_unroll
+from longdraft.attention.factory import make_attention_backend
+from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
+from longdraft.sharding.batch import ShardBatch
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
-from longdraft.parallel.usp_attention import USPAttentionBackend
-from longdraft.shard import ShardLayout, split_tensor
+from longdraft.attention.usp import USPAttentionBackend
+from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.split import split_tensor
 from longdraft.train.reduction import SumReducer
 from tests.draft_factory import batch_of, random_samples, tiny_draft
 
@@ -54,7 +56,7 @@ def _worker(rank, world):
         mesh = USPMesh.build(u, r, 4, 2)
         backend = USPAttentionBackend(mesh, 4, 2, layout_name)
         layout = ShardLayout(length, u, r, K, layout_name)
-        ref_loss, ref_grads = _unroll(model, head, batch_of([sample], K), local_backend("reference"), SumReducer(None), False)
+        ref_loss, ref_grads = _unroll(model, head, batch_of([sample], K), make_attention_backend("reference"), SumReducer(None), False)
         for checkpointing in (False, True):
             loss, grads = _unroll(model, head, _shard(sample, layout, rank), backend, SumReducer(dist.group.WORLD),
                                   checkpointing)

@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from longdraft.model.attention_backend import local_backend
+from longdraft.attention.comm_stats import CommStats
+from longdraft.attention.factory import make_attention_backend
 from longdraft.parallel.launch import run_ranks
-from longdraft.parallel.layout import local_length
 from longdraft.parallel.mesh import USPMesh, validate_usp_sizes
-from longdraft.parallel.stats import CommStats
-from longdraft.parallel.usp_attention import USPAttentionBackend
+from longdraft.sharding.layout import ShardLayout
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,11 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     stats = CommStats()
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
-        backend = USPAttentionBackend(mesh, cfg.heads, cfg.kv_heads, layout=spec.layout, stats=stats)
-        batch, seq = world, local_length(cfg.seq_len, spec.ulysses, spec.ring, spec.layout)
+        backend = make_attention_backend("usp", mesh=mesh, num_heads=cfg.heads, num_kv_heads=cfg.kv_heads,
+                                         layout=spec.layout, stats=stats)
+        batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.layout).local_queries
     else:
-        backend = local_backend("fast")
+        backend = make_attention_backend("fast")
         batch, seq = 1, cfg.seq_len
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -100,8 +100,8 @@ def _model(cfg: MemoryBenchConfig, device):
 
 
 def _shard(cfg: MemoryBenchConfig, length: int, sp: int, sp_rank: int, device, dtype):
-    from longdraft.model.ttt import ShardBatch
-    from longdraft.shard import ShardLayout
+    from longdraft.sharding.batch import ShardBatch
+    from longdraft.sharding.layout import ShardLayout
 
     layout = ShardLayout(length, sp, 1, cfg.ttt_length)
     n = layout.local_length
@@ -144,14 +144,13 @@ def _step_peak(cfg, model, head, backend, length, sp, sp_rank, device) -> tuple[
 
 
 def _rank_search(rank: int, world: int, cfg: MemoryBenchConfig) -> dict:
-    from longdraft.model.attention_backend import local_backend
+    from longdraft.attention.factory import make_attention_backend
     from longdraft.parallel.mesh import USPMesh
-    from longdraft.parallel.usp_attention import USPAttentionBackend
 
     device = torch.device(cfg.device, rank) if cfg.device == "cuda" else torch.device("cpu")
     model, head = _model(cfg, device)
     mesh = USPMesh.build(world, 1, cfg.heads, cfg.kv_heads)
-    backend = USPAttentionBackend(mesh, cfg.heads, cfg.kv_heads) if world > 1 else local_backend("fast")
+    backend = make_attention_backend(mesh=mesh, num_heads=cfg.heads, num_kv_heads=cfg.kv_heads)
 
     def probe(length: int) -> tuple[bool, int]:
         peak, ok = _step_peak(cfg, model, head, backend, length, world, rank, device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from longdraft.errors import UserError
+
 # Reason kinds, used as keys of DataReport.skipped.
 BAD_JSON = "bad_json"
 NOT_AN_OBJECT = "not_an_object"
@@ -13,7 +15,7 @@ TEMPLATE_MISMATCH = "template_mismatch"
 EMPTY_AFTER_TOKENIZATION = "empty_after_tokenization"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad row: `location` is "file:line", `kind` one of the reason kinds above."""
 
     def __init__(self, kind: str, reason: str, location: str | None = None) -> None:

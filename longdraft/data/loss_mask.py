@@ -54,11 +54,6 @@ def _check_runs(runs: Sequence[int]) -> None:
             raise ValueError(f"packed loss mask run {i} has negative length {n}")
 
 
-def packed_length(packed: Sequence[int] | str) -> int:
-    runs = parse_loss_mask(packed) if isinstance(packed, str) else packed
-    return int(sum(runs))
-
-
 def count_loss_tokens(packed: Sequence[int] | str) -> int:
     """Number of ones: the sum of the odd-indexed runs."""
     runs = parse_loss_mask(packed) if isinstance(packed, str) else packed
@@ -80,8 +75,3 @@ def unpack_loss_mask(packed: Sequence[int] | str, length: int | None = None,
         else:
             mask = torch.cat([mask, torch.zeros(length - mask.numel(), dtype=dtype)])
     return mask
-
-
-def slice_packed(packed: Sequence[int] | str, start: int, end: int) -> list[int]:
-    """Packed form of `unpack(packed)[start:end]`, zero-padded past the end of the mask."""
-    return pack_loss_mask(unpack_loss_mask(packed, max(end, 0))[max(start, 0):end])

@@ -33,12 +33,6 @@ class VocabMapping:
     def is_identity(self) -> bool:
         return self.draft_vocab_size == self.target_vocab_size
 
-    def target_to_draft(self) -> torch.Tensor:
-        """int64 [target_vocab]: draft id of each target id, -1 where it is not in the draft vocab."""
-        out = torch.full((self.target_vocab_size,), -1, dtype=torch.long)
-        out[self.draft_to_target] = torch.arange(self.draft_vocab_size)
-        return out
-
     @classmethod
     def from_draft_to_target(cls, draft_to_target: torch.Tensor, target_vocab_size: int,
                              token_counts: torch.Tensor | None = None) -> "VocabMapping":

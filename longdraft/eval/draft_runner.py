@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from longdraft.model.attention_reference import repeat_kv
+from longdraft.attention.heads import repeat_kv
 from longdraft.model.draft import Eagle3Draft
 
 

@@ -68,17 +68,20 @@ def run_speculative_eval(
 ) -> dict:
     from transformers import AutoTokenizer
 
-    from longdraft.target.hf_engine import HFTargetEngine
+    from longdraft.device import resolve_device
+    from longdraft.engines.hf import load_causal_lm
     from longdraft.train.export import load_exported_draft
 
     started = time.perf_counter()
-    engine = HFTargetEngine(target_dir, aux_layers, device=device, dtype=dtype)
-    check_draft_fits_target(Path(draft_dir), engine.vocab_size, engine.hidden_size)
-    draft = load_exported_draft(draft_dir, engine.embed_tokens_weight().float().cpu()).to(engine.device)
+    device = resolve_device(device)
+    model = load_causal_lm(target_dir, device, dtype)
+    embedding = model.get_input_embeddings().weight
+    check_draft_fits_target(Path(draft_dir), int(model.get_output_embeddings().weight.shape[0]), int(embedding.shape[1]))
+    draft = load_exported_draft(draft_dir, embedding.detach().float().cpu()).to(device)
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
-    target = TargetRunner.from_engine(engine)
-    stop_ids = set() if ignore_eos else stop_token_ids(engine.model)
+    target = TargetRunner(model, aux_layers)
+    stop_ids = set() if ignore_eos else stop_token_ids(model)
     try:
         with torch.no_grad():
             outcomes = run_prompts(target, Eagle3Proposer(draft), prompts, max_new_tokens, num_draft_tokens,
@@ -87,5 +90,5 @@ def run_speculative_eval(
         target.close()
     report = summarize(outcomes, num_draft_tokens)
     report.update(target=str(target_dir), draft=str(draft_dir), data=str(data_path), max_new_tokens=max_new_tokens,
-                  stop_at_eos=not ignore_eos, device=str(engine.device), wall_s=time.perf_counter() - started)
+                  stop_at_eos=not ignore_eos, device=str(device), wall_s=time.perf_counter() - started)
     return report

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from longdraft.target.engine import resolve_aux_layers
+from longdraft.engines.base import resolve_aux_layers
 
 
 @dataclass
@@ -58,11 +58,6 @@ class TargetRunner:
         self._hooks = [layers[i].register_forward_hook(self._capture(i)) for i in self.aux_layers]
         self.cache: DynamicCache | None = None
         self.length = 0
-
-    @classmethod
-    def from_engine(cls, engine) -> "TargetRunner":
-        """Share the model of an ``HFTargetEngine`` (same aux layers)."""
-        return cls(engine.model, engine.aux_layers)
 
     def _capture(self, layer: int):
         def hook(_module, _inputs, output) -> None:

@@ -16,7 +16,7 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from longdraft.model.attention_backend import AttentionBackend
+from longdraft.attention.factory import AttentionBackend
 
 
 class DraftAttention(nn.Module):

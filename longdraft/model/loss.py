@@ -2,7 +2,9 @@
 
 Neither the draft logits nor the target distribution is ever held for all positions at once: each
 chunk's logits are computed, used and dropped in the forward, and recomputed in the backward, so
-memory is bounded by ``chunk_size x draft_vocab`` whatever the sequence length. Everything is fp32.
+memory is bounded by ``chunk_size x draft_vocab`` whatever the sequence length. Everything is fp32,
+with autocast switched off, so under bf16 autocast the logged loss is the same function whose
+gradient the backward takes.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import torch
 
 def _chunk_logits(x, weight, target_hidden, target_weight):
     """``weight``/``target_weight`` arrive already in fp32 (converted once per call, not per chunk)."""
-    draft_logits = x.float() @ weight.t()
-    target_probs = torch.softmax(target_hidden.float() @ target_weight.t(), dim=-1)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        draft_logits = x.float() @ weight.t()
+        target_probs = torch.softmax(target_hidden.float() @ target_weight.t(), dim=-1)
     return draft_logits, target_probs
 
 
@@ -42,9 +45,10 @@ class _ChunkedSoftCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], ctx.chunk_size):
             end = start + ctx.chunk_size
             logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
-            dlogits = (torch.softmax(logits, dim=-1) - probs) * grad_total
-            grad_x[start:end] = dlogits @ weight32
-            grad_w += dlogits.t() @ x[start:end].float()
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                dlogits = (torch.softmax(logits, dim=-1) - probs) * grad_total
+                grad_x[start:end] = dlogits @ weight32
+                grad_w += dlogits.t() @ x[start:end].float()
         return grad_x.to(x.dtype), grad_w.to(weight.dtype), None, None, None
 
 

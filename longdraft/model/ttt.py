@@ -3,7 +3,7 @@
 A shard is ``n_seg`` segments of ``c`` query positions followed by ``K`` look-ahead positions (on one
 device: one segment holding the whole padded sequence). At step ``k`` query ``t`` of a segment uses
 input token ``t+k+1``, target row ``t+k+1``, loss mask ``t+k`` and RoPE position ``position[t] + k``
-(DESIGN.md, alignment table), so slicing the segment at offset ``k`` or ``k+1`` is all the left
+(ARCHITECTURE.md, "EAGLE-3 alignment"), so slicing the segment at offset ``k`` or ``k+1`` is all the left
 shifting there is, and no rank needs data from another.
 """
 
@@ -14,41 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from longdraft.model.attention_backend import AttentionBackend
+from longdraft.attention.factory import AttentionBackend
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.loss import soft_cross_entropy_sum, target_argmax_in_vocab
+from longdraft.sharding.batch import ShardBatch
 
 STEP_WEIGHT_DECAY = 0.8
-
-
-@dataclass
-class ShardBatch:
-    """Local tensors of one micro-batch on one rank. Segment axis 1, position axis 2.
-
-    input_ids ``[B, n_seg, c+K]``; aux_hidden ``[B, n_seg, c+K, 3H]``; last_hidden ``[B, n_seg, c+K, H]``
-    (target hidden after its final norm); loss_mask ``[B, n_seg, c+K]``; is_real ``[B, n_seg, c+K]``
-    (the position is a token of the sequence, not tail padding); positions ``[n_seg*c]`` global
-    position of every query.
-    """
-
-    input_ids: torch.Tensor
-    aux_hidden: torch.Tensor
-    last_hidden: torch.Tensor
-    loss_mask: torch.Tensor
-    is_real: torch.Tensor
-    positions: torch.Tensor
-
-    def to(self, device) -> "ShardBatch":
-        return ShardBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
-    @property
-    def batch_size(self) -> int:
-        return self.input_ids.shape[0]
-
-    def query_tokens(self) -> int:
-        """Real tokens among the query rows (look-ahead rows belong to the next shard)."""
-        c = self.positions.numel() // self.input_ids.shape[1]
-        return int(self.is_real[:, :, :c].sum())
 
 
 def queries_per_segment(batch: ShardBatch, ttt_length: int) -> int:
@@ -137,7 +108,7 @@ def ttt_unroll(
         sums.append(step_sum.detach())
         corrects.append(step_correct)
         counts.append(rows.sum())
-    # A shard without loss tokens must still run every collective of the backward (DESIGN.md, invariant 1).
+    # A shard without loss tokens must still run every collective of the backward (ARCHITECTURE.md, invariant 1).
     loss = loss + 0.0 * feature.float().sum()
     return UnrollResult(loss, torch.stack(sums), torch.stack(corrects), torch.stack(counts))
 

@@ -12,13 +12,12 @@ from longdraft.pipeline.trainer_rank import TrainerRank
 
 class _ProducerWithEngine(Producer):
     def __init__(self, producer_id: int, cfg: Config, store_factory, run_key: str):
-        from longdraft.target.hf_engine import HFTargetEngine
+        from longdraft.engines.factory import build_engine
 
         torch.set_num_threads(1)
         t = cfg.training
-        device = "cuda" if torch.cuda.is_available() and t.device != "cpu" else "cpu"
-        engine = HFTargetEngine(cfg.model.target_path, cfg.model.aux_layers, device, cfg.model.target_dtype,
-                                output_device="cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() and t.device != "cpu" else "cpu")
+        engine = build_engine(cfg, device, output_device=torch.device("cpu"))
         super().__init__(producer_id, engine, store_factory(), t.sp_ulysses_size, t.sp_ring_size,
                          t.ttt_length, t.ring_layout, run_key)
 

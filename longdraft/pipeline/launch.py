@@ -12,26 +12,32 @@ import time
 import uuid
 from pathlib import Path
 
-from longdraft.config import Config, save_config
-from longdraft.store.mooncake_master import free_port
-from longdraft.target.head_weights import head_rows
+from longdraft.config import Config
+from longdraft.data.dataset import Sample
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.stores import StoreService
-from longdraft.train.metrics_log import read_metrics
+from longdraft.store.mooncake_master import free_port
+from longdraft.train.checkpoint import read_checkpoint
+from longdraft.train.loop import LoopResult
 from longdraft.train.sample_order import SampleOrder
-from longdraft.train.setup import load_data, load_tokenizer
-from longdraft.data.vocab import build_vocab_mapping
+from longdraft.train.setup import load_data, load_tokenizer, vocab_for
 
 POLL_S = 0.5
 
 
-def _prompts(cfg: Config, samples, start_position: int, steps: int) -> list[PromptItem]:
+def _prompts(cfg: Config, samples: list[Sample], start_position: int, steps: int) -> list[PromptItem]:
     order = SampleOrder(len(samples), cfg.training.seed, position=start_position)
     out = []
     for i in range(steps * cfg.training.batch_size):
         s = samples[order.take(1)[0]]
         out.append(PromptItem(start_position + i, s.sample_id, s.input_ids, s.packed_loss_mask))
     return out
+
+
+def _held_out(cfg: Config, samples: list[Sample]) -> list[PromptItem] | None:
+    if not cfg.evaluates_during_training:
+        return None
+    return [PromptItem(i, s.sample_id, s.input_ids, s.packed_loss_mask, held_out=True) for i, s in enumerate(samples)]
 
 
 def _start_ray() -> bool:
@@ -74,23 +80,23 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float) -> dict:
     return results
 
 
-def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
+def run_pipeline(cfg: Config, checkpoint: Path | None, timeout_s: float = 6 * 3600) -> LoopResult:
+    """Train with ``training.num_trainers`` rank actors; returns rank 0's loop result."""
     import ray
     from ray.util.queue import Queue
 
     from longdraft.pipeline.actors import controller_actor, producer_actor, trainer_actor
-    from longdraft.pipeline.trainer_rank import latest_step
-    from longdraft.train.trainer import TrainResult, finish_run
 
     t = cfg.training
     out = Path(cfg.output.dir)
-    save_config(cfg, out / "config.yaml")
     data = load_data(cfg, load_tokenizer(cfg))
     for report in data.reports:
         print(report.summary())
-    start_step = latest_step(cfg.output.dir) if t.resume else 0
-    vocab = build_vocab_mapping(data.train, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
-    prompts = _prompts(cfg, data.train, start_step * t.batch_size, t.num_steps - start_step)
+    state = read_checkpoint(checkpoint) if checkpoint is not None else None
+    start_step = state["step"] if state else 0
+    start_position = state["extra"]["samples_consumed"] if state else 0
+    vocab = vocab_for(cfg, data.train)
+    prompts = _prompts(cfg, data.train, start_position, t.num_steps - start_step)
     started_ray = _start_ray()
     store = StoreService(cfg)
     actors = []
@@ -104,12 +110,13 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
         ]
         controller = controller_actor().remote(prompts, producers, queues, t.batch_size,
                                                pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
-                                               producer_batch=cfg.inference.batch_size)
+                                               producer_batch=cfg.inference.batch_size,
+                                               held_out=_held_out(cfg, data.eval))
         port = free_port()
         trainers = [
             trainer_actor(cpus, use_gpu=_has_gpu(cfg)).remote(
                 rank, world, cfg, port, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
-                vocab.draft_to_target, start_step)
+                vocab.draft_to_target, len(data.train), start_position, str(checkpoint) if checkpoint else None)
             for rank in range(world)
         ]
         actors = [*producers, controller, *trainers]
@@ -120,15 +127,14 @@ def run_sharded_training(cfg: Config, timeout_s: float = 6 * 3600):
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
         ray.get([trainer.shutdown.remote() for trainer in trainers])
+        loop: LoopResult = results["trainer rank 0"]["loop"]
         summary.update(producers=producer_reports, keys_left=store.keys_left(),
+                       samples_skipped=dict(data.skipped + loop.skipped), data=[r.summary() for r in data.reports],
                        ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if summary["lost"]:
             raise RuntimeError(f"{summary['lost']} samples were lost between producers and trainers: {summary}")
-        root = results["trainer rank 0"]
-        metrics = read_metrics(out)
-        result = TrainResult(out, Path(root["final_dir"]), t.num_steps, metrics[-1] if metrics else {}, None)
-        return finish_run(cfg, result)
+        return loop
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

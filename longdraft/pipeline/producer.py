@@ -6,10 +6,11 @@ import time
 
 import torch
 
+from longdraft.engines.base import TargetEngine
 from longdraft.pipeline.records import PromptItem, SampleMeta
-from longdraft.shard import ShardLayout, split_sample
+from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.split import split_sample
 from longdraft.store.base import TensorStore
-from longdraft.target.engine import TargetEngine
 
 
 class Producer:
@@ -28,23 +29,19 @@ class Producer:
         features = self.engine.prefill([item.input_ids for item in items])
         metas = []
         for item, feat in zip(items, features):
-            length = len(item.input_ids)
-            layout = ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.layout)
+            layout = ShardLayout(len(item.input_ids), self.ulysses, self.ring, self.ttt_length, self.layout)
             tensors = {
                 "input_ids": torch.tensor(item.input_ids, dtype=torch.int64),
                 "aux_hidden": feat.aux_hidden.cpu(),
                 "last_hidden": feat.last_hidden.cpu(),
             }
-            key = f"{self.run_key}_s{item.seq}"
+            key = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
             handle = self.store.put_sample(key, split_sample(tensors, layout))
             metas.append(SampleMeta(
-                seq=item.seq, sample_id=item.sample_id, key=key, length=length,
-                packed_loss_mask=item.packed_loss_mask,
+                seq=item.seq, sample_id=item.sample_id, key=key, packed_loss_mask=item.packed_loss_mask,
                 shapes={n: tuple(t.shape) for n, t in tensors.items()},
                 dtypes={n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
-                layout={"length": length, "ulysses": self.ulysses, "ring": self.ring,
-                        "ttt_length": self.ttt_length, "layout": self.layout},
-                handle=handle, produced_by=self.producer_id,
+                layout=layout, handle=handle, held_out=item.held_out, produced_by=self.producer_id,
             ))
         self.busy_s += time.perf_counter() - start
         self.samples += len(items)

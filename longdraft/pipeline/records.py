@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
+from longdraft.sharding.layout import ShardLayout
 from longdraft.store.base import SampleHandle
 
 
 @dataclass
 class PromptItem:
-    """One sample to prefill: its place in the run's sample stream and its tokens."""
+    """One sample to prefill: its place in its stream and its tokens."""
 
-    seq: int  # position in the global sample stream: step = seq // batch_size
+    seq: int  # position in the sample stream: step = seq // batch_size (held-out: index in the eval set)
     sample_id: str  # "file:line"
     input_ids: list[int]
     packed_loss_mask: list[int]
+    held_out: bool = False  # a held-out sample for training.eval_every, not a training sample
 
 
 @dataclass
@@ -24,19 +26,27 @@ class SampleMeta:
     seq: int
     sample_id: str
     key: str
-    length: int  # L after truncation
     packed_loss_mask: list[int]
     shapes: dict[str, tuple[int, ...]]  # global shapes
     dtypes: dict[str, str]
-    layout: dict  # ShardLayout fields: length, ulysses, ring, ttt_length, layout
+    layout: ShardLayout
     handle: SampleHandle
-    usp_sharded: bool = True
+    held_out: bool = False
     produced_by: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        """L after truncation."""
+        return self.layout.length
 
     def for_rank(self, r: int) -> "SampleMeta":
         """The copy for SP rank ``r``: its store handle references only shard ``r``."""
         return replace(self, handle=self.handle.for_rank(r))
+
+
+@dataclass
+class EndOfHeldOut:
+    """Put into every trainer queue after the held-out samples, before the first training sample."""
 
 
 @dataclass

@@ -3,7 +3,7 @@ and deletes only its own shard.
 
 A shard is a ``dict[str, Tensor]``: ``input_ids`` int64 [T], ``aux_hidden`` [T, 3H],
 ``last_hidden`` [T, H], optionally ``loss_mask`` [T], and the int64 ``shard_header``
-(see `longdraft.shard`). The `SampleHandle` returned by `put_sample` is small and picklable;
+(see `longdraft/sharding/`). The `SampleHandle` returned by `put_sample` is small and picklable;
 it travels in the sample metadata to every rank of the SP group.
 """
 

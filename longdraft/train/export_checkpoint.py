@@ -7,14 +7,12 @@ from pathlib import Path
 import torch
 
 from longdraft.model.draft import Eagle3Draft
+from longdraft.train.checkpoint import read_checkpoint
 from longdraft.train.export import draft_config_from_export, export_draft
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
-    path = Path(checkpoint_dir) / "state.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass a directory like <output_dir>/checkpoints/step_<N>")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint_dir)
     config = draft_config_from_export(state["extra"]["draft_config"])
     # The embedding is not part of the export (engines use the target's); a placeholder suffices.
     model = Eagle3Draft(config, torch.zeros(config.vocab_size, config.hidden_size))

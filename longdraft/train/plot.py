@@ -17,12 +17,16 @@ def _real_acceptance_length(out: Path) -> float | None:
     return (json.loads(path.read_text()).get("acceptance_length") or {}).get("real")
 
 
+class PlotUnavailable(RuntimeError):
+    """Plotting needs matplotlib (the ``plot`` extra), which is not installed."""
+
+
 def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     # A bare Figure on an Agg canvas: no display needed, pyplot's global state is left alone.
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("plotting needs matplotlib: pip install 'longdraft[plot]'") from exc
+        raise PlotUnavailable("plotting needs matplotlib: pip install 'longdraft[plot]'") from exc
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -1,6 +1,6 @@
 """Sums across ranks: one process group (all DP and SP ranks) or none on a single device.
 
-Exactness rule (DESIGN.md): per TTT step the loss is normalised by the valid count summed over
+Exactness rule (ARCHITECTURE.md, "Rank grid and reductions"): per TTT step the loss is normalised by the valid count summed over
 every rank and micro-batch of the optimizer step, and gradients are then summed over all ranks.
 That equals the single-device mean over the global batch.
 """
@@ -24,6 +24,11 @@ class SumReducer:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.group is not None:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.group is not None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
         return tensor
 
     def sum_gradients_(self, params) -> None:

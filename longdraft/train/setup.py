@@ -1,4 +1,8 @@
-"""Everything a run builds before its first step: data, target engine, vocab mapping, draft."""
+"""Everything a run builds before its first step: data, vocab mapping, draft, optimizer, schedule.
+
+The draft is built from the target checkpoint's config, embedding and ``lm_head`` (read from
+safetensors), never from an engine, so one device and every trainer rank start identically.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from longdraft.config import Config
 from longdraft.data.dataset import DataReport, Sample, load_samples
 from longdraft.data.vocab import VocabMapping, build_vocab_mapping
+from longdraft.engines.head_weights import head_rows, load_embedding_and_head
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
-from longdraft.target.hf_engine import HFTargetEngine, resolve_device
+from longdraft.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -25,7 +30,7 @@ class LoadedData:
 
 
 def load_data(cfg: Config, tokenizer) -> LoadedData:
-    """Tokenise the data sets. Samples with too few loss tokens stay in the order; the trainer skips them."""
+    """Tokenise the data sets. Samples with too few loss tokens stay in the order; the loop skips them."""
     train, train_report = load_samples(
         cfg.data.train_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row, cfg.data.max_rows
     )
@@ -44,10 +49,8 @@ def load_tokenizer(cfg: Config):
     return AutoTokenizer.from_pretrained(cfg.model.target_path, local_files_only=True)
 
 
-def load_engine(cfg: Config) -> HFTargetEngine:
-    return HFTargetEngine(
-        cfg.model.target_path, cfg.model.aux_layers, resolve_device(cfg.training.device), cfg.model.target_dtype
-    )
+def vocab_for(cfg: Config, samples: list[Sample]) -> VocabMapping:
+    return build_vocab_mapping(samples, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
 
 
 def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int) -> Eagle3Draft:
@@ -59,5 +62,25 @@ def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, dev
     return model.to(device)
 
 
-def vocab_for(cfg: Config, samples: list[Sample], engine: HFTargetEngine) -> VocabMapping:
-    return build_vocab_mapping(samples, engine.vocab_size, cfg.model.draft_vocab_size)
+@dataclass
+class TrainParts:
+    """What the loop updates: the draft, the frozen target head it learns from, optimizer, schedule."""
+
+    model: Eagle3Draft
+    target_head: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def target_text_config(cfg: Config):
+    return AutoConfig.from_pretrained(cfg.model.target_path, local_files_only=True).get_text_config()
+
+
+def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:
+    t = cfg.training
+    embedding, head = load_embedding_and_head(cfg.model.target_path)
+    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, t.lr, t.weight_decay)
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
+    return TrainParts(model, head.to(device), optimizer, scheduler)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from longdraft.model.attention_backend import AttentionBackend
+from longdraft.attention.factory import AttentionBackend
+from longdraft.config import Config
 from longdraft.model.draft import Eagle3Draft
-from longdraft.model.ttt import STEP_WEIGHT_DECAY, ShardBatch, step_valid_masks, target_ok, ttt_unroll
+from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
+from longdraft.sharding.batch import ShardBatch
 from longdraft.train.reduction import SumReducer
 
 
@@ -21,6 +23,11 @@ class StepSettings:
     activation_checkpointing: bool = False
     max_grad_norm: float = 0.5
     precision: str = "fp32"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "StepSettings":
+        t = cfg.training
+        return cls(t.ttt_length, t.loss_chunk_size, t.activation_checkpointing, t.max_grad_norm, t.precision)
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from longdraft.model.attention_kernels import block_attention_backward, block_attention_forward
-from longdraft.parallel.stats import CommStats, maybe_timed
+from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.attention.comm_stats import CommStats, maybe_timed
 
 _ALL = slice(None)
 _KV_TAG, _GRAD_TAG = 0, 1

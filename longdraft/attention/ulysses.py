@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from longdraft.parallel.stats import CommStats, maybe_timed
+from longdraft.attention.comm_stats import CommStats, maybe_timed
 
 
 def _all_to_all(send: torch.Tensor, group: ProcessGroup, stats: CommStats | None) -> torch.Tensor:

@@ -14,12 +14,7 @@ import math
 
 import torch
 
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """Expand ``[B, Hkv, T, D]`` to ``[B, Hkv * n_rep, T, D]`` (query head h uses KV head h // n_rep)."""
-    if n_rep == 1:
-        return x
-    return x.repeat_interleave(n_rep, dim=1)
+from longdraft.attention.heads import repeat_kv
 
 
 def ttt_attention_reference(

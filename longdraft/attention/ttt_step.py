@@ -12,12 +12,8 @@ import math
 
 import torch
 
-from longdraft.model.attention_kernels import (
-    _sum_kv_groups,
-    block_attention_backward,
-    block_attention_forward,
-)
-from longdraft.model.attention_reference import repeat_kv
+from longdraft.attention.heads import repeat_kv, sum_kv_groups
+from longdraft.attention.kernels import block_attention_backward, block_attention_forward
 
 
 def _diag_scores(q: torch.Tensor, keys: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
@@ -74,8 +70,8 @@ def diagonal_backward(
         prob = torch.exp(s - lse)
         dscore = prob * ((dof * vf).sum(-1) - delta) * scale
         dq = dq + dscore.unsqueeze(-1) * kf
-        dkeys.append(_sum_kv_groups(dscore.unsqueeze(-1) * qf, n_kv).to(k.dtype))
-        dvalues.append(_sum_kv_groups(prob.unsqueeze(-1) * dof, n_kv).to(v.dtype))
+        dkeys.append(sum_kv_groups(dscore.unsqueeze(-1) * qf, n_kv).to(k.dtype))
+        dvalues.append(sum_kv_groups(prob.unsqueeze(-1) * dof, n_kv).to(v.dtype))
     return dq, dkeys, dvalues
 
 

@@ -1,4 +1,4 @@
-"""Typed run configuration: YAML file + `section.key=value` overrides, validated with clear errors.
+"""Building a ``Config``: a YAML file, then ``section.key=value`` overrides, type-checked and validated.
 
 Every error is a `ConfigError` that names the key, the offending value, where it came from
 (`file.yaml:LINE` or `override 'k=v'`) and what was expected.
@@ -10,130 +10,13 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Invalid configuration: message names the key, the value and what was expected."""
-
-
-def _path(default: Any = None, *, required: bool = False) -> Any:
-    return field(default=default, metadata={"path": True, "required": required})
-
-
-@dataclass
-class DataConfig:
-    train_path: str = _path(required=True)
-    eval_path: str | None = _path()
-    on_bad_row: Literal["error", "skip"] = "error"
-    max_rows: int | None = None
-
-
-@dataclass
-class ModelConfig:
-    target_path: str = _path(required=True)
-    draft_vocab_size: int | None = None  # None: the target vocab (identity mapping)
-    aux_layers: list[int] | None = None  # None: [1, N/2-1, N-4]
-    target_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-
-
-@dataclass
-class TrainingConfig:
-    max_seq_length: int = 2048
-    ttt_length: int = 7
-    batch_size: int = 8  # global batch of one optimizer step
-    micro_batch_size: int = 1  # accumulation = batch_size / (micro_batch_size * dp)
-    num_steps: int = 100
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.5  # 0 disables clipping
-    precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 0
-    save_every: int = 0  # 0: only at the end
-    resume: bool = False
-    eval_every: int = 0
-    log_every: int = 1
-    attention_backend: Literal["fast", "reference", "usp"] = "fast"
-    num_trainers: int = 1
-    sp_ulysses_size: int = 1
-    sp_ring_size: int = 1
-    ring_layout: Literal["contiguous", "zigzag"] = "contiguous"
-    loss_chunk_size: int = 1024
-    activation_checkpointing: bool = False
-    min_loss_tokens: int = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    tensorboard: bool = False
-
-
-@dataclass
-class InferenceConfig:
-    num_producers: int = 1
-    batch_size: int = 4
-
-
-@dataclass
-class MooncakeConfig:
-    master_address: str | None = None  # None: start a local master
-    metadata_server: str = "P2PHANDSHAKE"
-    protocol: Literal["tcp", "rdma"] = "tcp"
-    global_segment_size_mb: int = 256
-    local_buffer_size_mb: int = 128
-    device_name: str = ""
-
-
-@dataclass
-class StoreConfig:
-    backend: Literal["ray", "mooncake"] = "ray"
-    mooncake: MooncakeConfig = field(default_factory=MooncakeConfig)
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = 64
-    num_prompts: int = 16
-    enabled: bool = False
-
-
-@dataclass
-class OutputConfig:
-    dir: str = _path(required=True)
-    plot: bool = True
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-
-    @property
-    def sp_size(self) -> int:
-        return self.training.sp_ulysses_size * self.training.sp_ring_size
-
-    @property
-    def dp_size(self) -> int:
-        return self.training.num_trainers // self.sp_size
-
-    @property
-    def accumulation_steps(self) -> int:
-        """Micro-batches each DP replica runs per optimizer step."""
-        return self.training.batch_size // (self.training.micro_batch_size * self.dp_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------- YAML loading helpers
+from longdraft.config.schema import Config, ConfigError
+from longdraft.config.validation import validate
 
 
 class _Loader(yaml.SafeLoader):
@@ -303,76 +186,6 @@ class _Builder:
         self.origins[key] = origin
 
 
-def _validate(b: _Builder) -> None:
-    cfg = b.cfg
-
-    def fail(key: str, value: Any, expected: str) -> None:
-        origin = b.origins.get(key)
-        head = f"{origin}: {key} = {value!r}" if origin else f"{key} = {value!r} (default)"
-        raise ConfigError(f"{head} is invalid; expected {expected}")
-
-    for section_name in ("data", "model", "training", "inference", "store", "eval", "output"):
-        section = getattr(cfg, section_name)
-        for name, (f, _) in _fields(type(section)).items():
-            if f.metadata.get("required") and getattr(section, name) in (None, ""):
-                raise ConfigError(f"{section_name}.{name} is required but was not set (set it in the YAML "
-                                  f"file or pass '{section_name}.{name}=...')")
-
-    t = cfg.training
-    for key, minimum in [
-        ("max_seq_length", 1), ("ttt_length", 1), ("batch_size", 1), ("micro_batch_size", 1),
-        ("num_steps", 1), ("warmup_steps", 0), ("save_every", 0), ("eval_every", 0), ("log_every", 1),
-        ("num_trainers", 1), ("sp_ulysses_size", 1), ("sp_ring_size", 1), ("loss_chunk_size", 1),
-        ("min_loss_tokens", 0),
-    ]:
-        if getattr(t, key) < minimum:
-            fail(f"training.{key}", getattr(t, key), f"an integer >= {minimum}")
-    if not t.lr > 0:
-        fail("training.lr", t.lr, "a number > 0")
-    for key in ("min_lr", "weight_decay", "max_grad_norm"):
-        if getattr(t, key) < 0:
-            fail(f"training.{key}", getattr(t, key), "a number >= 0")
-    if t.min_lr > t.lr:
-        fail("training.min_lr", t.min_lr, f"a number <= training.lr ({t.lr})")
-
-    sp = cfg.sp_size
-    if t.num_trainers % sp:
-        fail("training.num_trainers", t.num_trainers,
-             f"a multiple of sp_ulysses_size*sp_ring_size = {t.sp_ulysses_size}*{t.sp_ring_size} = {sp}")
-    if sp > 1 and t.attention_backend != "usp":
-        fail("training.attention_backend", t.attention_backend,
-             f"'usp' because sequence parallelism is on (sp_ulysses_size*sp_ring_size = {sp})")
-    per_step = t.micro_batch_size * cfg.dp_size
-    if t.batch_size % per_step:
-        fail("training.batch_size", t.batch_size,
-             f"a multiple of micro_batch_size*dp = {t.micro_batch_size}*{cfg.dp_size} = {per_step} "
-             f"(dp = num_trainers / sp = {t.num_trainers}/{sp})")
-
-    m = cfg.model
-    if m.draft_vocab_size is not None and m.draft_vocab_size < 1:
-        fail("model.draft_vocab_size", m.draft_vocab_size, "an integer >= 1 or null (= target vocab)")
-    if m.aux_layers is not None and (len(m.aux_layers) != 3 or len(set(m.aux_layers)) != 3
-                                     or min(m.aux_layers) < 0):
-        fail("model.aux_layers", m.aux_layers, "3 distinct layer ids >= 0, or null for [1, N/2-1, N-4]")
-
-    if cfg.data.max_rows is not None and cfg.data.max_rows < 1:
-        fail("data.max_rows", cfg.data.max_rows, "an integer >= 1 or null (all rows)")
-    for key in ("num_producers", "batch_size"):
-        if getattr(cfg.inference, key) < 1:
-            fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")
-    mc = cfg.store.mooncake
-    if mc.global_segment_size_mb < 16:  # Mooncake refuses smaller segments
-        fail("store.mooncake.global_segment_size_mb", mc.global_segment_size_mb, "an integer >= 16 (MiB)")
-    if mc.local_buffer_size_mb < 1:
-        fail("store.mooncake.local_buffer_size_mb", mc.local_buffer_size_mb, "an integer >= 1")
-    if t.num_trainers > 1 and t.micro_batch_size != 1:
-        fail("training.micro_batch_size", t.micro_batch_size,
-             "1 when training.num_trainers > 1 (each sequence has its own shard layout)")
-    for key in ("max_new_tokens", "num_prompts"):
-        if getattr(cfg.eval, key) < 1:
-            fail(f"eval.{key}", getattr(cfg.eval, key), "an integer >= 1")
-
-
 def _split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected the form section.key=value")
@@ -392,7 +205,7 @@ def config_from_dict(tree: dict[str, Any], *, base_dir: str | Path | None = None
         key, value = _split_override(item)
         b.set(key, value, f"override '{item}'", Path.cwd())
     b.apply()
-    _validate(b)
+    validate(b.cfg, b.origins)
     return b.cfg
 
 
@@ -419,7 +232,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         key, value = _split_override(item)
         b.set(key, value, f"override '{item}'", Path.cwd())  # CLI paths are relative to the CWD
     b.apply()
-    _validate(b)
+    validate(b.cfg, b.origins)
     return b.cfg
 
 

@@ -13,19 +13,30 @@ from pathlib import Path
 
 import torch
 
-from longdraft.target.engine import TargetEngine, TargetFeatures, resolve_aux_layers
+from longdraft.device import resolve_device
+from longdraft.engines.base import TargetEngine, TargetFeatures, resolve_aux_layers
 
 _DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _first(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[return-value]
+
+
+def load_causal_lm(path: str | Path, device: torch.device, dtype: str | torch.dtype = "auto"):
+    """A local HF checkpoint as a frozen causal LM on ``device`` (never downloads)."""
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"target model directory {p} has no config.json (only local checkpoints "
+                                "are loaded, never downloads)")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype")
+        dtype = _DTYPES[dtype]
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype)
+    return model.to(device).eval().requires_grad_(False)
 
 
 class HFTargetEngine(TargetEngine):
@@ -37,20 +48,10 @@ class HFTargetEngine(TargetEngine):
         dtype: str | torch.dtype = "auto",
         output_device: str | torch.device | None = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM
-
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"target model directory {p} has no config.json (only local checkpoints "
-                                    "are loaded, never downloads)")
-        if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype")
-            dtype = _DTYPES[dtype]
         self.device = resolve_device(device)
         self.output_device = torch.device(output_device) if output_device is not None else self.device
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype)
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        model = load_causal_lm(path, self.device, dtype)
+        self.model = model
         self._text_config = model.config.get_text_config()
         self._decoder = model.get_decoder()
         self._aux_layers = resolve_aux_layers(aux_layers, self.num_layers)

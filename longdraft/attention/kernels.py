@@ -18,15 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from longdraft.model.attention_reference import repeat_kv
-
-
-def _sum_kv_groups(grad: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
-    """Reverse of ``repeat_kv``: sum the gradients of the query heads that share a KV head."""
-    batch, n_heads, seq, dim = grad.shape
-    if n_heads == n_kv_heads:
-        return grad
-    return grad.view(batch, n_kv_heads, n_heads // n_kv_heads, seq, dim).sum(dim=2)
+from longdraft.attention.heads import repeat_kv, sum_kv_groups
 
 
 def _use_cuda_flash(q: torch.Tensor) -> bool:
@@ -104,4 +96,4 @@ def block_attention_backward(
         )
     else:
         dq, dk, dv = _math_backward(dout, q, k, v, out, lse, causal, scale)
-    return dq, _sum_kv_groups(dk, n_kv), _sum_kv_groups(dv, n_kv)
+    return dq, sum_kv_groups(dk, n_kv), sum_kv_groups(dv, n_kv)

@@ -1,4 +1,9 @@
-"""The target inference-engine interface: prefill → EAGLE-3 features."""
+"""The target inference-engine interface: prefill -> EAGLE-3 features.
+
+An engine only turns token ids into features. Everything else a run needs from the target (its
+config, embedding and ``lm_head``) is read from the checkpoint directory (``engines/head_weights.py``),
+so nothing outside an engine's own file depends on which engine produced the features.
+"""
 
 from __future__ import annotations
 
@@ -59,20 +64,8 @@ class TargetEngine(ABC):
 
     @property
     @abstractmethod
-    def vocab_size(self) -> int: ...
-
-    @property
-    @abstractmethod
     def num_layers(self) -> int: ...
 
     @property
     @abstractmethod
     def aux_layers(self) -> list[int]: ...
-
-    @abstractmethod
-    def lm_head_weight(self) -> torch.Tensor:
-        """Frozen output projection [vocab, H] (detached)."""
-
-    @abstractmethod
-    def embed_tokens_weight(self) -> torch.Tensor:
-        """Frozen input embedding [vocab, H] (detached)."""

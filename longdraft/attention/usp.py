@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from longdraft.model.attention_reference import repeat_kv
-from longdraft.model.attention_ttt import ttt_step_attention
-from longdraft.parallel.layout import LAYOUTS
+from longdraft.attention.comm_stats import CommStats
+from longdraft.attention.heads import repeat_kv
+from longdraft.attention.ring import RingComm, ring_attention_backward, ring_attention_forward
+from longdraft.attention.ttt_step import ttt_step_attention
+from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
-from longdraft.parallel.ring import RingComm, ring_attention_backward, ring_attention_forward
-from longdraft.parallel.stats import CommStats
-from longdraft.parallel.ulysses import heads_to_sequence, sequence_to_heads
+from longdraft.sharding.layout import LAYOUTS
 
 
 class _RingCausal:
@@ -50,7 +50,7 @@ def _chunks_to_zigzag(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
 class USPAttentionBackend:
     """Draft attention over a sequence split across the SP group of ``mesh``.
 
-    ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``parallel/layout.py``); it
+    ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
     must match how the local tensors were sharded. ``stats`` (optional) collects the time spent
     waiting on communication.
     """

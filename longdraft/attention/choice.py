@@ -1,0 +1,27 @@
+"""Which attention backend a layout uses: ``auto`` follows from the sequence-parallel size.
+
+Pure (no torch import), so config validation refuses a bad combination at start-up with the
+same rule the factory applies.
+"""
+
+from __future__ import annotations
+
+BACKENDS = ("auto", "fast", "reference", "usp")
+
+
+def choose_attention_backend(name: str, sp_size: int) -> str:
+    """``auto``: ``usp`` when a sequence spans ranks (``sp_size > 1``), else ``fast``.
+
+    Raises ``ValueError`` whose message says what fits, for a name that cannot run this layout.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"one of {BACKENDS}, not {name!r}")
+    if name == "auto":
+        return "usp" if sp_size > 1 else "fast"
+    if sp_size > 1 and name != "usp":
+        raise ValueError(f"'usp' or 'auto' when a sequence spans ranks (sp_ulysses_size*sp_ring_size = {sp_size}); "
+                         f"'{name}' holds the whole sequence on one device")
+    if sp_size == 1 and name == "usp":
+        raise ValueError("'fast', 'reference' or 'auto' with one rank per sequence; 'usp' needs "
+                         "sp_ulysses_size*sp_ring_size > 1")
+    return name

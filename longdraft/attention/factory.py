@@ -1,0 +1,66 @@
+"""The attention backends the draft layer calls, built by one factory from their name.
+
+A backend turns one TTT step's local q/k/v into the step's attention output:
+``prepare(q, k, v)`` moves local tensors into the layout ``attend`` needs (USP: the Ulysses
+all-to-all), ``attend(q, keys, values)`` attends over the step-0 causal keys plus the diagonal keys
+of later steps, ``finish(out)`` moves the result back. Single-device backends keep the layout.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from longdraft.attention.choice import choose_attention_backend
+from longdraft.attention.reference import ttt_attention_reference
+from longdraft.attention.ttt_step import ttt_attention_fast
+
+if TYPE_CHECKING:
+    from longdraft.attention.comm_stats import CommStats
+    from longdraft.parallel.mesh import USPMesh
+
+
+class AttentionBackend(Protocol):
+    def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor): ...
+
+    def attend(self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor: ...
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor: ...
+
+
+class LocalAttention:
+    """The whole sequence on one device: the reference (explicit mask) or the fast path."""
+
+    def __init__(self, fast: bool = True):
+        self._attend = ttt_attention_fast if fast else ttt_attention_reference
+
+    def prepare(self, q, k, v):
+        return q, k, v
+
+    def attend(self, q, keys, values):
+        return self._attend(q, keys, values)
+
+    def finish(self, out):
+        return out
+
+
+def make_attention_backend(
+    name: str = "auto",
+    *,
+    mesh: "USPMesh | None" = None,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    layout: str = "contiguous",
+    stats: "CommStats | None" = None,
+) -> AttentionBackend:
+    """``fast``/``reference`` hold the sequence on one device; ``usp`` splits it over ``mesh``'s SP
+    group; ``auto`` picks from ``mesh`` (no mesh or SP size 1: ``fast``)."""
+    chosen = choose_attention_backend(name, mesh.sp_size if mesh is not None else 1)
+    if chosen != "usp":
+        return LocalAttention(fast=chosen == "fast")
+    if num_heads is None or num_kv_heads is None:
+        raise ValueError("the 'usp' attention backend needs num_heads and num_kv_heads")
+    from longdraft.attention.usp import USPAttentionBackend
+
+    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, stats=stats)

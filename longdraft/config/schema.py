@@ -1,0 +1,137 @@
+"""The typed sections of a run's configuration, with their defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from longdraft.attention.choice import choose_attention_backend
+from longdraft.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """Invalid configuration: message names the key, the value and what was expected."""
+
+
+def _path(default: Any = None, *, required: bool = False) -> Any:
+    return field(default=default, metadata={"path": True, "required": required})
+
+
+@dataclass
+class DataConfig:
+    train_path: str = _path(required=True)
+    eval_path: str | None = _path()
+    on_bad_row: Literal["error", "skip"] = "error"
+    max_rows: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    target_path: str = _path(required=True)
+    draft_vocab_size: int | None = None  # None: the target vocab (identity mapping)
+    aux_layers: list[int] | None = None  # None: [1, N/2-1, N-4]
+    target_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+@dataclass
+class TrainingConfig:
+    max_seq_length: int = 2048
+    ttt_length: int = 7
+    batch_size: int = 8  # global batch of one optimizer step
+    micro_batch_size: int = 1  # accumulation = batch_size / (micro_batch_size * dp)
+    num_steps: int = 100
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.5  # 0 disables clipping
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end
+    resume: bool = False
+    eval_every: int = 0
+    log_every: int = 1
+    attention_backend: Literal["auto", "fast", "reference", "usp"] = "auto"  # auto: usp when sp > 1
+    num_trainers: int = 1
+    sp_ulysses_size: int = 1
+    sp_ring_size: int = 1
+    ring_layout: Literal["contiguous", "zigzag"] = "contiguous"
+    loss_chunk_size: int = 1024
+    activation_checkpointing: bool = False
+    min_loss_tokens: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = False
+
+
+@dataclass
+class InferenceConfig:
+    engine: Literal["hf"] = "hf"  # which engine prefills the target (engines/factory.py)
+    num_producers: int = 1
+    batch_size: int = 4
+
+
+@dataclass
+class MooncakeConfig:
+    master_address: str | None = None  # None: start a local master
+    metadata_server: str = "P2PHANDSHAKE"
+    protocol: Literal["tcp", "rdma"] = "tcp"
+    global_segment_size_mb: int = 256
+    local_buffer_size_mb: int = 128
+    device_name: str = ""
+
+
+@dataclass
+class StoreConfig:
+    backend: Literal["ray", "mooncake"] = "ray"
+    mooncake: MooncakeConfig = field(default_factory=MooncakeConfig)
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 64
+    num_prompts: int = 16
+    enabled: bool = False
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _path(required=True)
+    plot: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def sp_size(self) -> int:
+        return self.training.sp_ulysses_size * self.training.sp_ring_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.training.num_trainers // self.sp_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches each DP replica runs per optimizer step."""
+        return self.training.batch_size // (self.training.micro_batch_size * self.dp_size)
+
+    @property
+    def evaluates_during_training(self) -> bool:
+        """Held-out metrics every ``training.eval_every`` steps (needs ``data.eval_path``)."""
+        return bool(self.training.eval_every and self.data.eval_path)
+
+    @property
+    def attention_backend(self) -> str:
+        """``training.attention_backend`` with ``auto`` resolved from the layout."""
+        return choose_attention_backend(self.training.attention_backend, self.sp_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

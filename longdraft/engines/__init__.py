@@ -1,0 +1,1 @@
+"""Target inference engines behind one interface (``inference.engine``)."""

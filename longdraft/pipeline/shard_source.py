@@ -1,0 +1,118 @@
+"""A trainer rank's batch source: its own shards, named by metadata on its queue, read from the store.
+
+A background thread fetches the rank's shards ahead of the steps and rebuilds the local batches;
+it issues no collectives (ARCHITECTURE.md, invariant 2). Held-out samples come first on the queue
+(up to ``EndOfHeldOut``) and are kept for the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+import queue as local_queue
+import threading
+import time
+
+import torch
+
+from longdraft.config import Config
+from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, SampleMeta
+from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.reader import read_shard, should_skip
+from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
+
+QUEUE_TIMEOUT_S = 300.0
+
+
+class ShardSource:
+    def __init__(self, cfg: Config, rank: int, sp_rank: int, queue, controller, store, device: torch.device,
+                 num_train_samples: int, start_position: int, report: dict):
+        self.cfg, self.rank, self.sp_rank = cfg, rank, sp_rank
+        self.queue, self.controller, self.store, self.device = queue, controller, store, device
+        self.num_train_samples = num_train_samples
+        self.position = start_position  # the driver started the stream here
+        self.report = report
+        self._prefetched: local_queue.Queue = local_queue.Queue(maxsize=2 * cfg.accumulation_steps)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the BatchSource interface ---------------------------------------------------------------
+    def resume_at(self, samples_consumed: int) -> None:
+        if samples_consumed != self.position:
+            raise RuntimeError(f"trainer rank {self.rank}: the checkpoint continues after {samples_consumed} samples "
+                               f"but the controller's stream starts at {self.position}")
+
+    @property
+    def samples_consumed(self) -> int:
+        return self.position
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.num_train_samples
+
+    def eval_batches(self) -> list[ShardBatch]:
+        if not self.cfg.evaluates_during_training:
+            return []
+        batches = []
+        while not isinstance(item := self.queue.get(block=True, timeout=QUEUE_TIMEOUT_S), EndOfHeldOut):
+            batches.append(self._load(item)[1])
+        return [b for b in batches if b is not None]
+
+    def next_step(self) -> StepBatches:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._prefetch, daemon=True)
+            self._thread.start()
+        start = time.perf_counter()
+        items = [self._next() for _ in range(self.cfg.accumulation_steps)]
+        for item in items:
+            if isinstance(item, EndOfRun):
+                raise RuntimeError(f"trainer rank {self.rank}: the stream ended before training.num_steps")
+        wait = time.perf_counter() - start
+        self.report["data_wait_s"] += wait
+        batches = [b for _, b in items if b is not None]
+        skipped = [m.seq for m, b in items if b is None]
+        if self.sp_rank == 0:  # one report per DP replica
+            self.controller.mark.remote([m.seq for m, b in items if b is not None], "trained")
+            if skipped:
+                self.controller.mark.remote(skipped, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
+        self.position += self.cfg.training.batch_size
+        return StepBatches(batches, len(batches), len(skipped), wait)
+
+    def finish(self) -> None:
+        end = self._next()
+        self._stop.set()
+        if not isinstance(end, EndOfRun):
+            raise RuntimeError(f"trainer rank {self.rank}: more samples than steps arrived (sample {end[0].seq})")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _prefetch(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self.queue.get(block=True, timeout=QUEUE_TIMEOUT_S)
+                if isinstance(item, EndOfRun):
+                    self._prefetched.put(item)
+                    return
+                self._prefetched.put(self._load(item))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self._prefetched.put(exc)
+
+    def _next(self):
+        item = self._prefetched.get(timeout=QUEUE_TIMEOUT_S)
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"trainer rank {self.rank}: data loading failed: {item!r}") from item
+        return item
+
+    def _load(self, meta: SampleMeta) -> tuple[SampleMeta, ShardBatch | None]:
+        shard = self.store.get_shard(meta.handle, self.sp_rank, delete=True)
+        r = self.report
+        r["samples_read"] += 1
+        r["keys_deleted"] += 1
+        r["bytes_read"] += sum(t.numel() * t.element_size() for t in shard.values())
+        r["full_sample_bytes"] += sum(math.prod(shape) * getattr(torch, meta.dtypes[name]).itemsize
+                                      for name, shape in meta.shapes.items())
+        r["rows_read"] += int(shard["input_ids"].shape[0])
+        r["sample_rows"] += meta.length
+        if not meta.held_out and should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):
+            r["samples_skipped"] += 1
+            return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike
+        batch = read_shard(shard, meta.layout, self.sp_rank, meta.packed_loss_mask, key=f"{meta.key}_usp{self.sp_rank}")
+        return meta, batch.to(self.device)

@@ -1,0 +1,91 @@
+"""``longdraft train``: one device or the Ray pipeline, then the loop, then evaluation and plot.
+
+The data flow is one direction: cli -> run -> (local | pipeline) -> train loop. Nothing below
+imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from longdraft.config import Config, save_config
+from longdraft.device import resolve_device
+from longdraft.train.checkpoint import latest_checkpoint
+from longdraft.train.loop import LoopResult
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    last_metrics: dict
+    last_eval: dict | None
+
+
+def run_training(cfg: Config) -> TrainResult:
+    """Train as configured: ``training.num_trainers > 1`` runs the sharded pipeline on Ray."""
+    out = Path(cfg.output.dir)
+    save_config(cfg, out / "config.yaml")
+    checkpoint = latest_checkpoint(out) if cfg.training.resume else None
+    if cfg.training.num_trainers > 1:
+        from longdraft.pipeline.launch import run_pipeline  # Ray is only needed for multi-rank runs
+
+        loop = run_pipeline(cfg, checkpoint)
+    else:
+        loop = _run_local(cfg, checkpoint)
+    result = TrainResult(out, loop.final_dir, cfg.training.num_steps, loop.history[-1] if loop.history else {},
+                         loop.last_eval)
+    return finish_run(cfg, result)
+
+
+def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
+    from longdraft.attention.factory import make_attention_backend
+    from longdraft.engines.factory import build_engine
+    from longdraft.train.local_source import LocalSource
+    from longdraft.train.loop import train_loop
+    from longdraft.train.reduction import SumReducer
+    from longdraft.train.setup import build_train_parts, load_data, load_tokenizer, vocab_for
+
+    t = cfg.training
+    torch.manual_seed(t.seed)
+    data = load_data(cfg, load_tokenizer(cfg))
+    for report in data.reports:
+        print(report.summary())
+    device = resolve_device(t.device)
+    engine = build_engine(cfg, device)
+    parts = build_train_parts(cfg, vocab_for(cfg, data.train), device)
+    source = LocalSource(cfg, data.train, data.eval, engine, device)
+    loop = train_loop(cfg, parts, source, make_attention_backend(cfg.attention_backend), SumReducer(None),
+                      checkpoint=checkpoint)
+    summary = {
+        "steps": t.num_steps, "final_loss": loop.history[-1]["loss"] if loop.history else None,
+        "final_acc_k": loop.history[-1]["acc_k"] if loop.history else None, "eval": loop.last_eval,
+        "samples_skipped": dict(data.skipped + loop.skipped), "data": [r.summary() for r in data.reports],
+        "train_samples": len(data.train),
+    }
+    (Path(cfg.output.dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return loop
+
+
+def finish_run(cfg: Config, result: TrainResult) -> TrainResult:
+    """Speculative-decoding evaluation of the export, then the training plot (which shows its tau).
+
+    Training is done by now: a missing plotting library costs the picture, never the run."""
+    if cfg.eval.enabled:
+        from longdraft.eval.after_training import final_evaluation
+
+        final_evaluation(cfg, result)
+    if cfg.output.plot:
+        from longdraft.train.plot import PlotUnavailable, plot_metrics
+
+        try:
+            print(f"plot: {plot_metrics(result.output_dir)}")
+        except PlotUnavailable as exc:
+            print(f"warning: no metrics.png: {exc}; everything else was written", file=sys.stderr)
+    return result

@@ -1,0 +1,55 @@
+"""``ShardBatch``: the local tensors of one micro-batch on one rank, as the TTT unroll reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class ShardBatch:
+    """Local tensors of one micro-batch on one rank. Segment axis 1, position axis 2.
+
+    input_ids ``[B, n_seg, c+K]``; aux_hidden ``[B, n_seg, c+K, 3H]``; last_hidden ``[B, n_seg, c+K, H]``
+    (target hidden after its final norm); loss_mask ``[B, n_seg, c+K]``; is_real ``[B, n_seg, c+K]``
+    (the position is a token of the sequence, not tail padding); positions ``[n_seg*c]`` global
+    position of every query.
+    """
+
+    input_ids: torch.Tensor
+    aux_hidden: torch.Tensor
+    last_hidden: torch.Tensor
+    loss_mask: torch.Tensor
+    is_real: torch.Tensor
+    positions: torch.Tensor
+
+    def to(self, device) -> "ShardBatch":
+        return ShardBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def query_tokens(self) -> int:
+        """Real tokens among the query rows (look-ahead rows belong to the next shard)."""
+        c = self.positions.numel() // self.input_ids.shape[1]
+        return int(self.is_real[:, :, :c].sum())
+
+
+def stack_batches(batches: list[ShardBatch]) -> ShardBatch:
+    """Stack single-sample, single-segment batches along the batch axis, right-padding each to the
+    longest (the padding is tail padding: not real, no loss). Positions are the longest's."""
+    if not batches:
+        raise ValueError("cannot stack an empty list of batches")
+    width = max(b.input_ids.shape[2] for b in batches)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros((x.shape[0], x.shape[1], width, *x.shape[3:]))
+        out[:, :, : x.shape[2]] = x
+        return out
+
+    stacked = {f.name: torch.cat([pad(getattr(b, f.name)) for b in batches]) for f in fields(ShardBatch)
+               if f.name != "positions"}
+    positions = max((b.positions for b in batches), key=lambda p: p.numel())
+    return ShardBatch(positions=positions, **stacked)

@@ -1,0 +1,132 @@
+"""The shard contract: which global positions each sequence-parallel rank stores.
+
+Writer (producer) and reader (trainer) both call these functions on the same inputs, so they
+can never disagree about lengths, offsets or padding. Pure tensor code, no communication.
+
+Inputs: global length ``L`` (after truncation), Ulysses size ``U``, ring size ``R``
+(``S = U * R``), ``K = ttt_length``. SP rank ``r = q * U + u`` (ring rank ``q``, Ulysses rank
+``u``). Every segment holds ``n`` query positions plus ``K`` lookahead positions (the next
+global tokens, which feed the per-step left shifts of ids, targets and masks without any
+communication); positions ``>= L`` are zero rows. Padding exists only at the global tail.
+
+- ``contiguous``: ``C = ceil(L / S)``; one segment ``[r*C, r*C + C + K)``; local length
+  ``C + K``. After the Ulysses all-to-all ring rank ``q`` holds ``[q*U*C, (q+1)*U*C)``.
+- ``zigzag``: ``c = ceil(L / (2S))``; the sequence is cut into ``2R`` chunks of ``U*c``;
+  ring rank ``q`` owns chunks ``q`` and ``2R-1-q``, Ulysses rank ``u`` sub-block ``u`` of each.
+  Two segments ``[q*U*c + u*c, +c+K)`` and ``[(2R-1-q)*U*c + u*c, +c+K)`` stored one after
+  the other; local length ``2 * (c + K)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LAYOUTS: tuple[str, ...] = ("contiguous", "zigzag")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # global position of the segment's first row
+    valid: int  # rows that are real tokens (the rest, up to the segment length, are tail padding)
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    length: int  # L
+    ulysses: int  # U
+    ring: int  # R
+    ttt_length: int  # K
+    layout: str = "contiguous"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"shard layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.length < 1:
+            raise ValueError(f"global length L={self.length}; expected >= 1")
+        if self.ulysses < 1 or self.ring < 1:
+            raise ValueError(f"ulysses={self.ulysses}, ring={self.ring}; both must be >= 1")
+        if self.ttt_length < 0:
+            raise ValueError(f"ttt_length K={self.ttt_length}; expected >= 0")
+
+    @property
+    def sp_size(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def num_segments(self) -> int:
+        return 1 if self.layout == "contiguous" else 2
+
+    @property
+    def segment_queries(self) -> int:
+        """Queries per segment: ``C`` (contiguous) or ``c`` (zigzag)."""
+        parts = self.sp_size * self.num_segments
+        return -(-self.length // parts)
+
+    @property
+    def segment_length(self) -> int:
+        return self.segment_queries + self.ttt_length
+
+    @property
+    def local_length(self) -> int:
+        return self.num_segments * self.segment_length
+
+    @property
+    def local_queries(self) -> int:
+        return self.num_segments * self.segment_queries
+
+    @property
+    def padded_length(self) -> int:
+        """Query slots over all ranks (``>= L``; the excess is tail padding)."""
+        return self.sp_size * self.local_queries
+
+    def coords(self, r: int) -> tuple[int, int]:
+        """(ring rank q, Ulysses rank u) of SP rank ``r``."""
+        self._check_rank(r)
+        return divmod(r, self.ulysses)
+
+    def segments(self, r: int) -> list[Segment]:
+        q, u = self.coords(r)
+        n = self.segment_queries
+        if self.layout == "contiguous":
+            starts = [r * n]
+        else:
+            chunk = self.ulysses * n
+            starts = [q * chunk + u * n, (2 * self.ring - 1 - q) * chunk + u * n]
+        return [Segment(s, max(0, min(s + self.segment_length, self.length) - s)) for s in starts]
+
+    def local_positions(self, r: int) -> torch.Tensor:
+        """Global position of every local row (queries and lookahead), int64 [local_length]."""
+        steps = torch.arange(self.segment_length, dtype=torch.int64)
+        return torch.cat([seg.start + steps for seg in self.segments(r)])
+
+    def query_mask(self, r: int) -> torch.Tensor:
+        """Bool [local_length]: True on query rows, False on lookahead rows."""
+        one = torch.zeros(self.segment_length, dtype=torch.bool)
+        one[: self.segment_queries] = True
+        return one.repeat(self.num_segments)
+
+    def query_positions(self, r: int) -> torch.Tensor:
+        """Global positions of the local queries, int64 [local_queries]; values >= L are padding."""
+        return self.local_positions(r)[self.query_mask(r)]
+
+    def valid_mask(self, r: int) -> torch.Tensor:
+        """Bool [local_length]: True where the row is a real token (global position < L)."""
+        return self.local_positions(r) < self.length
+
+    def ring_positions(self, q: int) -> torch.Tensor:
+        """Positions held by ring rank ``q`` after the Ulysses all-to-all, chunk-major order:
+        contiguous ``[q*U*C, (q+1)*U*C)``; zigzag ``[chunk q | chunk 2R-1-q]``. (For zigzag, a
+        plain all-to-all concatenation yields Ulysses-major order; the USP backend reorders.)"""
+        if not 0 <= q < self.ring:
+            raise ValueError(f"ring rank {q} is outside [0, {self.ring})")
+        chunk = self.ulysses * self.segment_queries
+        steps = torch.arange(chunk, dtype=torch.int64)
+        if self.layout == "contiguous":
+            return q * chunk + steps
+        return torch.cat([q * chunk + steps, (2 * self.ring - 1 - q) * chunk + steps])
+
+    def _check_rank(self, r: int) -> None:
+        if not 0 <= r < self.sp_size:
+            raise ValueError(f"SP rank {r} is outside [0, {self.sp_size}) for U={self.ulysses}, R={self.ring}")

@@ -1,0 +1,43 @@
+"""What the training loop reads from: one optimizer step's micro-batches at a time.
+
+Two sources exist: ``train/local_source.py`` (the target prefilled on the fly, whole sequences)
+and ``pipeline/shard_source.py`` (a trainer rank's own shards from the store). The loop treats
+them alike, so eval, resume, skip counting and metrics are the same on one device and on any
+DP x U x R layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from longdraft.sharding.batch import ShardBatch
+
+SKIP_TOO_FEW_LOSS_TOKENS = "too_few_loss_tokens"
+
+
+@dataclass
+class StepBatches:
+    batches: list[ShardBatch]  # this rank's micro-batches of the step (skipped samples left out)
+    samples: int  # samples this rank trains in the step
+    skipped: int  # samples skipped for too few loss tokens (decided from the global mask)
+    data_wait_s: float = 0.0  # time spent waiting for the data
+
+
+class BatchSource(Protocol):
+    def resume_at(self, samples_consumed: int) -> None:
+        """Continue the sample stream after ``samples_consumed`` samples (from a checkpoint)."""
+
+    def eval_batches(self) -> list[ShardBatch]:
+        """This rank's held-out micro-batches (empty when the run does not evaluate)."""
+
+    def next_step(self) -> StepBatches: ...
+
+    @property
+    def samples_consumed(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    def finish(self) -> None:
+        """Called after the last step: a source may check that nothing is left over."""

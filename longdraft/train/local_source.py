@@ -1,0 +1,59 @@
+"""The single-device batch source: samples in seeded epoch order, prefilled by the engine on the fly,
+each one the ``S = 1`` case of the shard contract."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from longdraft.config import Config
+from longdraft.data.dataset import Sample
+from longdraft.engines.base import TargetEngine
+from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.reader import full_sequence_batch, should_skip
+from longdraft.train.batch_source import StepBatches
+from longdraft.train.sample_order import SampleOrder
+
+
+def prefill_batch(samples: list[Sample], engine: TargetEngine, ttt_length: int, device) -> ShardBatch:
+    """Prefill the target on ``samples`` and collate them as one single-device micro-batch."""
+    features = engine.prefill([s.input_ids for s in samples])
+    tensors = [{"input_ids": torch.tensor(s.input_ids), "aux_hidden": f.aux_hidden, "last_hidden": f.last_hidden}
+               for s, f in zip(samples, features)]
+    return full_sequence_batch(tensors, [s.packed_loss_mask for s in samples], ttt_length).to(device)
+
+
+class LocalSource:
+    def __init__(self, cfg: Config, train: list[Sample], held_out: list[Sample], engine: TargetEngine, device):
+        self.cfg, self.train, self.held_out, self.engine, self.device = cfg, train, held_out, engine, device
+        self.order = SampleOrder(len(train), cfg.training.seed)
+
+    def resume_at(self, samples_consumed: int) -> None:
+        self.order.position = samples_consumed
+
+    @property
+    def samples_consumed(self) -> int:
+        return self.order.position
+
+    @property
+    def epoch(self) -> int:
+        return self.order.epoch
+
+    def _batches(self, samples: list[Sample]) -> list[ShardBatch]:
+        mb, k = self.cfg.training.micro_batch_size, self.cfg.training.ttt_length
+        return [prefill_batch(samples[j : j + mb], self.engine, k, self.device) for j in range(0, len(samples), mb)]
+
+    def eval_batches(self) -> list[ShardBatch]:
+        return self._batches(self.held_out) if self.cfg.evaluates_during_training else []
+
+    def next_step(self) -> StepBatches:
+        t = self.cfg.training
+        start = time.perf_counter()
+        chosen = [self.train[i] for i in self.order.take(t.batch_size)]
+        kept = [s for s in chosen if not should_skip(s.packed_loss_mask, t.min_loss_tokens, s.length)]
+        batches = self._batches(kept)
+        return StepBatches(batches, len(kept), len(chosen) - len(kept), time.perf_counter() - start)
+
+    def finish(self) -> None:
+        pass
