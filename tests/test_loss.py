@@ -38,3 +38,19 @@ def test_argmax_in_vocab():
 def test_bad_chunk_size():
     with pytest.raises(ValueError, match="loss_chunk_size"):
         soft_cross_entropy_sum(torch.zeros(1, 2), torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(3, 2), 0)
+
+
+def test_under_bf16_autocast_the_loss_is_computed_in_fp32():
+    # The logged loss must be the function whose gradient the backward takes (fp32), not a bf16 copy.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 32, generator=gen, requires_grad=True)
+    w = torch.randn(300, 32, generator=gen, requires_grad=True)
+    th, tw = torch.randn(64, 16, generator=gen), torch.randn(300, 16, generator=gen)
+    expected, expected_correct = soft_cross_entropy_sum(x, w, th, tw, 16)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        total, correct = soft_cross_entropy_sum(x, w, th, tw, 16)
+    assert total.dtype == torch.float32
+    assert abs(total.item() - expected.item()) <= 1e-6 * abs(expected.item())
+    assert correct.item() == expected_correct.item()
+    grads = torch.autograd.grad(total, [x, w])
+    assert all(torch.allclose(g, e, rtol=1e-6, atol=1e-6) for g, e in zip(grads, torch.autograd.grad(expected, [x, w])))

@@ -75,3 +75,18 @@ def test_train_resume_export(workdir):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     saved = yaml.safe_load((full / "config.yaml").read_text())
     assert saved["training"]["num_steps"] == 6 and saved["output"]["dir"] == str(full)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_without_matplotlib_finishes_and_warns_once(workdir, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails as if not installed
+    out = workdir / "out_noplot"
+    _train(workdir, f"output.dir={out}", "training.num_steps=2", "training.save_every=0")
+    err = capsys.readouterr().err
+    assert err.count("warning: no metrics.png") == 1 and "longdraft[plot]" in err
+    assert not (out / "metrics.png").exists()
+    assert len(read_metrics(out)) == 2
+    assert all((out / name).exists() for name in ("config.yaml", "summary.json", "final/model.safetensors",
+                                                  "checkpoints/step_2/state.json"))

@@ -8,6 +8,7 @@ from longdraft.config import Config
 from longdraft.pipeline.controller import Controller
 from longdraft.pipeline.producer import Producer
 from longdraft.pipeline.trainer_rank import TrainerRank
+from longdraft.sharding.layout import ShardGrid
 
 
 class _ProducerWithEngine(Producer):
@@ -18,8 +19,7 @@ class _ProducerWithEngine(Producer):
         t = cfg.training
         device = torch.device("cuda" if torch.cuda.is_available() and t.device != "cpu" else "cpu")
         engine = build_engine(cfg, device, output_device=torch.device("cpu"))
-        super().__init__(producer_id, engine, store_factory(), t.sp_ulysses_size, t.sp_ring_size,
-                         t.ttt_length, t.ring_layout, run_key)
+        super().__init__(producer_id, engine, store_factory(), ShardGrid.from_training(t), run_key)
 
 
 def producer_actor(num_cpus: float):

@@ -8,18 +8,17 @@ import torch
 
 from longdraft.engines.base import TargetEngine
 from longdraft.pipeline.records import PromptItem, SampleMeta
-from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.split import split_sample
 from longdraft.store.base import TensorStore
 
 
 class Producer:
-    def __init__(self, producer_id: int, engine: TargetEngine, store: TensorStore, ulysses: int, ring: int,
-                 ttt_length: int, layout: str, run_key: str):
+    def __init__(self, producer_id: int, engine: TargetEngine, store: TensorStore, grid: ShardGrid, run_key: str):
         self.producer_id = producer_id
         self.engine = engine
         self.store = store
-        self.ulysses, self.ring, self.ttt_length, self.layout = ulysses, ring, ttt_length, layout
+        self.grid = grid
         self.run_key = run_key
         self.busy_s = 0.0
         self.samples = 0
@@ -29,7 +28,7 @@ class Producer:
         features = self.engine.prefill([item.input_ids for item in items])
         metas = []
         for item, feat in zip(items, features):
-            layout = ShardLayout(len(item.input_ids), self.ulysses, self.ring, self.ttt_length, self.layout)
+            layout = self.grid.for_length(len(item.input_ids))
             tensors = {
                 "input_ids": torch.tensor(item.input_ids, dtype=torch.int64),
                 "aux_hidden": feat.aux_hidden.cpu(),

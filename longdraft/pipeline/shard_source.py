@@ -17,6 +17,8 @@ import torch
 from longdraft.config import Config
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, SampleMeta
 from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.header import ShardMismatchError
+from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.reader import read_shard, should_skip
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
@@ -31,6 +33,7 @@ class ShardSource:
         self.num_train_samples = num_train_samples
         self.position = start_position  # the driver started the stream here
         self.report = report
+        self.grid = ShardGrid.from_training(cfg.training)
         self._prefetched: local_queue.Queue = local_queue.Queue(maxsize=2 * cfg.accumulation_steps)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,6 +105,9 @@ class ShardSource:
         return item
 
     def _load(self, meta: SampleMeta) -> tuple[SampleMeta, ShardBatch | None]:
+        if meta.layout != self.grid.for_length(meta.length):
+            raise ShardMismatchError(f"sample {meta.sample_id}: written as {meta.layout}, but this rank trains "
+                                     f"{self.grid.for_length(meta.length)}")
         shard = self.store.get_shard(meta.handle, self.sp_rank, delete=True)
         r = self.report
         r["samples_read"] += 1

@@ -130,3 +130,25 @@ class ShardLayout:
     def _check_rank(self, r: int) -> None:
         if not 0 <= r < self.sp_size:
             raise ValueError(f"SP rank {r} is outside [0, {self.sp_size}) for U={self.ulysses}, R={self.ring}")
+
+
+@dataclass(frozen=True)
+class ShardGrid:
+    """How every sample of a run is sharded; ``for_length(L)`` is one sample's ``ShardLayout``.
+
+    Built once from ``training`` (``sp_ulysses_size``, ``sp_ring_size``, ``ttt_length``,
+    ``ring_layout``), so producers and trainer ranks carry K and the layout in one object.
+    """
+
+    ulysses: int
+    ring: int
+    ttt_length: int
+    layout: str = "contiguous"
+
+    @classmethod
+    def from_training(cls, training) -> "ShardGrid":
+        t = training
+        return cls(t.sp_ulysses_size, t.sp_ring_size, t.ttt_length, t.ring_layout)
+
+    def for_length(self, length: int) -> ShardLayout:
+        return ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.layout)
