@@ -25,11 +25,12 @@ import time
 
 import torch
 
-from longdraft.model.attention_kernels import block_attention_backward, block_attention_forward
-from longdraft.model.attention_reference import repeat_kv, ttt_attention_reference
-from longdraft.model.attention_ttt import diagonal_backward, merge_diagonal, ttt_attention_fast
-from longdraft.parallel import layout as shard_layout
-from longdraft.parallel.ring import backward_block, block_plan, forward_block
+from longdraft.attention.heads import repeat_kv
+from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.attention.reference import ttt_attention_reference
+from longdraft.attention.ring import backward_block, block_plan, forward_block
+from longdraft.attention.ttt_step import diagonal_backward, merge_diagonal, ttt_attention_fast
+from longdraft.sharding.layout import ShardLayout
 
 FP32_TOL = 1e-5  # relative to the compared tensor's largest magnitude: gradients reach ~10 at L=1024
 BF16_REL_TOL = 2.0**-5  # relative to the largest magnitude of the compared tensor (see tests)
@@ -118,8 +119,9 @@ def check_ring_emulated(device, dtype, B, H, Hkv, L, D, K, R, layout) -> dict:
     qs, ks, vs, ws = _ttt_inputs(device, dtype, B, H, Hkv, L, D, K, seed=2)
     ref_outs, ref_grads = _reference_run(qs, ks, vs, ws)
     scale = 1 / math.sqrt(D)
-    total = shard_layout.padded_length(L, 1, R, layout)
-    pos = [shard_layout.ring_positions(L, 1, R, p, layout).to(device) for p in range(R)]
+    contract = ShardLayout(L, 1, R, 0, layout)
+    total = contract.padded_length
+    pos = [contract.ring_positions(p).to(device) for p in range(R)]
 
     def pad(t):
         return torch.cat([t.detach(), t.new_zeros(*t.shape[:2], total - L, t.shape[3])], dim=2)

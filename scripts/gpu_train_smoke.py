@@ -11,7 +11,7 @@ import time
 
 from longdraft.config import config_from_dict
 from longdraft.train.metrics_log import read_metrics
-from longdraft.train.trainer import run_training
+from longdraft.run import run_training
 
 
 def run(precision: str, out: str, steps: int) -> dict:

@@ -2,7 +2,7 @@
 
 Register with ``pytest_plugins = ["tests.ray_session"]`` in conftest.py; tests then take the
 ``ray_session`` fixture. Everything binds to 127.0.0.1; run Ray tests inside a loopback-only
-namespace: ``unshare -n sh -c 'ip link set lo up; python -m pytest tests/test_x.py -q'``.
+namespace: ``unshare -n sh -c 'ip link set lo up; python -m pytest tests/pipeline -q'``.
 """
 
 from __future__ import annotations

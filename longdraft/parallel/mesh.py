@@ -94,8 +94,6 @@ class USPMesh:
     coords: RankCoords
     ulysses_group: ProcessGroup | None
     ring_group: ProcessGroup | None
-    sp_group: ProcessGroup | None
-    dp_group: ProcessGroup | None
     ulysses_ranks: list[int]
     ring_ranks: list[int]
     sp_ranks: list[int]
@@ -152,9 +150,6 @@ class USPMesh:
                 make("ulysses", [grid_rank(dp, ring, u, U, R) for u in range(U)])
             for u in range(U):
                 make("ring", [grid_rank(dp, ring, u, U, R) for ring in range(R)])
-            make("sp", list(range(dp * U * R, (dp + 1) * U * R)))
-        for sp_rank in range(U * R):
-            make("dp", [dp * U * R + sp_rank for dp in range(dp_size)])
         return cls(
             world_size=world,
             rank=rank,
@@ -163,10 +158,8 @@ class USPMesh:
             coords=coords,
             ulysses_group=mine["ulysses"][1],
             ring_group=mine["ring"][1],
-            sp_group=mine["sp"][1],
-            dp_group=mine["dp"][1],
             ulysses_ranks=mine["ulysses"][0],
             ring_ranks=mine["ring"][0],
-            sp_ranks=mine["sp"][0],
-            dp_ranks=mine["dp"][0],
+            sp_ranks=list(range(coords.dp * U * R, (coords.dp + 1) * U * R)),
+            dp_ranks=[dp * U * R + coords.sp_rank for dp in range(dp_size)],
         )

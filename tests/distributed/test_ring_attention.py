@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from longdraft.attention.heads import repeat_kv
 from tests import layout_positions as shard_layout
-from longdraft.parallel.launch import run_ranks
+from tests.rank_runs import cached_run_ranks
 from longdraft.parallel.mesh import USPMesh
 from longdraft.attention.ring import RingComm, block_plan, ring_attention_backward, ring_attention_forward
 from longdraft.attention.usp import USPAttentionBackend
@@ -155,13 +155,8 @@ def _ring_worker(rank: int, world: int) -> dict:
     return report
 
 
-_REPORTS: list = []
-
-
 def _reports() -> list[dict]:
-    if not _REPORTS:
-        _REPORTS.extend(run_ranks(_ring_worker, 4, timeout_s=90))
-    return _REPORTS
+    return cached_run_ranks(_ring_worker, 4, timeout_s=90)
 
 
 @pytest.mark.timeout(120)

@@ -21,13 +21,12 @@ from longdraft.data.loss_mask import (
 )
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl, parse_row
 from longdraft.data.tokenize import tokenize_conversation
-from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
+from longdraft.engines.tiny import tiny_rows, write_tiny_jsonl
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    path = build_tiny_target(tmp_path_factory.mktemp("tiny"), chat_template="chatml")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+def tokenizer(tiny_target):
+    return AutoTokenizer.from_pretrained(tiny_target(chat_template="chatml"), local_files_only=True)
 
 
 # ------------------------------------------------------------------ packed masks

@@ -99,9 +99,8 @@ def test_plain_text_and_truncation(template_and_tokenizer):
         tokenize_row(tok, PlainText(""), max_seq_length=16)
 
 
-def test_template_that_rewrites_content_is_reported(tmp_path):
-    path = build_tiny_target(tmp_path / "t", chat_template="chatml")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+def test_template_that_rewrites_content_is_reported(tiny_target):
+    tok = AutoTokenizer.from_pretrained(tiny_target(chat_template="chatml"), local_files_only=True)
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}"
     with pytest.raises(DataError, match="content was not found"):
         tokenize_conversation(tok, CONVERSATION)

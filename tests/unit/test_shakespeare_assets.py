@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shakespeare"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shakespeare"
 TARGET = EXAMPLE / "target"
 DATA = EXAMPLE / "data"
 DATA_FILES = ("train_text.jsonl", "heldout_text.jsonl", "train_chat.jsonl", "heldout_chat.jsonl")

@@ -8,14 +8,13 @@ from transformers import AutoModelForCausalLM
 
 from longdraft.engines.base import TargetEngine, default_aux_layers, resolve_aux_layers
 from longdraft.engines.hf import HFTargetEngine
-from longdraft.engines.tiny import build_tiny_target
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    return build_tiny_target(tmp_path_factory.mktemp("tiny"), num_layers=8, seed=3, initializer_range=0.2)
+def target_dir(tiny_target):
+    return tiny_target(num_layers=8, seed=3, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from longdraft.attention.reference import ttt_attention_reference
 from tests import layout_positions as shard_layout
 from longdraft.attention.factory import make_attention_backend
-from longdraft.parallel.launch import run_ranks
+from tests.rank_runs import cached_run_ranks
 from longdraft.parallel.mesh import USPMesh
 from longdraft.attention.usp import USPAttentionBackend
 
@@ -224,7 +224,8 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     outs = model(loc_inputs, positions, backend)
     local_sum, local_count = _masked_loss(outs, [shard(w) for w in weights], loc_mask)
     count = local_count.clone()
-    dist.all_reduce(count, group=mesh.sp_group)
+    assert mesh.dp_size == 1  # the SP group is the whole world
+    dist.all_reduce(count)
     if local_count.item() == 0:
         # As a trainer does for a shard without loss tokens: a loss that does not depend on the
         # attention output. The guard keeps every step's attention in the graph so this rank
@@ -234,11 +235,11 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     loss.backward()
 
     total = loss.detach().clone()
-    dist.all_reduce(total, group=mesh.sp_group)
+    dist.all_reduce(total)
     grad_err = 0.0
     for (name, p), ref_p in zip(model.named_parameters(), ref_model.parameters()):
         g = p.grad.clone()
-        dist.all_reduce(g, group=mesh.sp_group)  # the gradient of the sample is the SUM over SP
+        dist.all_reduce(g)  # the gradient of the sample is the SUM over SP
         grad_err = max(grad_err, _max_err(g, ref_p.grad))
     input_err = max(_max_err(loc.grad, shard(full.grad)) for loc, full in zip(loc_inputs, full_inputs))
     valid = positions < L
@@ -275,13 +276,8 @@ def _worker(rank: int, world: int) -> dict:
     return results
 
 
-_RESULTS: dict[int, list[dict]] = {}
-
-
 def _results(world: int) -> list[dict]:
-    if world not in _RESULTS:
-        _RESULTS[world] = run_ranks(_worker, world, timeout_s=100)
-    return _RESULTS[world]
+    return cached_run_ranks(_worker, world, timeout_s=100)
 
 
 def _attn_params():

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from tests import layout_positions as shard_layout
-from longdraft.parallel.launch import run_ranks
+from tests.rank_runs import cached_run_ranks
 from longdraft.parallel.mesh import USPMesh
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.attention.usp import USPAttentionBackend
@@ -86,13 +86,8 @@ def _worker(rank: int, world: int) -> dict:
     return report
 
 
-_REPORTS: list = []
-
-
 def _reports() -> list[dict]:
-    if not _REPORTS:
-        _REPORTS.extend(run_ranks(_worker, 4, timeout_s=90))
-    return _REPORTS
+    return cached_run_ranks(_worker, 4, timeout_s=90)
 
 
 @pytest.mark.timeout(120)
