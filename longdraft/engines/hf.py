@@ -87,12 +87,6 @@ class HFTargetEngine(TargetEngine):
     def dtype(self) -> torch.dtype:
         return self.model.get_output_embeddings().weight.dtype
 
-    def lm_head_weight(self) -> torch.Tensor:
-        return self.model.get_output_embeddings().weight.detach()
-
-    def embed_tokens_weight(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight.detach()
-
     @torch.inference_mode()
     def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
         if not batch:

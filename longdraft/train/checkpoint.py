@@ -104,10 +104,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def checkpoint_step(path: str | Path) -> int:
-    return int(STEP_DIR.match(Path(path).name).group(1))
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """The whole checkpoint as nested dicts with tensors, without touching any model."""
     path = Path(path)

@@ -17,10 +17,6 @@ class SumReducer:
     def __init__(self, group=None):
         self.group = group
 
-    @property
-    def distributed(self) -> bool:
-        return self.group is not None
-
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.group is not None:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)

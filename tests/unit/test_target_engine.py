@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from longdraft.engines.base import TargetEngine, default_aux_layers, resolve_aux_layers
+from longdraft.engines.head_weights import head_rows, load_embedding_and_head
 from longdraft.engines.hf import HFTargetEngine
 
 ATOL = 1e-5
@@ -37,9 +38,14 @@ def test_engine_properties(engine, reference_model):
     cfg = reference_model.config
     assert (engine.hidden_size, engine.vocab_size, engine.num_layers) == (cfg.hidden_size, cfg.vocab_size, 8)
     assert engine.aux_layers == [1, 3, 4] == default_aux_layers(8)
-    assert torch.equal(engine.lm_head_weight(), reference_model.lm_head.weight)
-    assert torch.equal(engine.embed_tokens_weight(), reference_model.model.embed_tokens.weight)
-    assert not engine.lm_head_weight().requires_grad
+
+
+
+def test_head_weights_read_from_safetensors_equal_the_model(target_dir, reference_model):
+    embedding, head = load_embedding_and_head(target_dir)
+    assert torch.equal(head, reference_model.lm_head.weight) and not head.requires_grad
+    assert torch.equal(embedding, reference_model.model.embed_tokens.weight)
+    assert head_rows(target_dir) == reference_model.config.vocab_size
 
 
 @torch.no_grad()
@@ -56,7 +62,7 @@ def test_aux_and_last_hidden_match_output_hidden_states(engine, reference_model)
     assert not torch.allclose(feat.aux_hidden[:, :H], feat.aux_hidden[:, H:2 * H])
     # HF's last hidden_states entry is taken after the final norm.
     torch.testing.assert_close(feat.last_hidden, hs[-1][0], atol=ATOL, rtol=0)
-    logits = feat.last_hidden @ engine.lm_head_weight().T
+    logits = feat.last_hidden @ reference_model.lm_head.weight.T
     torch.testing.assert_close(logits, out.logits[0], atol=ATOL, rtol=0)
 
 
@@ -84,7 +90,7 @@ def test_padded_batch_equals_single_prefill(engine, reference_model):
         torch.testing.assert_close(f.aux_hidden, single.aux_hidden, atol=ATOL, rtol=0)
         torch.testing.assert_close(f.last_hidden, single.last_hidden, atol=ATOL, rtol=0)
         logits = reference_model(torch.tensor([ids])).logits[0]
-        torch.testing.assert_close(f.last_hidden @ engine.lm_head_weight().T, logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(f.last_hidden @ reference_model.lm_head.weight.T, logits, atol=ATOL, rtol=0)
     assert engine.prefill([]) == []
 
 
