@@ -69,6 +69,22 @@ class InferenceConfig:
     engine: Literal["hf"] = "hf"  # which engine prefills the target (engines/factory.py)
     num_producers: int = 1
     batch_size: int = 4
+    # GPUs per producer on a GPU cluster. None: 1 when the cluster has a GPU for every trainer and
+    # producer, else 0.25 (a producer shares a trainer's GPU). A fraction must stay below 0.5, so two
+    # trainer ranks (1 - fraction each) can never share a GPU. 0: producers on CPU.
+    gpus_per_producer: float | None = None
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # Ray cluster to join; None: $RAY_ADDRESS, else a private local Ray
+    socket_ifname: str | None = None  # network interface of gloo/NCCL (GLOO_/NCCL_SOCKET_IFNAME)
+    cpus_per_actor: float | None = None  # None: 1 on a cluster, 0.5 in a local Ray
+    collective_timeout_s: float = 1800.0  # one collective (all-to-all, ring, all-reduce) at most
+    data_timeout_s: float = 1800.0  # a trainer rank waits at most this long for its next shard
+    stall_timeout_s: float = 1800.0  # a rank without a finished step for this long is reported by name
+    run_timeout_s: float = 0.0  # whole run; 0: no limit
+    placement_timeout_s: float = 300.0  # waiting for the cluster to grant the trainers' bundles
 
 
 @dataclass
@@ -109,6 +125,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def sp_size(self) -> int:

@@ -17,7 +17,7 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
         head = f"{origin}: {key} = {value!r}" if origin else f"{key} = {value!r} (default)"
         raise ConfigError(f"{head} is invalid; expected {expected}")
 
-    for section_name in ("data", "model", "training", "inference", "store", "eval", "output"):
+    for section_name in ("data", "model", "training", "inference", "store", "eval", "output", "cluster"):
         section = getattr(cfg, section_name)
         for f in dataclasses.fields(section):
             name = f.name
@@ -68,6 +68,18 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
     for key in ("num_producers", "batch_size"):
         if getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")
+    f = cfg.inference.gpus_per_producer
+    if f is not None and not (f == 0 or 0 < f < 0.5 or (f >= 1 and f == int(f))):
+        fail("inference.gpus_per_producer", f, "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) "
+             "or a whole number >= 1")
+    c = cfg.cluster
+    if c.cpus_per_actor is not None and c.cpus_per_actor <= 0:
+        fail("cluster.cpus_per_actor", c.cpus_per_actor, "a number > 0 or null")
+    for key in ("collective_timeout_s", "data_timeout_s", "stall_timeout_s", "placement_timeout_s"):
+        if getattr(c, key) <= 0:
+            fail(f"cluster.{key}", getattr(c, key), "a number of seconds > 0")
+    if c.run_timeout_s < 0:
+        fail("cluster.run_timeout_s", c.run_timeout_s, "a number of seconds >= 0 (0: no limit)")
     mc = cfg.store.mooncake
     if mc.global_segment_size_mb < 16:  # Mooncake refuses smaller segments
         fail("store.mooncake.global_segment_size_mb", mc.global_segment_size_mb, "an integer >= 16 (MiB)")

@@ -22,21 +22,28 @@ class _ProducerWithEngine(Producer):
         super().__init__(producer_id, engine, store_factory(), ShardGrid.from_training(t), run_key)
 
 
-def producer_actor(num_cpus: float):
+def producer_actor(options: dict):
     import ray
 
-    gpus = 0.5 if torch.cuda.is_available() else 0  # shares the device with a trainer on one-GPU machines
-    return ray.remote(num_cpus=num_cpus, num_gpus=gpus)(_ProducerWithEngine)
+    return ray.remote(_ProducerWithEngine).options(**options)
 
 
 def controller_actor():
     import ray
 
-    # Threaded: trainers report progress (mark) while run() is dispatching.
-    return ray.remote(num_cpus=0, max_concurrency=8)(Controller)
+    # Threaded: trainers report progress (mark, heartbeat) while run() is dispatching.
+    return ray.remote(num_cpus=0, max_concurrency=16)(Controller)
 
 
-def trainer_actor(num_cpus: float, use_gpu: bool):
+def trainer_actor(options: dict):
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=0.5 if use_gpu else 0)(TrainerRank)
+    return ray.remote(TrainerRank).options(**options)
+
+
+def object_owner_actor():
+    import ray
+
+    from longdraft.store.ray_store import ShardOwner
+
+    return ray.remote(num_cpus=0, max_concurrency=8)(ShardOwner)

@@ -39,6 +39,10 @@ class Controller:
         self.skip_reasons: Counter = Counter()
         self._lock = threading.Lock()
         self.dispatch_wait_s = 0.0
+        self.producer_failures, self.reissued = 0, 0
+        self.max_producer_failures = 3 * max(1, len(producers))
+        self.dispatched: Counter = Counter()  # train seq -> times dispatched (must end at 1 each)
+        self.heartbeats: dict[int, tuple[int, float]] = {}  # trainer rank -> (last finished step, when)
 
     def run(self) -> dict:
         """Feed producers (bounded pool) and dispatch in stream order; ends every queue with EndOfRun."""
@@ -46,29 +50,33 @@ class Controller:
 
         held_out = self.held_out or []
         stream = [*held_out, *self.prompts]  # dispatched in this order
-        pending: dict = {}  # future -> (producer index, first stream index of the batch)
+        pending: dict = {}  # future -> (producer index, first stream index of the batch, the batch)
         ready: dict[int, SampleMeta] = {}  # stream index -> produced sample
+        retry: list[tuple[int, list[PromptItem]]] = []  # batches whose producer died before answering
         next_prompt, next_dispatch = 0, 0
         idle = list(range(len(self.producers)))
         while next_dispatch < len(stream):
-            in_pool = (next_prompt - next_dispatch)
-            while idle and next_prompt < len(stream) and in_pool < self.pool_size:
-                items = stream[next_prompt : next_prompt + min(self.producer_batch, self.pool_size - in_pool)]
+            while idle and (retry or (next_prompt < len(stream) and next_prompt - next_dispatch < self.pool_size)):
+                if retry:
+                    first, items = retry.pop(0)
+                else:
+                    room = self.pool_size - (next_prompt - next_dispatch)
+                    first, items = next_prompt, stream[next_prompt : next_prompt + min(self.producer_batch, room)]
+                    next_prompt += len(items)
                 p = idle.pop(0)
-                pending[self.producers[p].produce.remote(items)] = (p, next_prompt)
+                pending[self.producers[p].produce.remote(items)] = (p, first, items)
                 for item in items:
                     if not item.held_out:
                         self._set(item.seq, "prefilling")
-                next_prompt += len(items)
-                in_pool = next_prompt - next_dispatch
             if not pending and next_dispatch not in ready:
                 raise RuntimeError(f"sample {next_dispatch} was never sent to a producer (controller bug)")
             if next_dispatch not in ready:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for future in done:
-                    p, first = pending.pop(future)
-                    idle.append(p)
-                    for offset, meta in enumerate(ray.get(future)):  # a producer error propagates, stopping the run
+                    p, first, items = pending.pop(future)
+                    idle.append(p)  # a dead producer is restarted by Ray and takes calls again
+                    metas = self._produced(future, p, first, items, retry)
+                    for offset, meta in enumerate(metas):
                         ready[first + offset] = meta
                         if not meta.held_out:
                             self._set(meta.seq, "produced")
@@ -81,6 +89,22 @@ class Controller:
             self._end_held_out()
         self._put_everywhere(EndOfRun())
         return self.summary()
+
+    def _produced(self, future, producer: int, first: int, items: list[PromptItem], retry: list) -> list[SampleMeta]:
+        """The batch's samples; when the producer's process died, the batch goes again (to the next
+        free producer, possibly the restarted one). A producer's own error stops the run."""
+        import ray
+
+        try:
+            return ray.get(future)
+        except ray.exceptions.RayActorError as exc:
+            self.producer_failures += 1
+            if self.producer_failures > self.max_producer_failures:
+                raise RuntimeError(f"producers died {self.producer_failures} times (last: producer {producer}, "
+                                   f"{type(exc).__name__}); giving up") from exc
+            self.reissued += len(items)
+            retry.append((first, items))
+            return []
 
     def _end_held_out(self) -> None:
         if self.held_out is not None:
@@ -96,11 +120,23 @@ class Controller:
             replica = self.queues[meta.seq % len(self.queues)]
         else:
             replica = self.queues[replica_of(meta.seq, self.batch_size, len(self.queues))]
+            self.dispatched[meta.seq] += 1
             self._set(meta.seq, "dispatched")  # before the puts: a trainer may report it trained right away
         start = time.perf_counter()
         for r, queue in enumerate(replica):
             queue.put(meta.for_rank(r))  # blocks while the trainers are behind: backpressure
         self.dispatch_wait_s += time.perf_counter() - start
+
+    def heartbeat(self, rank: int, step: int) -> None:
+        """A trainer rank finished ``step``; the driver reads these to name a rank that stalls."""
+        with self._lock:
+            self.heartbeats[rank] = (step, time.monotonic())
+
+    def progress(self) -> dict[int, tuple[int, float]]:
+        """Per rank: (last finished step, seconds since)."""
+        now = time.monotonic()
+        with self._lock:
+            return {rank: (step, now - at) for rank, (step, at) in self.heartbeats.items()}
 
     def mark(self, seqs: list[int], outcome: str) -> None:
         """Called by SP rank 0 of a replica: ``trained`` or ``skipped:<reason>``."""
@@ -125,5 +161,7 @@ class Controller:
         return {
             "prompts": len(self.prompts), "held_out": len(self.held_out or []), "produced": produced, "trained": trained, "skipped": skipped,
             "skipped_by_reason": dict(self.skip_reasons), "lost": len(self.prompts) - trained - skipped,
+            "duplicated": sum(n - 1 for n in self.dispatched.values() if n > 1),
+            "producer_failures": self.producer_failures, "reissued": self.reissued,
             "dispatch_wait_s": self.dispatch_wait_s,
         }

@@ -7,22 +7,22 @@ Local mode starts Ray on 127.0.0.1 (fractional CPUs per actor); cluster mode con
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
+from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.stores import StoreService
-from longdraft.store.mooncake_master import free_port
 from longdraft.train.checkpoint import read_checkpoint
 from longdraft.train.loop import LoopResult
 from longdraft.train.sample_order import SampleOrder
 from longdraft.train.setup import load_data, load_tokenizer, vocab_for
 
 POLL_S = 0.5
+LIVENESS_EVERY_S = 5.0
 
 
 def _prompts(cfg: Config, samples: list[Sample], start_position: int, steps: int) -> list[PromptItem]:
@@ -40,28 +40,39 @@ def _held_out(cfg: Config, samples: list[Sample]) -> list[PromptItem] | None:
     return [PromptItem(i, s.sample_id, s.input_ids, s.packed_loss_mask, held_out=True) for i, s in enumerate(samples)]
 
 
-def _start_ray() -> bool:
+def _stop(actors: list) -> None:
     import ray
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
-    return True
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
 
 
-def _wait_all(named_futures: dict, actors: list, timeout_s: float) -> dict:
-    """Wait for every future; the first failure kills all actors and raises with the failing name."""
+def _stalled(controller, world: int, stall_timeout_s: float, started: float) -> str | None:
+    """The first trainer rank with no finished step for ``stall_timeout_s``, described, or None."""
+    import ray
+
+    progress = ray.get(controller.progress.remote(), timeout=60)
+    since_start = time.monotonic() - started
+    for rank in range(world):
+        step, idle_s = progress.get(rank, (0, since_start))
+        if idle_s > stall_timeout_s:
+            others = {r: s for r, (s, _) in progress.items() if r != rank}
+            return (f"trainer rank {rank} finished no step for {idle_s:.0f} s (cluster.stall_timeout_s = "
+                    f"{stall_timeout_s:.0f}); its last step was {step}, the other ranks reached {others}")
+    return None
+
+
+def _wait_all(named_futures: dict, actors: list, timeout_s: float, liveness=None) -> dict:
+    """Wait for every future; the first failure kills all actors and raises with the failing name.
+
+    ``timeout_s`` 0 means no limit; ``liveness()`` (called every few seconds) returns a reason to stop
+    the run, or None."""
     import ray
 
     pending = dict(named_futures)
     results = {}
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    next_check = time.monotonic() + LIVENESS_EVERY_S
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
         for future in done:
@@ -69,25 +80,31 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float) -> dict:
             try:
                 results[name] = ray.get(future)
             except Exception as exc:
-                for actor in actors:
-                    ray.kill(actor, no_restart=True)
+                _stop(actors)
                 cause = getattr(exc, "cause", None) or exc  # the actor's own exception, without Ray's wrapper
                 raise RuntimeError(f"{name} failed; the run was stopped: {type(cause).__name__}: {cause}") from exc
-        if time.monotonic() > deadline:
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-            raise TimeoutError(f"run did not finish within {timeout_s:.0f} s; still waiting for {sorted(pending.values())}")
+        if deadline is not None and time.monotonic() > deadline:
+            _stop(actors)
+            raise TimeoutError(f"run did not finish within {timeout_s:.0f} s (cluster.run_timeout_s); still waiting "
+                               f"for {sorted(pending.values())}")
+        if liveness is not None and pending and time.monotonic() > next_check:
+            next_check = time.monotonic() + LIVENESS_EVERY_S
+            reason = liveness()
+            if reason:
+                _stop(actors)
+                raise TimeoutError(f"the run was stopped: {reason}")
     return results
 
 
-def run_pipeline(cfg: Config, checkpoint: Path | None, timeout_s: float = 6 * 3600) -> LoopResult:
+def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     """Train with ``training.num_trainers`` rank actors; returns rank 0's loop result."""
     import ray
     from ray.util.queue import Queue
 
-    from longdraft.pipeline.actors import controller_actor, producer_actor, trainer_actor
+    from longdraft.pipeline.actors import controller_actor, object_owner_actor, producer_actor, trainer_actor
+    from longdraft.pipeline.placement import place, release
 
-    t = cfg.training
+    t, c = cfg.training, cfg.cluster
     out = Path(cfg.output.dir)
     data = load_data(cfg, load_tokenizer(cfg))
     for report in data.reports:
@@ -97,33 +114,38 @@ def run_pipeline(cfg: Config, checkpoint: Path | None, timeout_s: float = 6 * 36
     start_position = state["extra"]["samples_consumed"] if state else 0
     vocab = vocab_for(cfg, data.train)
     prompts = _prompts(cfg, data.train, start_position, t.num_steps - start_step)
-    started_ray = _start_ray()
-    store = StoreService(cfg)
-    actors = []
+    started_ray = start_ray(cfg)
+    cpus = actor_cpus(cfg)
+    placement = place(cfg, cpus)
+    owner = object_owner_actor().remote()  # owns the Ray-store shards, so they outlive a dead producer
+    store = StoreService(cfg, owner)
+    actors = [owner]
     try:
         world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
-        cpus = 0.5 if not os.environ.get("RAY_ADDRESS") else 1
         queues = [[Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)]
         run_key = uuid.uuid4().hex[:8]
-        producers = [
-            producer_actor(cpus).remote(i, cfg, store.producer_factory(), run_key) for i in range(cfg.inference.num_producers)
-        ]
+        producers = [producer_actor(placement.producer_options()).remote(i, cfg, store.producer_factory(), run_key)
+                     for i in range(cfg.inference.num_producers)]
         controller = controller_actor().remote(prompts, producers, queues, t.batch_size,
                                                pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
                                                producer_batch=cfg.inference.batch_size,
                                                held_out=_held_out(cfg, data.eval))
-        port = free_port()
         trainers = [
-            trainer_actor(cpus, use_gpu=_has_gpu(cfg)).remote(
-                rank, world, cfg, port, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
+            trainer_actor(placement.trainer_options[rank]).remote(
+                rank, world, cfg, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
                 vocab.draft_to_target, len(data.train), start_position, str(checkpoint) if checkpoint else None)
             for rank in range(world)
         ]
-        actors = [*producers, controller, *trainers]
-        _wait_all({trainer.setup.remote(): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)}, actors, 600)
+        actors += [*producers, controller, *trainers]
+        init_method = _wait_all({trainers[0].rendezvous_address.remote(): "trainer rank 0 (rendezvous)"}, actors,
+                                c.placement_timeout_s)["trainer rank 0 (rendezvous)"]
+        _wait_all({trainer.setup.remote(init_method): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)},
+                  actors, c.placement_timeout_s + c.collective_timeout_s)
         futures = {controller.run.remote(): "controller"}
         futures.update({trainer.train.remote(): f"trainer rank {r}" for r, trainer in enumerate(trainers)})
-        results = _wait_all(futures, actors, timeout_s)
+        started = time.monotonic()
+        results = _wait_all(futures, actors, c.run_timeout_s,
+                            liveness=lambda: _stalled(controller, world, c.stall_timeout_s, started))
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
         ray.get([trainer.shutdown.remote() for trainer in trainers])
@@ -132,18 +154,13 @@ def run_pipeline(cfg: Config, checkpoint: Path | None, timeout_s: float = 6 * 36
                        samples_skipped=dict(data.skipped + loop.skipped), data=[r.summary() for r in data.reports],
                        ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        if summary["lost"]:
-            raise RuntimeError(f"{summary['lost']} samples were lost between producers and trainers: {summary}")
+        if summary["lost"] or summary["duplicated"]:
+            raise RuntimeError(f"{summary['lost']} samples were lost and {summary['duplicated']} trained twice between "
+                               f"producers and trainers: {summary}")
         return loop
     finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        _stop(actors)
+        release(placement)
         store.close()
         if started_ray:
             ray.shutdown()
-
-
-def _has_gpu(cfg: Config) -> bool:
-    import torch
-
-    return cfg.training.device != "cpu" and torch.cuda.is_available()

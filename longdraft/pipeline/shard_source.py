@@ -22,9 +22,6 @@ from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.reader import read_shard, should_skip
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
-QUEUE_TIMEOUT_S = 300.0
-
-
 class ShardSource:
     def __init__(self, cfg: Config, rank: int, sp_rank: int, queue, controller, store, device: torch.device,
                  num_train_samples: int, start_position: int, report: dict):
@@ -34,6 +31,7 @@ class ShardSource:
         self.position = start_position  # the driver started the stream here
         self.report = report
         self.grid = ShardGrid.from_training(cfg.training)
+        self.timeout_s = cfg.cluster.data_timeout_s
         self._prefetched: local_queue.Queue = local_queue.Queue(maxsize=2 * cfg.accumulation_steps)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,7 +54,7 @@ class ShardSource:
         if not self.cfg.evaluates_during_training:
             return []
         batches = []
-        while not isinstance(item := self.queue.get(block=True, timeout=QUEUE_TIMEOUT_S), EndOfHeldOut):
+        while not isinstance(item := self._from_queue(), EndOfHeldOut):
             batches.append(self._load(item)[1])
         return [b for b in batches if b is not None]
 
@@ -87,10 +85,19 @@ class ShardSource:
             raise RuntimeError(f"trainer rank {self.rank}: more samples than steps arrived (sample {end[0].seq})")
 
     # -- reading ---------------------------------------------------------------------------------
+    def _from_queue(self):
+        from ray.util.queue import Empty
+
+        try:
+            return self.queue.get(block=True, timeout=self.timeout_s)
+        except Empty:
+            raise TimeoutError(f"trainer rank {self.rank}: no sample arrived on its queue within {self.timeout_s:.0f} s "
+                               "(cluster.data_timeout_s): are the producers alive?") from None
+
     def _prefetch(self) -> None:
         try:
             while not self._stop.is_set():
-                item = self.queue.get(block=True, timeout=QUEUE_TIMEOUT_S)
+                item = self._from_queue()
                 if isinstance(item, EndOfRun):
                     self._prefetched.put(item)
                     return
@@ -99,9 +106,13 @@ class ShardSource:
             self._prefetched.put(exc)
 
     def _next(self):
-        item = self._prefetched.get(timeout=QUEUE_TIMEOUT_S)
+        try:
+            item = self._prefetched.get(timeout=self.timeout_s)
+        except local_queue.Empty:
+            raise TimeoutError(f"trainer rank {self.rank}: its prefetch thread delivered nothing within "
+                               f"{self.timeout_s:.0f} s (cluster.data_timeout_s)") from None
         if isinstance(item, BaseException):
-            raise RuntimeError(f"trainer rank {self.rank}: data loading failed: {item!r}") from item
+            raise RuntimeError(f"trainer rank {self.rank}: data loading failed: {type(item).__name__}: {item}") from item
         return item
 
     def _load(self, meta: SampleMeta) -> tuple[SampleMeta, ShardBatch | None]:

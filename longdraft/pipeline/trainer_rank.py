@@ -8,6 +8,8 @@ in the same order on every rank of the group, by the loop's main thread only.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,30 +18,44 @@ import torch.distributed as dist
 
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
-from longdraft.pipeline.shard_source import QUEUE_TIMEOUT_S, ShardSource
+from longdraft.pipeline.placement import rank_coordinates
+from longdraft.pipeline.shard_source import ShardSource
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.reduction import SumReducer
 from longdraft.train.setup import build_train_parts, target_text_config
 
 
 class TrainerRank:
-    def __init__(self, rank: int, world_size: int, cfg: Config, master_port: int, queue, controller,
+    def __init__(self, rank: int, world_size: int, cfg: Config, queue, controller,
                  store_factory, vocab_ids: torch.Tensor, num_train_samples: int, start_position: int,
                  checkpoint: str | None):
+        import ray
+
         torch.set_num_threads(1)
+        if cfg.cluster.socket_ifname:  # before any process group exists
+            os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = cfg.cluster.socket_ifname
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.sp_rank = rank % cfg.sp_size
-        self.master_port = master_port
+        self.node_ip = ray.util.get_node_ip_address()
         self.queue, self.controller = queue, controller
         self.store_factory = store_factory
         self.vocab_ids = vocab_ids
         self.num_train_samples, self.start_position = num_train_samples, start_position
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.report = {"rank": rank, "sp_rank": self.sp_rank, "samples_read": 0, "samples_skipped": 0,
+        self.report = {"rank": rank, "sp_rank": self.sp_rank, **rank_coordinates(cfg, rank), "node_ip": self.node_ip,
+                       "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "samples_read": 0, "samples_skipped": 0,
                        "bytes_read": 0, "full_sample_bytes": 0, "rows_read": 0, "sample_rows": 0, "keys_deleted": 0,
                        "data_wait_s": 0.0, "step_s": 0.0, "peak_mem_bytes": []}
 
-    def setup(self) -> None:
+    def rendezvous_address(self) -> str:
+        """Rank 0: ``tcp://<this node's IP>:<a free port there>`` for every rank's process group."""
+        with socket.socket() as s:
+            s.bind((self.node_ip, 0))
+            port = s.getsockname()[1]
+        return f"tcp://{self.node_ip}:{port}"
+
+    def setup(self, init_method: str) -> None:
         from longdraft.attention.factory import make_attention_backend
         from longdraft.engines.head_weights import head_rows
         from longdraft.parallel.mesh import USPMesh
@@ -47,9 +63,10 @@ class TrainerRank:
         t = self.cfg.training
         use_cuda = torch.cuda.is_available() and t.device != "cpu"
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.report["rendezvous"] = init_method
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo", init_method=f"tcp://127.0.0.1:{self.master_port}",
-            rank=self.rank, world_size=self.world_size, timeout=timedelta(seconds=QUEUE_TIMEOUT_S),
+            "nccl" if use_cuda else "gloo", init_method=init_method, rank=self.rank, world_size=self.world_size,
+            timeout=timedelta(seconds=self.cfg.cluster.collective_timeout_s),
         )
         text_config = target_text_config(self.cfg)
         heads = text_config.num_attention_heads
@@ -66,7 +83,8 @@ class TrainerRank:
 
     def train(self) -> dict:
         result: LoopResult = train_loop(self.cfg, self.parts, self.source, self.backend, self.reducer, rank=self.rank,
-                                        sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False)
+                                        sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False,
+                                        on_step=lambda step: self.controller.heartbeat.remote(self.rank, step))
         self.report["step_s"] = result.step_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()

@@ -3,8 +3,9 @@
 The handle carries one ObjectRef per shard, so a trainer fetches only its own. Deleting drops
 this process's reference; Ray frees the object once no process references it (use
 `SampleHandle.for_rank` when fanning out, so queue ``r`` only references shard ``r``).
-Objects are owned by the process that put them unless ``owner`` (a long-lived actor handle)
-is given: a shard is lost if its owner dies before it is read.
+Objects are owned by the process that put them, and a shard is lost if its owner dies before it
+is read. With ``owner`` (a handle of a long-lived ``ShardOwner`` actor) that actor puts the shards,
+so they outlive the producer that wrote them (at the cost of one more copy in the object store).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ class RayTensorStore(TensorStore):
 
         if not shards:
             raise StoreError(f"sample {key!r}: no shards to put")
-        kwargs = {"_owner": self._owner} if self._owner is not None else {}
-        refs = [ray.put({n: t.detach().contiguous() for n, t in s.items()}, **kwargs) for s in shards]
+        payload = [{n: t.detach().contiguous() for n, t in s.items()} for s in shards]
+        if self._owner is not None:
+            refs = ray.get(self._owner.put_shards.remote(payload))
+        else:
+            refs = [ray.put(s) for s in payload]
         sizes = tuple(shard_nbytes(s) for s in shards)
         self._stats.add(keys_put=len(shards), bytes_put=sum(sizes))
         return SampleHandle(key=key, num_shards=len(shards), shard_nbytes=sizes, refs=refs)
@@ -73,6 +77,15 @@ class RayTensorStore(TensorStore):
             raise StoreError(f"the Ray store needs the SampleHandle returned by put_sample (it holds the "
                              f"ObjectRefs); got {handle!r}")
         return handle
+
+
+class ShardOwner:
+    """Actor body: ``put_shards`` returns refs this actor owns (nested refs stay owned by the putter)."""
+
+    def put_shards(self, shards: list[dict[str, torch.Tensor]]) -> list[Any]:
+        import ray
+
+        return [ray.put(s) for s in shards]
 
 
 def local_object_store_usage() -> tuple[int, int]:

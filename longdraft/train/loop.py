@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def _due(step: int, every: int, last: int) -> bool:
 
 
 def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: AttentionBackend, reducer: SumReducer,
-               *, rank: int = 0, sp_size: int = 1, checkpoint: Path | None = None, progress_bar: bool = True) -> LoopResult:
+               *, rank: int = 0, sp_size: int = 1, checkpoint: Path | None = None, progress_bar: bool = True,
+               on_step: Callable[[int], None] | None = None) -> LoopResult:
+    """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report)."""
     t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
     settings = StepSettings.from_config(cfg)
     device = parts.target_head.device
@@ -88,6 +91,8 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
                 last_eval = evaluate(parts.model, eval_batches, backend, parts.target_head, settings, reducer)
                 metrics.update({f"eval_{k}": v for k, v in last_eval.items()})
             history.append(metrics)
+            if on_step is not None:
+                on_step(step + 1)
             if not is_root:
                 continue
             log.write(metrics)

@@ -34,7 +34,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _config(root, out, dp, u, r, store, **training):
+def _config(root, out, dp, u, r, store, run_timeout_s=240, **training):
     # No attention_backend key: "auto" must choose USP whenever a sequence spans ranks.
     return config_from_dict({
         "data": {"train_path": str(root / "train.jsonl")},
@@ -45,12 +45,13 @@ def _config(root, out, dp, u, r, store, **training):
         "inference": {"batch_size": 4},
         "store": {"backend": store, "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
         "output": {"dir": str(out), "plot": False},
+        "cluster": {"run_timeout_s": run_timeout_s},
     })
 
 
 def _run(ray_session, root, tmp_path, dp, u, r, store):
     out = tmp_path / f"{store}_{dp}{u}{r}"
-    run_pipeline(_config(root, out, dp, u, r, store), None, timeout_s=240)
+    run_pipeline(_config(root, out, dp, u, r, store), None)
     return out, read_metrics(out), json.loads((out / "summary.json").read_text())
 
 
@@ -99,10 +100,10 @@ def test_layout_equals_single_rank(ray_session, data_dir, tmp_path, baseline, dp
 def test_unreachable_store_stops_the_run_naming_the_rank(ray_session, data_dir, tmp_path):
     from longdraft.store.mooncake_master import free_port
 
-    cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake")
+    cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake", run_timeout_s=150)
     cfg.store.mooncake.master_address = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed; the run was stopped: StoreError: cannot reach the Mooncake master"):
-        run_pipeline(cfg, None, timeout_s=150)
+        run_pipeline(cfg, None)
 
 
 def _assert_steps_equal(got_records, want_records, rel, keys=("loss", "loss_k", "acc_k")):

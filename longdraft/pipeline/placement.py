@@ -1,0 +1,116 @@
+"""Where the actors run: one placement-group bundle per trainer rank, Ulysses groups on one node.
+
+On a cluster with GPUs every trainer rank gets a GPU of its own (or ``1 - f`` of one when producers
+take a fraction ``f < 0.5`` of the same GPU), so two trainer ranks never share a device. Each SP
+group is packed on one node when some node can hold it, else each Ulysses group is (its all-to-alls
+need the fast links); ring neighbours may then cross nodes. Producers ask for
+``inference.gpus_per_producer`` GPUs and are restarted by Ray if their process dies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from longdraft.config import Config
+from longdraft.parallel.mesh import grid_coords
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot hold the trainers as asked; the message gives what was needed and what is there."""
+
+
+@dataclass
+class Placement:
+    use_gpu: bool
+    trainer_gpu: float  # GPUs per trainer rank (0 without GPUs)
+    producer_gpu: float
+    cpus: float
+    groups: list[list[int]]  # trainer ranks packed on one node together
+    trainer_options: list[dict] = field(default_factory=list)  # Ray actor options per rank
+    groups_ready: list = field(default_factory=list)  # the placement groups (removed at the end)
+
+    def producer_options(self) -> dict:
+        options = {"num_cpus": self.cpus, "max_restarts": -1, "max_task_retries": 0}
+        if self.use_gpu and self.producer_gpu:
+            options["num_gpus"] = self.producer_gpu
+        return options
+
+
+def gpu_shares(cfg: Config, cluster_gpus: float) -> tuple[bool, float, float]:
+    """(use_gpu, GPUs per trainer, GPUs per producer) for a cluster with ``cluster_gpus`` GPUs."""
+    t, inf = cfg.training, cfg.inference
+    if cfg.training.device == "cuda" and cluster_gpus < 1:
+        raise PlacementError("training.device=cuda, but the Ray cluster has no GPU resources")
+    use_gpu = t.device != "cpu" and cluster_gpus >= 1
+    if not use_gpu:
+        return False, 0.0, 0.0
+    f = inf.gpus_per_producer
+    if f is None:
+        f = 1.0 if cluster_gpus >= t.num_trainers + inf.num_producers else 0.25
+    return True, (1.0 - f if 0 < f < 1 else 1.0), f
+
+
+def trainer_groups(cfg: Config, per_node_capacity: int) -> list[list[int]]:
+    """SP groups if one fits on a node, else Ulysses groups (contiguous ranks); refused if even a
+    Ulysses group does not fit on any node."""
+    t = cfg.training
+    sp, u = cfg.sp_size, t.sp_ulysses_size
+    size = sp if per_node_capacity >= sp else u
+    if per_node_capacity < u:
+        raise PlacementError(f"a Ulysses group of {u} trainer ranks must sit on one node, but the largest node "
+                             f"holds {per_node_capacity} of them")
+    return [list(range(start, start + size)) for start in range(0, t.num_trainers, size)]
+
+
+def node_capacity(nodes: list[dict], use_gpu: bool, trainer_gpu: float, cpus: float) -> int:
+    """Most trainer bundles any single alive node can hold."""
+    best = 0
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        res = node.get("Resources", {})
+        by_cpu = int(res.get("CPU", 0) // cpus) if cpus else 1 << 30
+        by_gpu = int(res.get("GPU", 0) // trainer_gpu) if use_gpu else 1 << 30
+        best = max(best, min(by_cpu, by_gpu))
+    return best
+
+
+def place(cfg: Config, cpus: float) -> Placement:
+    """Reserve the trainers' bundles (one STRICT_PACK placement group per group) and wait for them."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    use_gpu, trainer_gpu, producer_gpu = gpu_shares(cfg, ray.cluster_resources().get("GPU", 0))
+    groups = trainer_groups(cfg, node_capacity(ray.nodes(), use_gpu, trainer_gpu, cpus))
+    bundle = {"CPU": cpus, **({"GPU": trainer_gpu} if use_gpu else {})}
+    placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus, groups)
+    options: dict[int, dict] = {}
+    for ranks in groups:
+        pg = placement_group([dict(bundle) for _ in ranks], strategy="STRICT_PACK")
+        placement.groups_ready.append(pg)
+        for index, rank in enumerate(ranks):
+            options[rank] = {"num_cpus": cpus, "num_gpus": trainer_gpu if use_gpu else 0,
+                             "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
+    ready, _ = ray.wait([pg.ready() for pg in placement.groups_ready], num_returns=len(groups),
+                        timeout=cfg.cluster.placement_timeout_s)
+    if len(ready) < len(groups):
+        release(placement)
+        raise PlacementError(f"the cluster did not grant {len(groups)} groups of {len(groups[0])} x {bundle} on one "
+                             f"node each within {cfg.cluster.placement_timeout_s:.0f} s; cluster resources: "
+                             f"{ray.cluster_resources()}")
+    placement.trainer_options = [options[r] for r in range(cfg.training.num_trainers)]
+    return placement
+
+
+def release(placement: Placement) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    for pg in placement.groups_ready:
+        remove_placement_group(pg)
+    placement.groups_ready.clear()
+
+
+def rank_coordinates(cfg: Config, rank: int) -> dict:
+    c = grid_coords(rank, cfg.training.sp_ulysses_size, cfg.training.sp_ring_size)
+    return {"dp": c.dp, "ring": c.ring, "ulysses": c.ulysses}
