@@ -50,24 +50,28 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
     from longdraft.train.reduction import SumReducer
-    from longdraft.train.setup import build_train_parts, load_data, load_tokenizer, vocab_for
+    from longdraft.train.checkpoint import checkpoint_extra
+    from longdraft.train.setup import build_train_parts, load_held_out, load_tokenizer, training_stream, vocab_for
 
     t = cfg.training
     torch.manual_seed(t.seed)
-    data = load_data(cfg, load_tokenizer(cfg))
-    for report in data.reports:
-        print(report.summary())
+    tokenizer = load_tokenizer(cfg)
+    held_out, held_out_report = load_held_out(cfg, tokenizer)
+    stream = training_stream(cfg, tokenizer, checkpoint_extra(checkpoint)["stream_position"] if checkpoint else 0)
     device = resolve_device(t.device)
     engine = build_engine(cfg, device)
-    parts = build_train_parts(cfg, vocab_for(cfg, data.train), device)
-    source = LocalSource(cfg, data.train, data.eval, engine, device)
+    parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
+    source = LocalSource(cfg, stream, held_out, engine, device)
     loop = train_loop(cfg, parts, source, make_attention_backend(cfg.attention_backend), SumReducer(None),
                       checkpoint=checkpoint)
+    reports = [r for r in (stream.report, held_out_report) if r is not None]
+    for report in reports:
+        print(report.summary())
     summary = {
         "steps": t.num_steps, "final_loss": loop.history[-1]["loss"] if loop.history else None,
         "final_acc_k": loop.history[-1]["acc_k"] if loop.history else None, "eval": loop.last_eval,
-        "samples_skipped": dict(data.skipped + loop.skipped), "data": [r.summary() for r in data.reports],
-        "train_samples": len(data.train),
+        "samples_skipped": {**{f"bad_row:{k}": v for k, v in stream.report.skipped.items()}, **loop.skipped},
+        "data": [r.summary() for r in reports], "epochs_started": stream.epoch + 1,
     }
     (Path(cfg.output.dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return loop

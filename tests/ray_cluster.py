@@ -58,6 +58,16 @@ def ray_env() -> dict[str, str]:
     return env
 
 
+def loopback_only() -> bool:
+    """True when this network namespace routes nowhere but ``lo`` (as under ``unshare -n``)."""
+    ifaces = set()
+    with contextlib.suppress(OSError):
+        ifaces |= {ln.split()[0] for ln in Path("/proc/net/route").read_text().splitlines()[1:] if ln.strip()}
+    with contextlib.suppress(OSError):
+        ifaces |= {ln.split()[-1] for ln in Path("/proc/net/ipv6_route").read_text().splitlines() if ln.strip()}
+    return ifaces <= {"lo"}
+
+
 def _port_free(port: int) -> bool:
     # Bind the wildcard address: several Ray servers listen on 0.0.0.0, so a port taken on any
     # local address (127.0.0.1 vs 127.0.0.2) would still collide.
@@ -130,8 +140,12 @@ def live_session_procs(info: ClusterInfo) -> list[int]:
     return [pid for pid, _ in _sessions_procs(set(info.session_ids), info.temp_dir)]
 
 
-def _stop(procs: list[subprocess.Popen], marker: str, grace_s: float = 5.0) -> None:
-    """SIGTERM each started session's process group, then SIGKILL whatever is left."""
+def _stop(procs: list[subprocess.Popen], marker: str, grace_s: float = 2.0) -> None:
+    """SIGTERM each started session's process group, then SIGKILL whatever is left.
+
+    The grace is short on purpose: the worker node exits in ~1 s, but the head's graceful
+    shutdown takes well over 8 s here, and nothing it would flush outlives the temp dir anyway.
+    """
     sids = {p.pid for p in procs}
     for p in reversed(procs):  # worker node first, so it doesn't spin reconnecting to a dead GCS
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -163,22 +177,21 @@ def _stop(procs: list[subprocess.Popen], marker: str, grace_s: float = 5.0) -> N
         raise RayClusterError(f"Ray processes survived SIGKILL: {left}")
 
 
-def _log_tail(temp_dir: Path, lines: int = 40) -> str:
+def _log_tail(temp_dir: Path, lines: int = 25, width: int = 300) -> str:
     """Tail of our `ray start` output and of the most telling Ray logs under ``temp_dir``."""
     out = []
     files = sorted(temp_dir.glob("*.log"))
-    for name in ("gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err",
-                 "monitor.log", "dashboard_agent.log", "runtime_env_agent.log"):
-        files += sorted(temp_dir.glob(f"*/session_*/logs/{name}"))
-    files += [f for f in sorted(temp_dir.glob("*/session_*/logs/*.err"))
-              if f not in files and f.stat().st_size > 0]
+    # session_2* (not session_*): skip the session_latest symlink, which would repeat everything.
+    for name in ("gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err"):
+        files += sorted(temp_dir.glob(f"*/session_2*/logs/{name}"))
+    files += [f for f in sorted(temp_dir.glob("*/session_2*/logs/*.err")) if f not in files]
     for f in files:
         try:
-            text = f.read_text(errors="replace").splitlines()[-lines:]
+            text = [ln[:width] for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             continue
         if text:
-            out.append(f"==> {f.relative_to(temp_dir)} <==\n" + "\n".join(text))
+            out.append(f"==> {f.relative_to(temp_dir)} <==\n" + "\n".join(text[-lines:]))
     return "\n".join(out) or f"(no Ray logs under {temp_dir})"
 
 
@@ -206,7 +219,7 @@ _CHECK_NODES = r"""
 import json, sys, time
 import ray
 address, want, num_gpus, deadline = sys.argv[1], set(json.loads(sys.argv[2])), float(sys.argv[3]), time.monotonic() + float(sys.argv[4])
-ray.init(address=address, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+ray.init(address=address, configure_logging=False, log_to_driver=False)
 while True:
     alive = [n for n in ray.nodes() if n["Alive"]]
     ips = {n["NodeManagerAddress"] for n in alive}
@@ -224,6 +237,11 @@ while True:
 def two_node_cluster(num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: int = 200_000_000,
                      timeout_s: float = 60.0) -> Iterator[ClusterInfo]:
     """Start head + worker node, wait until both are alive, yield ``ClusterInfo``; always clean up."""
+    if not loopback_only():
+        # Ray "resolves" --node-ip-address=127.0.0.1 to the address it would use to reach
+        # 8.8.8.8; with a real route the head would advertise (and bind) a non-loopback IP.
+        raise RayClusterError("two_node_cluster needs a loopback-only network namespace: "
+                              "unshare -n sh -c 'ip link set lo up; python3 -m pytest ...'")
     # Short private root: unix socket paths must stay under ~107 bytes. One subdir per node so
     # the nodes' socket and log names never clash.
     temp_dir = Path(f"/tmp/ldray_{secrets.token_hex(4)}")
@@ -244,6 +262,8 @@ def two_node_cluster(num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: i
             procs.append(_start_node(
                 ["--head", f"--node-ip-address={HEAD_IP}", f"--port={gcs_port}",
                  f"--ray-client-server-port={pp.one()}", "--include-dashboard=false",
+                 # Even with the dashboard off, a minimal dashboard head still binds 8265.
+                 f"--dashboard-port={pp.one()}", f"--dashboard-host={HEAD_IP}",
                  f"--temp-dir={temp_dir / 'h'}", *_node_port_flags(pp), *common], head_log, env))
             info.session_ids.append(procs[-1].pid)
             # The worker node must not start before the head's GCS answers.

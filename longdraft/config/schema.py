@@ -23,7 +23,9 @@ class DataConfig:
     train_path: str = _path(required=True)
     eval_path: str | None = _path()
     on_bad_row: Literal["error", "skip"] = "error"
-    max_rows: int | None = None
+    max_rows: int | None = None  # read only the first N rows of train_path
+    shuffle_window: int = 4096  # rows shuffled together; the file streams one window at a time
+    vocab_rows: int = 10_000  # training samples counted to choose the draft vocab
 
 
 @dataclass

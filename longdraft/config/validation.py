@@ -65,6 +65,9 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
 
     if cfg.data.max_rows is not None and cfg.data.max_rows < 1:
         fail("data.max_rows", cfg.data.max_rows, "an integer >= 1 or null (all rows)")
+    for key in ("shuffle_window", "vocab_rows"):
+        if getattr(cfg.data, key) < 1:
+            fail(f"data.{key}", getattr(cfg.data, key), "an integer >= 1")
     for key in ("num_producers", "batch_size"):
         if getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from longdraft.data.errors import DataError
 from longdraft.data.loss_mask import pack_loss_mask
-from longdraft.data.rows import iter_jsonl
+from longdraft.data.rows import Row, iter_jsonl
 from longdraft.data.tokenize import tokenize_row
 
 _PROGRESS_MIN_BYTES = 4 << 20  # show a progress bar only for files from 4 MiB up
@@ -53,18 +54,7 @@ class DataReport:
         return s
 
 
-def load_samples(
-    path: str | Path,
-    tokenizer: Any,
-    max_seq_length: int,
-    on_bad_row: Literal["error", "skip"] = "error",
-    max_rows: int | None = None,
-) -> tuple[list[Sample], DataReport]:
-    """Read, tokenise and mask every row of a JSONL file.
-
-    A bad row raises `DataError` ("file:line: reason") unless `on_bad_row == "skip"`, in which
-    case it is counted in `report.skipped[kind]`. `max_rows` caps the number of samples kept.
-    """
+def check_sample_options(path: str | Path, max_seq_length: int, on_bad_row: str) -> Path:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row={on_bad_row!r}: expected 'error' or 'skip'")
     if max_seq_length < 1:
@@ -72,30 +62,60 @@ def load_samples(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
-    report = DataReport(path=str(p))
-    samples: list[Sample] = []
+    return p
+
+
+def sample_from_row(location: str, row: Row | DataError, tokenizer: Any, max_seq_length: int,
+                    on_bad_row: Literal["error", "skip"], report: DataReport) -> Sample | None:
+    """Tokenise and mask one row, counting it in ``report``. A bad row raises ``DataError``
+    ("file:line: reason") unless ``on_bad_row == "skip"``: then it is counted and None returned."""
+    report.num_rows += 1
+    try:
+        if isinstance(row, DataError):
+            raise row
+        tok = tokenize_row(tokenizer, row, max_seq_length)
+    except DataError as e:
+        e = e if e.location else e.at(location)
+        if on_bad_row == "error":
+            raise e from None
+        report.skipped[e.kind] += 1
+        return None
+    n_loss = sum(tok.loss_mask)
+    report.num_samples += 1
+    report.num_truncated += tok.truncated
+    report.num_without_loss_tokens += n_loss == 0
+    report.num_tokens += len(tok.input_ids)
+    report.num_loss_tokens += n_loss
+    return Sample(location, tok.input_ids, pack_loss_mask(tok.loss_mask), n_loss)
+
+
+def iter_samples(path: str | Path, tokenizer: Any, max_seq_length: int, on_bad_row: Literal["error", "skip"] = "error",
+                 max_rows: int | None = None, report: DataReport | None = None) -> Iterator[Sample]:
+    """The samples of a JSONL file in file order, one at a time (at most ``max_rows`` samples)."""
+    p = check_sample_options(path, max_seq_length, on_bad_row)
+    report = report if report is not None else DataReport(path=str(p))
     rows = tqdm(iter_jsonl(p), desc=f"tokenizing {p.name}", unit=" rows",
                 disable=p.stat().st_size < _PROGRESS_MIN_BYTES)
     for location, row in rows:
-        if max_rows is not None and len(samples) >= max_rows:
+        if max_rows is not None and report.num_samples >= max_rows:
             break
-        report.num_rows += 1
-        try:
-            if isinstance(row, DataError):
-                raise row
-            tok = tokenize_row(tokenizer, row, max_seq_length)
-        except DataError as e:
-            e = e if e.location else e.at(location)
-            if on_bad_row == "error":
-                raise e from None
-            report.skipped[e.kind] += 1
-            continue
-        packed = pack_loss_mask(tok.loss_mask)
-        n_loss = sum(tok.loss_mask)
-        samples.append(Sample(location, tok.input_ids, packed, n_loss))
-        report.num_samples += 1
-        report.num_truncated += tok.truncated
-        report.num_without_loss_tokens += n_loss == 0
-        report.num_tokens += len(tok.input_ids)
-        report.num_loss_tokens += n_loss
+        sample = sample_from_row(location, row, tokenizer, max_seq_length, on_bad_row, report)
+        if sample is not None:
+            yield sample
+
+
+def load_samples(
+    path: str | Path,
+    tokenizer: Any,
+    max_seq_length: int,
+    on_bad_row: Literal["error", "skip"] = "error",
+    max_rows: int | None = None,
+) -> tuple[list[Sample], DataReport]:
+    """Read, tokenise and mask every row of a (small) JSONL file: held-out sets, evaluation prompts.
+
+    A bad row raises `DataError` ("file:line: reason") unless `on_bad_row == "skip"`, in which
+    case it is counted in `report.skipped[kind]`. `max_rows` caps the number of samples kept.
+    """
+    report = DataReport(path=str(Path(path)))
+    samples = list(iter_samples(path, tokenizer, max_seq_length, on_bad_row, max_rows, report))
     return samples, report

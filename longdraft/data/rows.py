@@ -86,20 +86,28 @@ def parse_row(obj: object) -> Row:
                                      f"(keys: {sorted(obj)})")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Row | DataError]]:
-    """Yield ("file:line", Row) for each non-blank line, or ("file:line", DataError) for a bad one."""
+def parse_line(location: str, line: str) -> Row | DataError:
+    """One JSONL line as a Row, or the DataError that says what is wrong with it (never raises)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return DataError(E.BAD_JSON, f"invalid JSON ({e.msg} at column {e.colno})", location)
+    try:
+        return parse_row(obj)
+    except DataError as e:
+        return e.at(location)
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield ("file:line", text) for each non-blank line."""
     p = Path(path)
     with p.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            location = f"{p}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield location, DataError(E.BAD_JSON, f"invalid JSON ({e.msg} at column {e.colno})", location)
-                continue
-            try:
-                yield location, parse_row(obj)
-            except DataError as e:
-                yield location, e.at(location)
+            if line.strip():
+                yield f"{p}:{lineno}", line
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Row | DataError]]:
+    """Yield ("file:line", Row) for each non-blank line, or ("file:line", DataError) for a bad one."""
+    for location, line in iter_lines(path):
+        yield location, parse_line(location, line)

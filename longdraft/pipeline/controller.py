@@ -26,9 +26,11 @@ class Controller:
     """``held_out`` (None: the run does not evaluate) is produced and dispatched first, followed by
     ``EndOfHeldOut`` in every queue; held-out sample ``i`` goes to DP replica ``i % dp``."""
 
-    def __init__(self, prompts: list[PromptItem], producers: list, queues: list[list], batch_size: int,
+    def __init__(self, feed_args: tuple, producers: list, queues: list[list], batch_size: int,
                  pool_size: int, producer_batch: int, held_out: list[PromptItem] | None = None):
-        self.prompts = prompts
+        from longdraft.pipeline.prompt_feed import PromptFeed
+
+        self.feed = PromptFeed(*feed_args)  # (cfg, start_step, start_position): the stream is read here
         self.held_out = held_out
         self.producers = producers
         self.queues = queues  # [dp][sp_rank] -> ray.util.queue.Queue
@@ -49,19 +51,19 @@ class Controller:
         import ray
 
         held_out = self.held_out or []
-        stream = [*held_out, *self.prompts]  # dispatched in this order
+        total = len(held_out) + self.feed.total  # held-out first, then the training stream
         pending: dict = {}  # future -> (producer index, first stream index of the batch, the batch)
         ready: dict[int, SampleMeta] = {}  # stream index -> produced sample
         retry: list[tuple[int, list[PromptItem]]] = []  # batches whose producer died before answering
         next_prompt, next_dispatch = 0, 0
         idle = list(range(len(self.producers)))
-        while next_dispatch < len(stream):
-            while idle and (retry or (next_prompt < len(stream) and next_prompt - next_dispatch < self.pool_size)):
+        while next_dispatch < total:
+            while idle and (retry or (next_prompt < total and next_prompt - next_dispatch < self.pool_size)):
                 if retry:
                     first, items = retry.pop(0)
                 else:
-                    room = self.pool_size - (next_prompt - next_dispatch)
-                    first, items = next_prompt, stream[next_prompt : next_prompt + min(self.producer_batch, room)]
+                    count = min(self.producer_batch, self.pool_size - (next_prompt - next_dispatch))
+                    first, items = next_prompt, self._items(held_out, next_prompt, count)
                     next_prompt += len(items)
                 p = idle.pop(0)
                 pending[self.producers[p].produce.remote(items)] = (p, first, items)
@@ -85,10 +87,16 @@ class Controller:
                     self._end_held_out()
                 self._dispatch(ready.pop(next_dispatch))
                 next_dispatch += 1
-        if len(stream) == len(held_out):
+        if total == len(held_out):
             self._end_held_out()
         self._put_everywhere(EndOfRun())
         return self.summary()
+
+    def _items(self, held_out: list[PromptItem], first: int, count: int) -> list[PromptItem]:
+        """``count`` prompts from stream index ``first`` on (a batch never mixes held-out and training)."""
+        if first < len(held_out):
+            return held_out[first : min(first + count, len(held_out))]
+        return self.feed.take(count)
 
     def _produced(self, future, producer: int, first: int, items: list[PromptItem], retry: list) -> list[SampleMeta]:
         """The batch's samples; when the producer's process died, the batch goes again (to the next
@@ -159,8 +167,10 @@ class Controller:
         skipped = sum(n for s, n in states.items() if s.startswith("skipped:"))
         produced = trained + skipped + states.get("dispatched", 0) + states.get("produced", 0)
         return {
-            "prompts": len(self.prompts), "held_out": len(self.held_out or []), "produced": produced, "trained": trained, "skipped": skipped,
-            "skipped_by_reason": dict(self.skip_reasons), "lost": len(self.prompts) - trained - skipped,
+            "prompts": self.feed.total, "held_out": len(self.held_out or []), "produced": produced,
+            "trained": trained, "skipped": skipped, "skipped_by_reason": dict(self.skip_reasons),
+            "lost": self.feed.total - trained - skipped, "stream": self.feed.stream.report.summary(),
+            "bad_rows": dict(self.feed.stream.report.skipped),
             "duplicated": sum(n - 1 for n in self.dispatched.values() if n > 1),
             "producer_failures": self.producer_failures, "reissued": self.reissued,
             "dispatch_wait_s": self.dispatch_wait_s,

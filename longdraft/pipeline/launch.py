@@ -16,22 +16,12 @@ from longdraft.data.dataset import Sample
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.stores import StoreService
-from longdraft.train.checkpoint import read_checkpoint
+from longdraft.train.checkpoint import checkpoint_extra
 from longdraft.train.loop import LoopResult
-from longdraft.train.sample_order import SampleOrder
-from longdraft.train.setup import load_data, load_tokenizer, vocab_for
+from longdraft.train.setup import load_held_out, load_tokenizer, vocab_for
 
 POLL_S = 0.5
 LIVENESS_EVERY_S = 5.0
-
-
-def _prompts(cfg: Config, samples: list[Sample], start_position: int, steps: int) -> list[PromptItem]:
-    order = SampleOrder(len(samples), cfg.training.seed, position=start_position)
-    out = []
-    for i in range(steps * cfg.training.batch_size):
-        s = samples[order.take(1)[0]]
-        out.append(PromptItem(start_position + i, s.sample_id, s.input_ids, s.packed_loss_mask))
-    return out
 
 
 def _held_out(cfg: Config, samples: list[Sample]) -> list[PromptItem] | None:
@@ -47,12 +37,12 @@ def _stop(actors: list) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def _stalled(controller, world: int, stall_timeout_s: float, started: float) -> str | None:
-    """The first trainer rank with no finished step for ``stall_timeout_s``, described, or None."""
-    import ray
+def stalled_rank(progress: dict[int, tuple[int, float]], world: int, stall_timeout_s: float,
+                 since_start: float) -> str | None:
+    """The first trainer rank with no finished step for ``stall_timeout_s``, described, or None.
 
-    progress = ray.get(controller.progress.remote(), timeout=60)
-    since_start = time.monotonic() - started
+    ``progress``: rank -> (last finished step, seconds since); a rank not in it has finished none
+    since the start."""
     for rank in range(world):
         step, idle_s = progress.get(rank, (0, since_start))
         if idle_s > stall_timeout_s:
@@ -106,14 +96,11 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
 
     t, c = cfg.training, cfg.cluster
     out = Path(cfg.output.dir)
-    data = load_data(cfg, load_tokenizer(cfg))
-    for report in data.reports:
-        print(report.summary())
-    state = read_checkpoint(checkpoint) if checkpoint is not None else None
-    start_step = state["step"] if state else 0
-    start_position = state["extra"]["samples_consumed"] if state else 0
-    vocab = vocab_for(cfg, data.train)
-    prompts = _prompts(cfg, data.train, start_position, t.num_steps - start_step)
+    tokenizer = load_tokenizer(cfg)
+    held_out, held_out_report = load_held_out(cfg, tokenizer)
+    state = checkpoint_extra(checkpoint) if checkpoint is not None else None
+    start_step, start_position = (state["step"], state["stream_position"]) if state else (0, 0)
+    vocab = vocab_for(cfg, tokenizer)
     started_ray = start_ray(cfg)
     cpus = actor_cpus(cfg)
     placement = place(cfg, cpus)
@@ -126,14 +113,14 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         run_key = uuid.uuid4().hex[:8]
         producers = [producer_actor(placement.producer_options()).remote(i, cfg, store.producer_factory(), run_key)
                      for i in range(cfg.inference.num_producers)]
-        controller = controller_actor().remote(prompts, producers, queues, t.batch_size,
+        controller = controller_actor().remote((cfg, start_step, start_position), producers, queues, t.batch_size,
                                                pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
                                                producer_batch=cfg.inference.batch_size,
-                                               held_out=_held_out(cfg, data.eval))
+                                               held_out=_held_out(cfg, held_out))
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
                 rank, world, cfg, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
-                vocab.draft_to_target, len(data.train), start_position, str(checkpoint) if checkpoint else None)
+                vocab.draft_to_target, start_position, str(checkpoint) if checkpoint else None)
             for rank in range(world)
         ]
         actors += [*producers, controller, *trainers]
@@ -145,13 +132,16 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         futures.update({trainer.train.remote(): f"trainer rank {r}" for r, trainer in enumerate(trainers)})
         started = time.monotonic()
         results = _wait_all(futures, actors, c.run_timeout_s,
-                            liveness=lambda: _stalled(controller, world, c.stall_timeout_s, started))
+                            liveness=lambda: stalled_rank(ray.get(controller.progress.remote(), timeout=60), world,
+                                                          c.stall_timeout_s, time.monotonic() - started))
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
         ray.get([trainer.shutdown.remote() for trainer in trainers])
         loop: LoopResult = results["trainer rank 0"]["loop"]
+        print(summary["stream"])
         summary.update(producers=producer_reports, keys_left=store.keys_left(),
-                       samples_skipped=dict(data.skipped + loop.skipped), data=[r.summary() for r in data.reports],
+                       samples_skipped={**{f"bad_row:{k}": v for k, v in summary.pop("bad_rows").items()}, **loop.skipped},
+                       data=[summary.pop("stream"), *([held_out_report.summary()] if held_out_report else [])],
                        ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if summary["lost"] or summary["duplicated"]:

@@ -40,7 +40,8 @@ class Producer:
                 seq=item.seq, sample_id=item.sample_id, key=key, packed_loss_mask=item.packed_loss_mask,
                 shapes={n: tuple(t.shape) for n, t in tensors.items()},
                 dtypes={n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
-                layout=layout, handle=handle, held_out=item.held_out, produced_by=self.producer_id,
+                layout=layout, handle=handle, held_out=item.held_out, stream_position=item.stream_position,
+                epoch=item.epoch, produced_by=self.producer_id,
             ))
         self.busy_s += time.perf_counter() - start
         self.samples += len(items)

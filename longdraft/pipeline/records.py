@@ -17,6 +17,8 @@ class PromptItem:
     input_ids: list[int]
     packed_loss_mask: list[int]
     held_out: bool = False  # a held-out sample for training.eval_every, not a training sample
+    stream_position: int = 0  # rows of the training stream consumed after this sample's whole batch
+    epoch: int = 0
 
 
 @dataclass
@@ -32,6 +34,8 @@ class SampleMeta:
     layout: ShardLayout
     handle: SampleHandle
     held_out: bool = False
+    stream_position: int = 0
+    epoch: int = 0
     produced_by: int = 0
 
     @property

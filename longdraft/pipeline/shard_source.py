@@ -24,11 +24,11 @@ from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
 class ShardSource:
     def __init__(self, cfg: Config, rank: int, sp_rank: int, queue, controller, store, device: torch.device,
-                 num_train_samples: int, start_position: int, report: dict):
+                 start_position: int, report: dict):
         self.cfg, self.rank, self.sp_rank = cfg, rank, sp_rank
         self.queue, self.controller, self.store, self.device = queue, controller, store, device
-        self.num_train_samples = num_train_samples
-        self.position = start_position  # the driver started the stream here
+        self.position = start_position  # the controller's stream starts here
+        self._epoch = 0
         self.report = report
         self.grid = ShardGrid.from_training(cfg.training)
         self.timeout_s = cfg.cluster.data_timeout_s
@@ -37,18 +37,18 @@ class ShardSource:
         self._thread: threading.Thread | None = None
 
     # -- the BatchSource interface ---------------------------------------------------------------
-    def resume_at(self, samples_consumed: int) -> None:
-        if samples_consumed != self.position:
-            raise RuntimeError(f"trainer rank {self.rank}: the checkpoint continues after {samples_consumed} samples "
-                               f"but the controller's stream starts at {self.position}")
+    def resume_at(self, stream_position: int) -> None:
+        if stream_position != self.position:
+            raise RuntimeError(f"trainer rank {self.rank}: the checkpoint continues the stream at row {stream_position} "
+                               f"but the controller's stream starts at row {self.position}")
 
     @property
-    def samples_consumed(self) -> int:
+    def stream_position(self) -> int:
         return self.position
 
     @property
     def epoch(self) -> int:
-        return self.position // self.num_train_samples
+        return self._epoch
 
     def eval_batches(self) -> list[ShardBatch]:
         if not self.cfg.evaluates_during_training:
@@ -75,7 +75,7 @@ class ShardSource:
             self.controller.mark.remote([m.seq for m, b in items if b is not None], "trained")
             if skipped:
                 self.controller.mark.remote(skipped, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
-        self.position += self.cfg.training.batch_size
+        self.position, self._epoch = items[-1][0].stream_position, items[-1][0].epoch  # the same for the whole batch
         return StepBatches(batches, len(batches), len(skipped), wait)
 
     def finish(self) -> None:

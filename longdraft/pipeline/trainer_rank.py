@@ -27,8 +27,7 @@ from longdraft.train.setup import build_train_parts, target_text_config
 
 class TrainerRank:
     def __init__(self, rank: int, world_size: int, cfg: Config, queue, controller,
-                 store_factory, vocab_ids: torch.Tensor, num_train_samples: int, start_position: int,
-                 checkpoint: str | None):
+                 store_factory, vocab_ids: torch.Tensor, start_position: int, checkpoint: str | None):
         import ray
 
         torch.set_num_threads(1)
@@ -40,7 +39,7 @@ class TrainerRank:
         self.queue, self.controller = queue, controller
         self.store_factory = store_factory
         self.vocab_ids = vocab_ids
-        self.num_train_samples, self.start_position = num_train_samples, start_position
+        self.start_position = start_position
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.report = {"rank": rank, "sp_rank": self.sp_rank, **rank_coordinates(cfg, rank), "node_ip": self.node_ip,
                        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -79,7 +78,7 @@ class TrainerRank:
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
         self.source = ShardSource(self.cfg, self.rank, self.sp_rank, self.queue, self.controller, self.store,
-                                  self.device, self.num_train_samples, self.start_position, self.report)
+                                  self.device, self.start_position, self.report)
 
     def train(self) -> dict:
         result: LoopResult = train_loop(self.cfg, self.parts, self.source, self.backend, self.reducer, rank=self.rank,

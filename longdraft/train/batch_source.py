@@ -25,8 +25,8 @@ class StepBatches:
 
 
 class BatchSource(Protocol):
-    def resume_at(self, samples_consumed: int) -> None:
-        """Continue the sample stream after ``samples_consumed`` samples (from a checkpoint)."""
+    def resume_at(self, stream_position: int) -> None:
+        """Check that the stream continues at row ``stream_position`` (a checkpoint's)."""
 
     def eval_batches(self) -> list[ShardBatch]:
         """This rank's held-out micro-batches (empty when the run does not evaluate)."""
@@ -34,7 +34,8 @@ class BatchSource(Protocol):
     def next_step(self) -> StepBatches: ...
 
     @property
-    def samples_consumed(self) -> int: ...
+    def stream_position(self) -> int:
+        """Rows of the training stream consumed so far (what a checkpoint stores to resume)."""
 
     @property
     def epoch(self) -> int: ...

@@ -104,6 +104,12 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def checkpoint_extra(path: str | Path) -> dict:
+    """The ``extra`` record of a checkpoint (stream position, ...) and its step, from its JSON alone."""
+    state = json.loads((Path(path) / STATE).read_text())
+    return {"step": state["step"], **_join(state["extra"], {})}
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The whole checkpoint as nested dicts with tensors, without touching any model."""
     path = Path(path)

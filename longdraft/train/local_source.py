@@ -1,5 +1,5 @@
-"""The single-device batch source: samples in seeded epoch order, prefilled by the engine on the fly,
-each one the ``S = 1`` case of the shard contract."""
+"""The single-device batch source: samples streamed in seeded epoch order, prefilled by the engine
+on the fly, each one the ``S = 1`` case of the shard contract."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
+from longdraft.data.stream import SampleStream
 from longdraft.engines.base import TargetEngine
 from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.reader import full_sequence_batch, should_skip
 from longdraft.train.batch_source import StepBatches
-from longdraft.train.sample_order import SampleOrder
 
 
 def prefill_batch(samples: list[Sample], engine: TargetEngine, ttt_length: int, device) -> ShardBatch:
@@ -25,20 +25,21 @@ def prefill_batch(samples: list[Sample], engine: TargetEngine, ttt_length: int, 
 
 
 class LocalSource:
-    def __init__(self, cfg: Config, train: list[Sample], held_out: list[Sample], engine: TargetEngine, device):
-        self.cfg, self.train, self.held_out, self.engine, self.device = cfg, train, held_out, engine, device
-        self.order = SampleOrder(len(train), cfg.training.seed)
+    def __init__(self, cfg: Config, stream: SampleStream, held_out: list[Sample], engine: TargetEngine, device):
+        self.cfg, self.stream, self.held_out, self.engine, self.device = cfg, stream, held_out, engine, device
 
-    def resume_at(self, samples_consumed: int) -> None:
-        self.order.position = samples_consumed
+    def resume_at(self, stream_position: int) -> None:
+        if stream_position != self.stream.position:
+            raise RuntimeError(f"the checkpoint continues the sample stream at row {stream_position}, but the "
+                               f"stream was opened at row {self.stream.position}")
 
     @property
-    def samples_consumed(self) -> int:
-        return self.order.position
+    def stream_position(self) -> int:
+        return self.stream.position
 
     @property
     def epoch(self) -> int:
-        return self.order.epoch
+        return self.stream.epoch
 
     def _batches(self, samples: list[Sample]) -> list[ShardBatch]:
         mb, k = self.cfg.training.micro_batch_size, self.cfg.training.ttt_length
@@ -50,7 +51,7 @@ class LocalSource:
     def next_step(self) -> StepBatches:
         t = self.cfg.training
         start = time.perf_counter()
-        chosen = [self.train[i] for i in self.order.take(t.batch_size)]
+        chosen = self.stream.take(t.batch_size)
         kept = [s for s in chosen if not should_skip(s.packed_loss_mask, t.min_loss_tokens, s.length)]
         batches = self._batches(kept)
         return StepBatches(batches, len(kept), len(chosen) - len(kept), time.perf_counter() - start)

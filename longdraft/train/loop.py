@@ -55,9 +55,9 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
         state = load_checkpoint(checkpoint, parts.model, parts.optimizer, parts.scheduler)
         start_step, elapsed_before = state["step"], state["elapsed_s"]
         skipped.update(state["skipped"])
-        source.resume_at(state["samples_consumed"])
+        source.resume_at(state["stream_position"])
         if is_root:
-            print(f"resumed from {checkpoint} (step {start_step}, {state['samples_consumed']} samples consumed)", flush=True)
+            print(f"resumed from {checkpoint} (step {start_step}, row {state['stream_position']} of the stream)", flush=True)
     log = MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard) if is_root else None
     eval_batches = source.eval_batches()  # before the first step: the same on every rank
     started = time.perf_counter() - elapsed_before
@@ -104,7 +104,7 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
                 print(f"step {step + 1}/{t.num_steps} loss {metrics['loss']:.3f} acc0 {metrics['acc_k'][0]:.3f} "
                       f"{metrics['tokens_per_s']:.0f} tok/s", flush=True)
             if _due(step + 1, t.save_every, t.num_steps):
-                extra = {"samples_consumed": source.samples_consumed, "elapsed_s": metrics["elapsed_s"],
+                extra = {"stream_position": source.stream_position, "elapsed_s": metrics["elapsed_s"],
                          "skipped": dict(skipped), "draft_config": export_config_dict(parts.model.config, torch.float32)}
                 save_checkpoint(out, step + 1, parts.model, parts.optimizer, parts.scheduler, extra)
         source.finish()

@@ -1,4 +1,4 @@
-"""Everything a run builds before its first step: data, vocab mapping, draft, optimizer, schedule.
+"""Everything a run builds before its first step: data streams, vocab mapping, draft, optimizer, schedule.
 
 The draft is built from the target checkpoint's config, embedding and ``lm_head`` (read from
 safetensors), never from an engine, so one device and every trainer rank start identically.
@@ -6,14 +6,14 @@ safetensors), never from an engine, so one device and every trainer rank start i
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from longdraft.config import Config
-from longdraft.data.dataset import DataReport, Sample, load_samples
+from longdraft.data.dataset import DataReport, Sample, iter_samples, load_samples
+from longdraft.data.stream import SampleStream
 from longdraft.data.vocab import VocabMapping, build_vocab_mapping
 from longdraft.engines.head_weights import head_rows, load_embedding_and_head
 from longdraft.model.draft import Eagle3Draft
@@ -21,35 +21,33 @@ from longdraft.model.draft_config import draft_config_from_target
 from longdraft.train.optim import build_optimizer, build_scheduler
 
 
-@dataclass
-class LoadedData:
-    train: list[Sample]
-    eval: list[Sample]
-    reports: list[DataReport]
-    skipped: Counter = field(default_factory=Counter)  # reason -> samples not trained
+def training_stream(cfg: Config, tokenizer, position: int = 0) -> SampleStream:
+    """The training samples in their seeded epoch order, from row ``position`` of the stream on."""
+    d = cfg.data
+    return SampleStream(d.train_path, tokenizer, cfg.training.max_seq_length, cfg.training.seed, d.on_bad_row,
+                        d.max_rows, d.shuffle_window, position)
 
 
-def load_data(cfg: Config, tokenizer) -> LoadedData:
-    """Tokenise the data sets. Samples with too few loss tokens stay in the order; the loop skips them."""
-    train, train_report = load_samples(
-        cfg.data.train_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row, cfg.data.max_rows
-    )
-    reports, skipped = [train_report], Counter({f"bad_row:{k}": v for k, v in train_report.skipped.items()})
-    held_out: list[Sample] = []
-    if cfg.data.eval_path:
-        held_out, eval_report = load_samples(
-            cfg.data.eval_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row, cfg.eval.num_prompts * 4
-        )
-        reports.append(eval_report)
-        held_out = [s for s in held_out if s.num_loss_tokens >= cfg.training.min_loss_tokens]
-    return LoadedData(train, held_out, reports, skipped)
+def load_held_out(cfg: Config, tokenizer) -> tuple[list[Sample], DataReport | None]:
+    """The held-out samples for ``training.eval_every`` (a small file, read whole); samples with too
+    few loss tokens are left out."""
+    if not cfg.data.eval_path:
+        return [], None
+    held_out, report = load_samples(cfg.data.eval_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row,
+                                    cfg.eval.num_prompts * 4)
+    return [s for s in held_out if s.num_loss_tokens >= cfg.training.min_loss_tokens], report
 
 
 def load_tokenizer(cfg: Config):
     return AutoTokenizer.from_pretrained(cfg.model.target_path, local_files_only=True)
 
 
-def vocab_for(cfg: Config, samples: list[Sample]) -> VocabMapping:
+def vocab_for(cfg: Config, tokenizer) -> VocabMapping:
+    """The draft vocab: the most frequent loss tokens of the first ``data.vocab_rows`` training
+    samples (streamed, so a large file costs neither memory nor more start-up time)."""
+    d = cfg.data
+    samples = iter_samples(d.train_path, tokenizer, cfg.training.max_seq_length, d.on_bad_row,
+                           min(d.vocab_rows, d.max_rows or d.vocab_rows))
     return build_vocab_mapping(samples, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
 
 

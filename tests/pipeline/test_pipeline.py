@@ -144,3 +144,53 @@ def test_eval_and_resume_on_two_ranks_equal_one_device(ray_session, data_dir, tm
     _assert_steps_equal(resumed, two, 1e-6, ("loss", "loss_k", "acc_k", "grad_norm", "count_k"))
     _assert_steps_equal([resumed[3]], [two[3]], 1e-6, eval_keys)
     assert json.loads((resumed_dir / "summary.json").read_text())["trained"] == 2 * 4 - 1  # one sample skipped
+
+
+def _producer_pids() -> list[int]:
+    """Processes of producer actors (Ray titles them ``ray::_ProducerWithEngine...``)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::_ProducerWithEngine"):
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.timeout(360)
+def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    steps = 12  # the stream outlasts what the pool and queues buffer, so the producer is still busy
+    local = _config(data_dir, tmp_path / "local", 1, 1, 1, "ray", num_steps=steps)
+    run_training(local)
+    cfg = _config(data_dir, tmp_path / "kill", 1, 2, 1, "ray", num_steps=steps)
+    cfg.inference.batch_size = 1  # many small produce calls
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(loop=run_pipeline(cfg, None)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 150
+    while not (tmp_path / "kill" / "metrics.jsonl").is_file() or len(read_metrics(tmp_path / "kill")) < 2:
+        assert time.monotonic() < deadline and runner.is_alive(), "the run never reached step 2"
+        time.sleep(0.05)
+    (victim,) = _producer_pids()
+    os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=240)
+    assert "loop" in outcome, "the run did not finish"
+    summary = json.loads((tmp_path / "kill" / "summary.json").read_text())
+    total = steps * 4
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["trained"] + summary["skipped"] == total
+    # The restarted producer is a new process that wrote only the rest of the stream.
+    assert victim not in _producer_pids()
+    assert 0 < summary["producers"][0]["samples"] < total
+    _assert_steps_equal(read_metrics(tmp_path / "kill"), read_metrics(tmp_path / "local"), 1e-5,
+                        ("loss", "loss_k", "acc_k", "count_k"))
+    print({k: summary[k] for k in ("producer_failures", "reissued", "lost", "duplicated")})

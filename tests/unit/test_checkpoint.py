@@ -25,7 +25,7 @@ def test_round_trip_restores_model_optimizer_schedule_and_rng(tmp_path):
         model(torch.randn(5, 4)).square().sum().backward()
         optimizer.step()
         scheduler.step()
-    extra = {"samples_consumed": 8, "skipped": {"too_few_loss_tokens": 1}, "draft_config": {"layers": [1, 2]}}
+    extra = {"stream_position": 8, "skipped": {"too_few_loss_tokens": 1}, "draft_config": {"layers": [1, 2]}}
     path = save_checkpoint(tmp_path, 2, model, optimizer, scheduler, extra)
     assert sorted(p.name for p in path.iterdir()) == ["state.json", "tensors.safetensors"]
     assert latest_checkpoint(tmp_path) == path
