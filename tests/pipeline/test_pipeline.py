@@ -146,8 +146,8 @@ def test_eval_and_resume_on_two_ranks_equal_one_device(ray_session, data_dir, tm
     assert json.loads((resumed_dir / "summary.json").read_text())["trained"] == 2 * 4 - 1  # one sample skipped
 
 
-def _producer_pids() -> list[int]:
-    """Processes of producer actors (Ray titles them ``ray::_ProducerWithEngine...``)."""
+def _actor_pids(title: str) -> list[int]:
+    """Processes of actors whose Ray process title starts with ``ray::<title>``."""
     import os
 
     pids = []
@@ -157,9 +157,22 @@ def _producer_pids() -> list[int]:
                 cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith("ray::_ProducerWithEngine"):
+            if cmdline.startswith(f"ray::{title}"):
                 pids.append(int(entry))
     return pids
+
+
+def _producer_pids() -> list[int]:
+    return _actor_pids("_ProducerWithEngine")
+
+
+def _wait_for_steps(out, steps: int, runner, timeout_s: float = 150) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (out / "metrics.jsonl").is_file() or len(read_metrics(out)) < steps:
+        assert time.monotonic() < deadline and runner.is_alive(), f"the run never reached step {steps}"
+        time.sleep(0.02)
 
 
 @pytest.mark.timeout(360)
@@ -177,10 +190,7 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(loop=run_pipeline(cfg, None)), daemon=True)
     runner.start()
-    deadline = time.monotonic() + 150
-    while not (tmp_path / "kill" / "metrics.jsonl").is_file() or len(read_metrics(tmp_path / "kill")) < 2:
-        assert time.monotonic() < deadline and runner.is_alive(), "the run never reached step 2"
-        time.sleep(0.05)
+    _wait_for_steps(tmp_path / "kill", 2, runner)
     (victim,) = _producer_pids()
     os.kill(victim, signal.SIGKILL)
     runner.join(timeout=240)
@@ -194,3 +204,36 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path)
     _assert_steps_equal(read_metrics(tmp_path / "kill"), read_metrics(tmp_path / "local"), 1e-5,
                         ("loss", "loss_k", "acc_k", "count_k"))
     print({k: summary[k] for k in ("producer_failures", "reissued", "lost", "duplicated")})
+
+
+@pytest.mark.timeout(360)
+def test_a_killed_trainer_stops_the_run_naming_it_and_resume_continues_exactly(ray_session, data_dir, tmp_path):
+    import os
+    import signal
+    import threading
+
+    steps = 8
+    local = _config(data_dir, tmp_path / "local", 1, 1, 1, "ray", num_steps=steps, save_every=2)
+    run_training(local)
+    cfg = _config(data_dir, tmp_path / "sp2", 1, 2, 1, "ray", num_steps=steps, save_every=2)
+    failure = {}
+
+    def run():
+        try:
+            run_pipeline(cfg, None)
+        except RuntimeError as exc:
+            failure["error"] = str(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    _wait_for_steps(tmp_path / "sp2", 3, runner)  # the step-2 checkpoint exists
+    trainers = sorted(_actor_pids("TrainerRank"))
+    os.kill(trainers[-1], signal.SIGKILL)
+    runner.join(timeout=200)
+    assert "error" in failure, "the run went on without a trainer rank"
+    assert failure["error"].startswith("trainer rank ") and "failed; the run was stopped" in failure["error"]
+    assert not (tmp_path / "sp2" / "final").exists()
+    cfg.training.resume = True
+    run_training(cfg)
+    _assert_steps_equal(read_metrics(tmp_path / "sp2"), read_metrics(tmp_path / "local"), 1e-5,
+                        ("loss", "loss_k", "acc_k", "count_k", "grad_norm"))
