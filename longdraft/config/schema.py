@@ -94,14 +94,18 @@ class MooncakeConfig:
     master_address: str | None = None  # None: start a local master
     metadata_server: str = "P2PHANDSHAKE"
     protocol: Literal["tcp", "rdma"] = "tcp"
-    global_segment_size_mb: int = 256
-    local_buffer_size_mb: int = 128
+    global_segment_size_mb: int | None = None  # per producer; None: room for 2 global batches of the longest samples
+    local_buffer_size_mb: int | None = None  # per client; None: the largest shard (from max_seq_length)
+    put_timeout_s: float = 600.0  # a put into a full pool waits this long for readers to drain it
     device_name: str = ""
 
 
 @dataclass
 class StoreConfig:
     backend: Literal["ray", "mooncake"] = "ray"
+    # Bytes of produced but not yet trained samples; producers wait beyond it (one global batch is
+    # always let through). None: half the Ray object store, or the Mooncake pool.
+    max_inflight_mb: int | None = None
     mooncake: MooncakeConfig = field(default_factory=MooncakeConfig)
 
 

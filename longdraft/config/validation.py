@@ -84,10 +84,14 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
     if c.run_timeout_s < 0:
         fail("cluster.run_timeout_s", c.run_timeout_s, "a number of seconds >= 0 (0: no limit)")
     mc = cfg.store.mooncake
-    if mc.global_segment_size_mb < 16:  # Mooncake refuses smaller segments
-        fail("store.mooncake.global_segment_size_mb", mc.global_segment_size_mb, "an integer >= 16 (MiB)")
-    if mc.local_buffer_size_mb < 1:
-        fail("store.mooncake.local_buffer_size_mb", mc.local_buffer_size_mb, "an integer >= 1")
+    if mc.global_segment_size_mb is not None and mc.global_segment_size_mb < 16:  # Mooncake refuses smaller
+        fail("store.mooncake.global_segment_size_mb", mc.global_segment_size_mb, "an integer >= 16 (MiB) or null")
+    if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb < 1:
+        fail("store.mooncake.local_buffer_size_mb", mc.local_buffer_size_mb, "an integer >= 1 or null")
+    if mc.put_timeout_s <= 0:
+        fail("store.mooncake.put_timeout_s", mc.put_timeout_s, "a number of seconds > 0")
+    if cfg.store.max_inflight_mb is not None and cfg.store.max_inflight_mb < 1:
+        fail("store.max_inflight_mb", cfg.store.max_inflight_mb, "an integer >= 1 (MiB) or null")
     if t.num_trainers > 1 and t.micro_batch_size != 1:
         fail("training.micro_batch_size", t.micro_batch_size,
              "1 when training.num_trainers > 1 (each sequence has its own shard layout)")

@@ -27,7 +27,8 @@ class Controller:
     ``EndOfHeldOut`` in every queue; held-out sample ``i`` goes to DP replica ``i % dp``."""
 
     def __init__(self, feed_args: tuple, producers: list, queues: list[list], batch_size: int,
-                 pool_size: int, producer_batch: int, held_out: list[PromptItem] | None = None):
+                 pool_size: int, producer_batch: int, held_out: list[PromptItem] | None = None,
+                 max_inflight_bytes: int | None = None, sizes=None):
         from longdraft.pipeline.prompt_feed import PromptFeed
 
         self.feed = PromptFeed(*feed_args)  # (cfg, start_step, start_position): the stream is read here
@@ -45,6 +46,10 @@ class Controller:
         self.max_producer_failures = 3 * max(1, len(producers))
         self.dispatched: Counter = Counter()  # train seq -> times dispatched (must end at 1 each)
         self.heartbeats: dict[int, tuple[int, float]] = {}  # trainer rank -> (last finished step, when)
+        # Backpressure by bytes: samples issued to producers and not yet trained hold their store bytes.
+        self.max_inflight_bytes, self.sizes = max_inflight_bytes, sizes
+        self.inflight: dict[int, int] = {}  # train seq -> bytes it holds in the store
+        self.peak_inflight_bytes, self.budget_waits = 0, 0
 
     def run(self) -> dict:
         """Feed producers (bounded pool) and dispatch in stream order; ends every queue with EndOfRun."""
@@ -56,6 +61,7 @@ class Controller:
         ready: dict[int, SampleMeta] = {}  # stream index -> produced sample
         retry: list[tuple[int, list[PromptItem]]] = []  # batches whose producer died before answering
         next_prompt, next_dispatch = 0, 0
+        staged: list[PromptItem] = []  # drawn, waiting for room in the in-flight byte budget
         idle = list(range(len(self.producers)))
         while next_dispatch < total:
             while idle and (retry or (next_prompt < total and next_prompt - next_dispatch < self.pool_size)):
@@ -63,7 +69,10 @@ class Controller:
                     first, items = retry.pop(0)
                 else:
                     count = min(self.producer_batch, self.pool_size - (next_prompt - next_dispatch))
-                    first, items = next_prompt, self._items(held_out, next_prompt, count)
+                    staged = staged or self._items(held_out, next_prompt, count)
+                    if not self._reserve(staged):
+                        break
+                    first, items, staged = next_prompt, staged, []
                     next_prompt += len(items)
                 p = idle.pop(0)
                 pending[self.producers[p].produce.remote(items)] = (p, first, items)
@@ -71,6 +80,10 @@ class Controller:
                     if not item.held_out:
                         self._set(item.seq, "prefilling")
             if not pending and next_dispatch not in ready:
+                if staged:  # the budget is full: trainers free it as they report steps
+                    self.budget_waits += 1
+                    time.sleep(0.02)
+                    continue
                 raise RuntimeError(f"sample {next_dispatch} was never sent to a producer (controller bug)")
             if next_dispatch not in ready:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -91,6 +104,20 @@ class Controller:
             self._end_held_out()
         self._put_everywhere(EndOfRun())
         return self.summary()
+
+    def _reserve(self, items: list[PromptItem]) -> bool:
+        """Take the store bytes of ``items`` from the budget; False (nothing taken) when they do not
+        fit. Fewer samples than one global batch in flight always fit, so the trainers never starve."""
+        if self.max_inflight_bytes is None or self.sizes is None:
+            return True
+        need = {item.seq: self.sizes.sample_bytes(len(item.input_ids)) for item in items if not item.held_out}
+        with self._lock:
+            held = sum(self.inflight.values())
+            if len(self.inflight) >= self.batch_size and held + sum(need.values()) > self.max_inflight_bytes:
+                return False
+            self.inflight.update(need)
+            self.peak_inflight_bytes = max(self.peak_inflight_bytes, held + sum(need.values()))
+        return True
 
     def _items(self, held_out: list[PromptItem], first: int, count: int) -> list[PromptItem]:
         """``count`` prompts from stream index ``first`` on (a batch never mixes held-out and training)."""
@@ -148,6 +175,9 @@ class Controller:
 
     def mark(self, seqs: list[int], outcome: str) -> None:
         """Called by SP rank 0 of a replica: ``trained`` or ``skipped:<reason>``."""
+        with self._lock:
+            for seq in seqs:
+                self.inflight.pop(seq, None)
         for seq in seqs:
             self._set(seq, outcome)
             if outcome.startswith("skipped:"):
@@ -173,5 +203,7 @@ class Controller:
             "bad_rows": dict(self.feed.stream.report.skipped),
             "duplicated": sum(n - 1 for n in self.dispatched.values() if n > 1),
             "producer_failures": self.producer_failures, "reissued": self.reissued,
+            "max_inflight_bytes": self.max_inflight_bytes, "peak_inflight_bytes": self.peak_inflight_bytes,
+            "budget_waits": self.budget_waits,
             "dispatch_wait_s": self.dispatch_wait_s,
         }

@@ -15,6 +15,7 @@ from longdraft.config import Config
 from longdraft.data.dataset import Sample
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
+from longdraft.pipeline.sizes import sample_sizes
 from longdraft.pipeline.stores import StoreService
 from longdraft.train.checkpoint import checkpoint_extra
 from longdraft.train.loop import LoopResult
@@ -28,6 +29,17 @@ def _held_out(cfg: Config, samples: list[Sample]) -> list[PromptItem] | None:
     if not cfg.evaluates_during_training:
         return None
     return [PromptItem(i, s.sample_id, s.input_ids, s.packed_loss_mask, held_out=True) for i, s in enumerate(samples)]
+
+
+def _inflight_budget(cfg: Config, store: StoreService) -> int:
+    """``store.max_inflight_mb``, or what the store holds: the Mooncake pool, half of Ray's object store."""
+    import ray
+
+    if cfg.store.max_inflight_mb is not None:
+        return cfg.store.max_inflight_mb << 20
+    if store.capacity_bytes is not None:
+        return store.capacity_bytes
+    return int(ray.cluster_resources().get("object_store_memory", 1 << 30) // 2)
 
 
 def _stop(actors: list) -> None:
@@ -105,7 +117,8 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     cpus = actor_cpus(cfg)
     placement = place(cfg, cpus)
     owner = object_owner_actor().remote()  # owns the Ray-store shards, so they outlive a dead producer
-    store = StoreService(cfg, owner)
+    sizes = sample_sizes(cfg)
+    store = StoreService(cfg, owner, sizes)
     actors = [owner]
     try:
         world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
@@ -116,7 +129,8 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         controller = controller_actor().remote((cfg, start_step, start_position), producers, queues, t.batch_size,
                                                pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
                                                producer_batch=cfg.inference.batch_size,
-                                               held_out=_held_out(cfg, held_out))
+                                               held_out=_held_out(cfg, held_out),
+                                               max_inflight_bytes=_inflight_budget(cfg, store), sizes=sizes)
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
                 rank, world, cfg, queues[rank // sp][rank % sp], controller, store.trainer_factory(),

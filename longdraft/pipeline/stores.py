@@ -11,6 +11,8 @@ from dataclasses import replace
 from functools import partial
 
 from longdraft.config import Config
+from longdraft.errors import UserError
+from longdraft.pipeline.sizes import SampleSizes, mib, sample_sizes
 from longdraft.store.base import TensorStore
 
 
@@ -32,14 +34,44 @@ def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> Te
     return MooncakeTensorStore(options)
 
 
+class StoreCapacityError(UserError):
+    """The store, as configured, cannot hold even one sample of the run."""
+
+
+def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
+    """(global segment per producer, local buffer) in MiB: the configured ones, checked against the
+    longest sample, or defaults sized from it (room for two global batches over all producers)."""
+    mc, t = cfg.store.mooncake, cfg.training
+    shard, sample = sizes.shard_bytes(t.max_seq_length), sizes.sample_bytes(t.max_seq_length)
+    where = f"at training.max_seq_length={t.max_seq_length}, S={cfg.sp_size}"
+    if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb << 20 < shard:
+        raise StoreCapacityError(f"store.mooncake.local_buffer_size_mb = {mc.local_buffer_size_mb} cannot hold one shard "
+                                 f"of the longest sample ({shard} bytes {where}): set it to at least {mib(shard)}")
+    pool_share = 0.9  # the master keeps about a tenth of the pool free
+    if mc.global_segment_size_mb is not None:
+        pool = cfg.inference.num_producers * (mc.global_segment_size_mb << 20) * pool_share
+        if pool < sample:
+            need = mib(int(sample / pool_share / cfg.inference.num_producers)) + 1
+            raise StoreCapacityError(f"the Mooncake pool ({cfg.inference.num_producers} producers x "
+                                     f"store.mooncake.global_segment_size_mb = {mc.global_segment_size_mb}) cannot hold "
+                                     f"one sample of {sample} bytes {where}: set global_segment_size_mb to at least {need}")
+        segment = mc.global_segment_size_mb
+    else:
+        segment = max(64, mib(int(2 * t.batch_size * sample / pool_share / cfg.inference.num_producers)))
+    return segment, mc.local_buffer_size_mb or max(16, mib(shard) + 1)
+
+
 class StoreService:
-    def __init__(self, cfg: Config, owner=None):
+    def __init__(self, cfg: Config, owner=None, sizes: SampleSizes | None = None):
         self.backend = cfg.store.backend
         self.owner = owner
         self.master = None
         self.master_address = None
+        self.capacity_bytes: int | None = None  # what the store can hold (Mooncake pool; None: Ray's own)
         if self.backend == "mooncake":
-            mc = cfg.store.mooncake
+            segment, buffer = mooncake_sizes(cfg, sizes or sample_sizes(cfg))
+            mc = replace(cfg.store.mooncake, global_segment_size_mb=segment, local_buffer_size_mb=buffer)
+            self.capacity_bytes = int(cfg.inference.num_producers * (segment << 20) * 0.9)
             self.master_address = mc.master_address
             if self.master_address is None:
                 from longdraft.store.mooncake_master import MooncakeMaster

@@ -59,6 +59,7 @@ class StoreStats:
     keys_read: int = 0
     keys_deleted: int = 0
     bytes_put: int = 0
+    full_waits: int = 0  # puts that waited for a full store to drain
     bytes_read: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -69,7 +70,8 @@ class StoreStats:
 
     def as_dict(self) -> dict[str, int]:
         with self._lock:
-            d = {k: getattr(self, k) for k in ("keys_put", "keys_read", "keys_deleted", "bytes_put", "bytes_read")}
+            d = {k: getattr(self, k) for k in ("keys_put", "keys_read", "keys_deleted", "bytes_put", "bytes_read",
+                                             "full_waits")}
         d["keys_alive"] = d["keys_put"] - d["keys_deleted"]
         return d
 

@@ -59,7 +59,10 @@ class MooncakeStoreOptions:
     device_name: str = ""
     global_segment_size: int = 256 * 1024 * 1024  # bytes this client lends the pool (>= 16 MiB, or 0: none)
     local_buffer_size: int = 128 * 1024 * 1024  # staging buffer: must hold the largest shard
-    put_retries: int = 8  # on a full pool; backoff doubles from retry_backoff_s, capped at 2 s
+    # A full pool makes a put wait (readers free space as they consume shards): it retries with a
+    # backoff doubling from retry_backoff_s (capped at 2 s) for put_timeout_s, or put_retries times.
+    put_timeout_s: float = 600.0
+    put_retries: int | None = None
     retry_backoff_s: float = 0.05
     connect_timeout_s: float = 2.0
 
@@ -68,7 +71,7 @@ class MooncakeStoreOptions:
         """From a `longdraft.config.MooncakeConfig` (sizes in MiB) and the resolved master address."""
         return cls(master_address=master_address, metadata_server=mc.metadata_server, protocol=mc.protocol,
                    device_name=mc.device_name, global_segment_size=mc.global_segment_size_mb << 20,
-                   local_buffer_size=mc.local_buffer_size_mb << 20, **overrides)
+                   local_buffer_size=mc.local_buffer_size_mb << 20, put_timeout_s=mc.put_timeout_s, **overrides)
 
 
 # --- serialization ---------------------------------------------------------------------------
@@ -174,17 +177,22 @@ class MooncakeTensorStore(TensorStore):
         if size > o.local_buffer_size:
             raise StoreError(f"Mooncake object {k!r} is {size} bytes, larger than the local buffer "
                              f"({o.local_buffer_size} bytes): raise store.mooncake.local_buffer_size_mb")
-        delay = o.retry_backoff_s
-        for attempt in range(o.put_retries + 1):
+        delay, attempt, deadline = o.retry_backoff_s, 0, time.monotonic() + o.put_timeout_s
+        while True:
             rc = self._client.put_parts(k, *parts, config=self._pin)
             if rc == 0:
                 return size
             if rc != NO_AVAILABLE_HANDLE:
                 raise StoreError(f"Mooncake put of {k!r} ({size} bytes) failed with {error_name(rc)}")
-            if attempt < o.put_retries:
-                time.sleep(delay)  # readers free space as they consume shards
-                delay = min(2 * delay, 2.0)
-        raise StoreError(f"Mooncake pool full: could not put {k!r} ({size} bytes) after {o.put_retries} retries "
+            out_of_tries = attempt >= o.put_retries if o.put_retries is not None else time.monotonic() > deadline
+            if out_of_tries:
+                break
+            attempt += 1
+            self._stats.add(full_waits=1)
+            time.sleep(delay)  # readers free space as they consume shards
+            delay = min(2 * delay, 2.0)
+        waited = f"{attempt} retries" if o.put_retries is not None else f"{o.put_timeout_s:.0f} s"
+        raise StoreError(f"Mooncake pool full: could not put {k!r} ({size} bytes) after {waited} "
                          f"with backoff; this client lends {o.global_segment_size} bytes to the pool "
                          "(store.mooncake.global_segment_size_mb; the master keeps ~10% of it free): raise it, "
                          "or let trainers drain the store")

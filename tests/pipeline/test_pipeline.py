@@ -237,3 +237,44 @@ def test_a_killed_trainer_stops_the_run_naming_it_and_resume_continues_exactly(r
     run_training(cfg)
     _assert_steps_equal(read_metrics(tmp_path / "sp2"), read_metrics(tmp_path / "local"), 1e-5,
                         ("loss", "loss_k", "acc_k", "count_k", "grad_norm"))
+
+
+@pytest.mark.timeout(300)
+def test_a_store_smaller_than_the_window_slows_the_run_but_never_fails_it(ray_session, data_dir, tmp_path):
+    """Long samples (~2.2 MB each) into a 16 MiB Mooncake pool, with an in-flight window far larger
+    than the pool: the run never fails, every sample trains, no key is left. (Trainers read their
+    shards eagerly, so here the pool drains as fast as it fills; a put's wait on a full pool is
+    tested against a real master in test_store_mooncake.py.)"""
+    cfg = _config(data_dir, tmp_path / "full", 1, 2, 1, "mooncake", num_steps=5, max_seq_length=4000,
+                  ttt_length=7, activation_checkpointing=True)  # slow trainers: the producer runs ahead
+    cfg.data.train_path = str(_long_rows(tmp_path / "long.jsonl", 5000))
+    cfg.store.max_inflight_mb = 1024  # the controller alone would put far more in flight than the pool holds
+    cfg.store.mooncake.put_timeout_s = 120
+    cfg.inference.batch_size = 4
+    run_pipeline(cfg, None)
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["lost"] == 0 and summary["trained"] == 5 * 4 and summary["keys_left"] == 0
+    assert summary["peak_inflight_bytes"] > 16 << 20  # more than the whole pool was in flight
+
+
+def _long_rows(path, words_per_row: int, rows: int = 10):
+    import random
+
+    rng = random.Random(0)
+    words = ["thou", "art", "more", "lovely", "and", "temperate", "rough", "winds", "do", "shake"]
+    return write_tiny_jsonl(path, [{"text": " ".join(rng.choice(words) for _ in range(words_per_row))}
+                                   for _ in range(rows)])
+
+
+@pytest.mark.timeout(300)
+def test_the_in_flight_byte_budget_bounds_what_producers_write(ray_session, data_dir, tmp_path):
+    from longdraft.pipeline.sizes import sample_sizes
+
+    cfg = _config(data_dir, tmp_path / "budget", 1, 2, 1, "ray", num_steps=5, max_seq_length=1000)
+    cfg.data.train_path = str(_long_rows(tmp_path / "long.jsonl", 1500))
+    cfg.store.max_inflight_mb = 1  # below one global batch (4 x ~0.5 MB): only that batch is let through
+    run_pipeline(cfg, None)
+    summary = json.loads((tmp_path / "budget" / "summary.json").read_text())
+    one_batch = 4 * sample_sizes(cfg).sample_bytes(1000)
+    assert summary["lost"] == 0 and summary["trained"] == 5 * 4 and summary["max_inflight_bytes"] == 1 << 20
+    assert summary["budget_waits"] > 0 and 0 < summary["peak_inflight_bytes"] <= one_batch

@@ -168,3 +168,23 @@ def test_clear_errors(master, store) -> None:
         MooncakeTensorStore(options("localhost"))
     with pytest.raises(StoreError, match="global_segment_size=1024"):
         MooncakeTensorStore(options(master.address, global_segment_size=1024))
+
+
+@pytest.mark.timeout(60)
+def test_a_put_into_a_full_pool_waits_until_readers_drain_it(master, store) -> None:
+    big = {"aux_hidden": torch.ones(4 * MiB // 2, dtype=torch.bfloat16)}  # 4 MiB per shard, pool 16 MiB
+    first = store.put_sample("wait_a", [big, big, big])  # 12 MiB: the next 8 MiB do not fit
+    waiting = MooncakeTensorStore(options(master.address, global_segment_size=0, put_retries=None, put_timeout_s=30))
+    drain = threading.Timer(1.0, lambda: [store.delete(first, r) for r in range(3)])
+    t0 = time.monotonic()
+    drain.start()
+    try:
+        second = waiting.put_sample("wait_b", [big, big])
+        waited = time.monotonic() - t0
+        assert waiting.stats()["full_waits"] > 0
+    finally:
+        drain.join()
+        waiting.close()
+    assert waited >= 1.0 and master.key_count() == 2
+    for r in range(2):
+        store.delete(second, r)

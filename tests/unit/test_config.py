@@ -49,7 +49,7 @@ def test_defaults_paths_and_scientific_floats(tmp_path):
     assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("auto", "fp32", "contiguous", "auto")
     assert cfg.attention_backend == "fast" and cfg.inference.engine == "hf"
     assert cfg.store.backend == "ray" and cfg.store.mooncake.metadata_server == "P2PHANDSHAKE"
-    assert cfg.store.mooncake.master_address is None and cfg.store.mooncake.global_segment_size_mb == 256
+    assert cfg.store.mooncake.master_address is None and cfg.store.mooncake.global_segment_size_mb is None
     assert cfg.inference.batch_size == 4 and cfg.eval.max_new_tokens == 64 and cfg.output.plot is True
     assert (cfg.sp_size, cfg.dp_size, cfg.accumulation_steps) == (1, 1, 8)
 
