@@ -37,6 +37,8 @@ def _export(args) -> int:
 def _bench(args) -> int:
     if args.what == "attention":
         from longdraft.bench.attention import main as bench_main
+    elif args.what == "stream":
+        from longdraft.bench.stream import main as bench_main
     else:
         from longdraft.bench.memory import main as bench_main
     return bench_main(args.rest) or 0
@@ -67,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="speculative decoding with target + draft: acceptance length", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, memory")
-    bench.add_argument("what", choices=["attention", "memory"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, memory, stream")
+    bench.add_argument("what", choices=["attention", "memory", "stream"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # word of a REMAINDER argument (``longdraft eval --target ...``).
     if argv[:1] == ["eval"]:
         args = argparse.Namespace(func=_eval, rest=argv[1:])
-    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"]):
+    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"], ["stream"]):
         args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
     else:
         args = build_parser().parse_args(argv)

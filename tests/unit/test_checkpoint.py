@@ -61,3 +61,15 @@ def test_a_crafted_pickle_is_refused_and_never_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pickle file" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_a_checkpoint_killed_mid_write_is_never_the_newest(tmp_path):
+    model, optimizer, scheduler = _parts(0)
+    done = save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {"stream_position": 8})
+    half = tmp_path / "checkpoints" / "step_4.tmp"  # what a kill during the write of step 4 leaves
+    half.mkdir()
+    (half / "tensors.safetensors").write_bytes(b"\0" * 10)
+    (tmp_path / "checkpoints" / "step_6").mkdir()  # an empty directory (no state.json) is no checkpoint
+    assert latest_checkpoint(tmp_path) == done
+    again = save_checkpoint(tmp_path, 4, model, optimizer, scheduler, {"stream_position": 16})
+    assert latest_checkpoint(tmp_path) == again and not half.exists()
