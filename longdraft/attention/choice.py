@@ -25,3 +25,16 @@ def choose_attention_backend(name: str, sp_size: int) -> str:
         raise ValueError("'fast', 'reference' or 'auto' with one rank per sequence; 'usp' needs "
                          "sp_ulysses_size*sp_ring_size > 1")
     return name
+
+
+RING_MODES = ("auto", "gather", "ring")
+
+
+def choose_ring_mode(mode: str, gathered_bytes: int, budget_bytes: int) -> str:
+    """``auto``: ``gather`` (step-0 K/V exchanged once per layer) when the gathered K/V and their
+    gradients, ``gathered_bytes``, fit in ``budget_bytes``; else ``ring`` (one block at a time)."""
+    if mode not in RING_MODES:
+        raise ValueError(f"one of {RING_MODES}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    return "gather" if gathered_bytes <= budget_bytes else "ring"

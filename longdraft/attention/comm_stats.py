@@ -2,7 +2,8 @@
 
 Only the time a rank spends *waiting* is counted: the blocking all-to-alls and the waits on ring
 transfers. Transfers hidden behind compute do not show up, which is the point of measuring.
-On CUDA, timing synchronises the device, so only enable it when measuring.
+Bytes are what this rank sends, per collective kind (what crosses the links). On CUDA, timing
+synchronises the device, so only enable it when measuring.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import torch
 class CommStats:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.bytes: dict[str, int] = defaultdict(int)
 
     def add(self, kind: str, seconds: float) -> None:
         self.seconds[kind] += seconds
+
+    def add_bytes(self, kind: str, nbytes: int) -> None:
+        self.bytes[kind] += int(nbytes)
 
     @contextmanager
     def timed(self, kind: str, device: torch.device) -> Iterator[None]:
@@ -36,15 +41,20 @@ class CommStats:
 
     def reset(self) -> None:
         self.seconds.clear()
+        self.bytes.clear()
 
     def total(self) -> float:
         return sum(self.seconds.values())
 
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
 
 @contextmanager
-def maybe_timed(stats: CommStats | None, kind: str, device: torch.device) -> Iterator[None]:
+def maybe_timed(stats: CommStats | None, kind: str, device: torch.device, nbytes: int = 0) -> Iterator[None]:
     if stats is None:
         yield
     else:
+        stats.add_bytes(kind, nbytes)
         with stats.timed(kind, device):
             yield

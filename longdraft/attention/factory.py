@@ -53,9 +53,11 @@ def make_attention_backend(
     num_kv_heads: int | None = None,
     layout: str = "contiguous",
     stats: "CommStats | None" = None,
+    ring_mode: str = "ring",
 ) -> AttentionBackend:
     """``fast``/``reference`` hold the sequence on one device; ``usp`` splits it over ``mesh``'s SP
-    group; ``auto`` picks from ``mesh`` (no mesh or SP size 1: ``fast``)."""
+    group (``ring_mode``: ``ring`` or ``gather``, see ``usp.py``); ``auto`` picks from ``mesh`` (no
+    mesh or SP size 1: ``fast``)."""
     chosen = choose_attention_backend(name, mesh.sp_size if mesh is not None else 1)
     if chosen != "usp":
         return LocalAttention(fast=chosen == "fast")
@@ -63,4 +65,4 @@ def make_attention_backend(
         raise ValueError("the 'usp' attention backend needs num_heads and num_kv_heads")
     from longdraft.attention.usp import USPAttentionBackend
 
-    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, stats=stats)
+    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, stats=stats, ring_mode=ring_mode)

@@ -74,6 +74,8 @@ class _Exchange:
     def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, stats: CommStats | None):
         self.recv = torch.empty_like(tensor)
         self.stats, self.device = stats, tensor.device
+        if stats is not None:
+            stats.add_bytes("ring", tensor.numel() * tensor.element_size())
         ops = [
             dist.P2POp(dist.isend, tensor, group=comm.group, group_peer=comm.next, tag=tag),
             dist.P2POp(dist.irecv, self.recv, group=comm.group, group_peer=comm.prev, tag=tag),

@@ -18,7 +18,8 @@ from longdraft.attention.comm_stats import CommStats, maybe_timed
 def _all_to_all(send: torch.Tensor, group: ProcessGroup, stats: CommStats | None) -> torch.Tensor:
     """Exchange the ``U`` slices of dim 0: slice ``j`` goes to group rank ``j``; result slice ``j`` came from ``j``."""
     recv = torch.empty_like(send)
-    with maybe_timed(stats, "all_to_all", send.device):
+    sent = send.numel() * send.element_size() * (send.shape[0] - 1) // send.shape[0]  # its own slice stays
+    with maybe_timed(stats, "all_to_all", send.device, sent):
         dist.all_to_all_single(recv, send, group=group)
     return recv
 

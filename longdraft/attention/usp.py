@@ -14,6 +14,7 @@ import torch
 from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.heads import repeat_kv
 from longdraft.attention.ring import RingComm, ring_attention_backward, ring_attention_forward
+from longdraft.attention.ring_gather import GatheredCausal, gather_ring
 from longdraft.attention.ttt_step import ttt_step_attention
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
@@ -51,7 +52,8 @@ class USPAttentionBackend:
     """Draft attention over a sequence split across the SP group of ``mesh``.
 
     ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
-    must match how the local tensors were sharded. ``stats`` (optional) collects the time spent
+    must match how the local tensors were sharded. ``ring_mode``: ``ring`` rotates the step-0 K/V
+    around the ring at every TTT step; ``gather`` gathers them once per layer (``ring_gather.py``). ``stats`` (optional) collects the time spent
     waiting on communication.
     """
 
@@ -63,6 +65,7 @@ class USPAttentionBackend:
         layout: str = "contiguous",
         scale: float | None = None,
         stats: CommStats | None = None,
+        ring_mode: str = "ring",
     ):
         validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
         if layout not in LAYOUTS:
@@ -71,6 +74,10 @@ class USPAttentionBackend:
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.kv_repeat = kv_replication_factor(num_heads, num_kv_heads, mesh.ulysses_size)
         self.ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
+        if ring_mode not in ("ring", "gather"):
+            raise ValueError(f"ring mode {ring_mode!r} is not 'ring' or 'gather'")
+        self.gather = ring_mode == "gather" and mesh.ring_size > 1
+        self._gathered: tuple | None = None  # (step-0 keys, values, their gathered copies) of the current layer
 
     def _check_local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
@@ -106,7 +113,19 @@ class USPAttentionBackend:
                     f"keys[{j}]/values[{j}] have shapes {tuple(k.shape)}/{tuple(v.shape)}, expected {expected} "
                     f"(prepared like q {tuple(q.shape)})"
                 )
-        return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats))
+        if not self.gather:
+            return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats))
+        k_all, v_all = self._gather_step0(keys[0], values[0])
+        return ttt_step_attention(q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale,
+                                  GatheredCausal(self.ring, self.layout))
+
+    def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor):
+        """Gathered once per layer: every TTT step of the unroll passes the same step-0 tensors."""
+        cached = self._gathered
+        if cached is None or cached[0] is not k0 or cached[1] is not v0:
+            cached = (k0, v0, gather_ring(k0, self.ring, self.stats), gather_ring(v0, self.ring, self.stats))
+            self._gathered = cached
+        return cached[2], cached[3]
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """Back to the local ``[B, num_heads, T_local, D]`` in the rank's own (shard) order."""

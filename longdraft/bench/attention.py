@@ -56,6 +56,7 @@ class LayoutSpec:
     ring: int = 1
     layout: str = "contiguous"
     usp: bool = True
+    ring_mode: str = "ring"
 
 
 def layouts_for(cfg: BenchConfig) -> list[LayoutSpec]:
@@ -67,6 +68,8 @@ def layouts_for(cfg: BenchConfig) -> list[LayoutSpec]:
         specs.append(LayoutSpec(f"U{ulysses}R{ring}", ulysses, ring))
         if ring > 1:
             specs.append(LayoutSpec(f"U{ulysses}R{ring}-zigzag", ulysses, ring, "zigzag"))
+            specs.append(LayoutSpec(f"U{ulysses}R{ring}-gather", ulysses, ring, ring_mode="gather"))
+            specs.append(LayoutSpec(f"U{ulysses}R{ring}-zigzag-gather", ulysses, ring, "zigzag", ring_mode="gather"))
     return specs
 
 
@@ -116,7 +119,7 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
         backend = make_attention_backend("usp", mesh=mesh, num_heads=cfg.heads, num_kv_heads=cfg.kv_heads,
-                                         layout=spec.layout, stats=stats)
+                                         layout=spec.layout, stats=stats, ring_mode=spec.ring_mode)
         batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.layout).local_queries
     else:
         backend = make_attention_backend("fast")
@@ -125,7 +128,7 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_bytes()
     qs, ks, vs = _inputs(cfg, batch, seq, device, seed=rank)
-    step_s, busy_s, comm_s = [], [], []
+    step_s, busy_s, comm_s, comm_bytes = [], [], [], []
     for i in range(cfg.warmup + cfg.iters):
         stats.reset()
         dist.barrier()
@@ -138,11 +141,13 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
             step_s.append(time.perf_counter() - start)
             busy_s.append(busy)
             comm_s.append(stats.total())
+            comm_bytes.append(dict(stats.bytes))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes() - rss_before
     return {
         "step_s": statistics.median(step_s),
         "busy_s": statistics.median(busy_s),
         "comm_s": statistics.median(comm_s),
+        "comm_bytes": comm_bytes[-1] if comm_bytes else {},
         "peak_mem_bytes": peak,
         "local_tokens": batch * seq,
     }
@@ -164,11 +169,13 @@ def run_layout(cfg: BenchConfig, spec: LayoutSpec, timeout_s: float) -> dict:
         "peak_mem_bytes": max(r["peak_mem_bytes"] for r in per_rank),
         "peak_mem_bytes_per_rank": [r["peak_mem_bytes"] for r in per_rank],
         "comm_s": max(r["comm_s"] for r in per_rank),
+        "comm_bytes_per_rank": max((r["comm_bytes"] for r in per_rank), key=lambda b: sum(b.values())),
         "rank_busy_s": [round(r["busy_s"], 4) for r in per_rank],
         "rank_compute_s": [round(r["busy_s"] - r["comm_s"], 4) for r in per_rank],
         "ulysses": spec.ulysses if spec.usp else None,
         "ring": spec.ring if spec.usp else None,
         "zigzag": spec.layout == "zigzag",
+        "ring_mode": spec.ring_mode if spec.usp and spec.ring > 1 else None,
         "sequences": cfg.ranks,
         "local_tokens": per_rank[0]["local_tokens"],
         "ttt": cfg.ttt,

@@ -59,6 +59,9 @@ class TrainingConfig:
     sp_ulysses_size: int = 1
     sp_ring_size: int = 1
     ring_layout: Literal["contiguous", "zigzag"] = "contiguous"
+    # gather: step-0 K/V exchanged once per layer for all TTT steps; ring: rotated every step;
+    # auto: gather when the gathered K/V fit a memory estimate (attention/choice.py)
+    ring_mode: Literal["auto", "gather", "ring"] = "auto"
     loss_chunk_size: int = 1024
     activation_checkpointing: bool = False
     min_loss_tokens: int = 1

@@ -114,3 +114,4 @@ def release(placement: Placement) -> None:
 def rank_coordinates(cfg: Config, rank: int) -> dict:
     c = grid_coords(rank, cfg.training.sp_ulysses_size, cfg.training.sp_ring_size)
     return {"dp": c.dp, "ring": c.ring, "ulysses": c.ulysses}
+

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
+from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.train.loop import LoopResult, train_loop
@@ -73,8 +74,9 @@ class TrainerRank:
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
+        self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device)
         self.backend = make_attention_backend(self.cfg.attention_backend, mesh=self.mesh, num_heads=heads,
-                                              num_kv_heads=kv_heads, layout=t.ring_layout)
+                                              num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode)
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
         self.source = ShardSource(self.cfg, self.rank, self.sp_rank, self.queue, self.controller, self.store,

@@ -42,12 +42,13 @@ class Case:
     dtype: str = "float32"
     batch: int = 2
     head_dim: int = 8
+    ring_mode: str = "ring"  # or "gather": step-0 K/V gathered once for all TTT steps
 
     @property
     def name(self) -> str:
         return (
             f"U{self.ulysses}R{self.ring}-{self.layout}-L{self.seq_len}-H{self.heads}kv{self.kv_heads}"
-            f"-ttt{self.ttt}-{self.dtype}"
+            f"-ttt{self.ttt}-{self.dtype}-{self.ring_mode}"
         )
 
 
@@ -61,6 +62,9 @@ ATTN_CASES = {
         Case(2, 1, "zigzag", 9, 4, 2, 1),
         Case(2, 1, "contiguous", 13, 4, 2, 3, "bfloat16"),
         Case(1, 2, "zigzag", 14, 4, 2, 3, "bfloat16"),
+        Case(1, 2, "contiguous", 13, 4, 2, 7, ring_mode="gather"),
+        Case(1, 2, "zigzag", 11, 4, 1, 3, ring_mode="gather"),
+        Case(1, 2, "zigzag", 14, 4, 2, 3, "bfloat16", ring_mode="gather"),
     ],
     4: [
         Case(2, 2, "contiguous", 17, 4, 2, 3),
@@ -73,6 +77,10 @@ ATTN_CASES = {
         Case(1, 2, "zigzag", 10, 4, 2, 3),  # DP = 2
         Case(2, 2, "zigzag", 18, 4, 2, 7, "bfloat16"),
         Case(1, 4, "contiguous", 16, 4, 1, 3, "bfloat16"),
+        Case(2, 2, "zigzag", 18, 4, 1, 7, ring_mode="gather"),
+        Case(1, 4, "contiguous", 19, 4, 2, 7, ring_mode="gather"),
+        Case(1, 2, "zigzag", 10, 4, 2, 3, ring_mode="gather"),  # DP = 2
+        Case(2, 2, "zigzag", 18, 4, 2, 7, "bfloat16", ring_mode="gather"),
     ],
 }
 
@@ -122,7 +130,7 @@ def _run_attention_case(mesh: USPMesh, case: Case, seed: int) -> dict:
     loc_q = [shard(t).requires_grad_() for t in full_q]
     loc_k = [shard(t).requires_grad_() for t in full_k]
     loc_v = [shard(t).requires_grad_() for t in full_v]
-    backend = USPAttentionBackend(mesh, H, Hkv, layout=case.layout)
+    backend = USPAttentionBackend(mesh, H, Hkv, layout=case.layout, ring_mode=case.ring_mode)
     valid = shard_layout.query_positions(L, U, R, sp, case.layout) < L
     keys, values, loss, result = [], [], 0.0, {"out": 0.0, "grad": 0.0, "out_rel": 0.0, "grad_rel": 0.0}
     for k in range(K):
@@ -220,7 +228,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
 
     loc_inputs = [shard(t).requires_grad_() for t in full_inputs]
     loc_mask = shard(full_mask[None])[0]
-    backend = USPAttentionBackend(mesh, case.heads, case.kv_heads, layout=case.layout)
+    backend = USPAttentionBackend(mesh, case.heads, case.kv_heads, layout=case.layout, ring_mode=case.ring_mode)
     outs = model(loc_inputs, positions, backend)
     local_sum, local_count = _masked_loss(outs, [shard(w) for w in weights], loc_mask)
     count = local_count.clone()

@@ -54,14 +54,16 @@ def _worker(rank, world):
         sample = random_samples([length], seed=length)[0]
         sample["loss_mask"][: length // 2] = False  # the first shard(s) carry no loss tokens
         mesh = USPMesh.build(u, r, 4, 2)
-        backend = USPAttentionBackend(mesh, 4, 2, layout_name)
         layout = ShardLayout(length, u, r, K, layout_name)
         ref_loss, ref_grads = _unroll(model, head, batch_of([sample], K), make_attention_backend("reference"), SumReducer(None), False)
-        for checkpointing in (False, True):
-            loss, grads = _unroll(model, head, _shard(sample, layout, rank), backend, SumReducer(dist.group.WORLD),
-                                  checkpointing)
-            worst = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
-            out.append({"case": (u, r, layout_name, length, checkpointing), "loss": (loss, ref_loss), "grad_err": worst})
+        for ring_mode in ("ring", "gather"):
+            backend = USPAttentionBackend(mesh, 4, 2, layout_name, ring_mode=ring_mode)
+            for checkpointing in (False, True):
+                loss, grads = _unroll(model, head, _shard(sample, layout, rank), backend, SumReducer(dist.group.WORLD),
+                                      checkpointing)
+                worst = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
+                out.append({"case": (u, r, layout_name, length, ring_mode, checkpointing), "loss": (loss, ref_loss),
+                            "grad_err": worst})
     return out
 
 

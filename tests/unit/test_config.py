@@ -169,3 +169,20 @@ def test_save_config_round_trip(tmp_path):
     again = load_config(out, [])
     assert again.to_dict() == cfg.to_dict()
     assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_ring_mode_auto_gathers_when_the_gathered_kv_fit(tmp_path):
+    from types import SimpleNamespace
+
+    from longdraft.attention.choice import choose_ring_mode
+    from longdraft.attention.ring_mode import gathered_kv_bytes
+
+    cfg = load_config(write(tmp_path, BASE_YAML), ["training.num_trainers=2", "training.sp_ring_size=2"])
+    assert cfg.training.ring_mode == "auto"
+    llama_8b = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, hidden_size=4096, head_dim=128)
+    cfg.training.max_seq_length = 131072
+    # 8 KV heads x 128K positions x 128 dims, K and V, fp32 values + fp32 gradients
+    assert gathered_kv_bytes(cfg.training, llama_8b) == 2 * 8 * 131072 * 128 * 8
+    assert choose_ring_mode("auto", 10, 100) == "gather" and choose_ring_mode("auto", 101, 100) == "ring"
+    assert choose_ring_mode("ring", 10, 100) == "ring"
+    assert "ring_mode" in error_of(write(tmp_path, BASE_YAML), ["training.ring_mode=hops"])

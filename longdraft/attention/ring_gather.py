@@ -1,0 +1,74 @@
+"""The step-0 keys/values of the whole ring, gathered once per layer and kept for all TTT steps.
+
+The ring rotates the step-0 K/V around the ring once per TTT step, forward and backward, although
+they are the same for every step. Gathering them once (``all_gather``; its backward sums each
+block's gradient back to its owner with one ``all_to_all``) exchanges ``1/K`` of the ring's bytes;
+every step then attends locally over the gathered blocks with the ring's own block plan, so the
+results equal the ring's. Memory: the gathered K/V of one layer, ``R`` times the local K/V (GQA and
+Ulysses keep it small: a rank holds only its ``1/U`` share of the KV heads).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from longdraft.attention.comm_stats import CommStats, maybe_timed
+from longdraft.attention.ring import RingComm, backward_block, block_plan, forward_block
+
+
+class _AllGatherRing(torch.autograd.Function):
+    """``x`` of every ring rank stacked on a new leading axis ``[R, ...]``; backward: the sum over
+    ranks of each block's gradient, returned to the block's owner."""
+
+    @staticmethod
+    def forward(ctx, x, comm: RingComm, stats: CommStats | None):
+        ctx.comm, ctx.stats = comm, stats
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(comm.size)]
+        sent = x.numel() * x.element_size() * (comm.size - 1)  # to every other ring rank
+        with maybe_timed(stats, "ring_gather", x.device, sent):
+            dist.all_gather(parts, x, group=comm.group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        comm = ctx.comm
+        received = torch.empty_like(grad)
+        sent = grad.numel() * grad.element_size() * (comm.size - 1) // comm.size
+        with maybe_timed(ctx.stats, "ring_gather", grad.device, sent):
+            dist.all_to_all_single(received, grad.contiguous(), group=comm.group)  # block j goes to rank j
+        return received.sum(0), None, None
+
+
+def gather_ring(x: torch.Tensor, comm: RingComm, stats: CommStats | None = None) -> torch.Tensor:
+    return _AllGatherRing.apply(x, comm, stats)
+
+
+class GatheredCausal:
+    """The causal part of a TTT step over gathered step-0 K/V ``[R, B, H, T, D]`` (no communication)."""
+
+    def __init__(self, comm: RingComm, layout: str):
+        self.comm, self.layout = comm, layout
+
+    def _plans(self, seq: int):
+        for src in range(self.comm.size):
+            plan = block_plan(self.layout, self.comm.rank, src, seq)
+            if plan is not None:
+                yield src, plan
+
+    def forward(self, q, k_all, v_all, scale):
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        for src, plan in self._plans(q.shape[2]):
+            forward_block(q, k_all[src], v_all[src], plan, out, lse, scale)
+        return out, lse
+
+    def backward(self, dout, q, k_all, v_all, out, lse, scale):
+        dout, out = dout.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk = torch.zeros(k_all.shape, dtype=torch.float32, device=q.device)
+        dv = torch.zeros(v_all.shape, dtype=torch.float32, device=q.device)
+        for src, plan in self._plans(q.shape[2]):
+            backward_block(dout, q, k_all[src], v_all[src], out, lse, plan, scale, dq, dk[src], dv[src])
+        return dq, dk.to(k_all.dtype), dv.to(v_all.dtype)
