@@ -17,7 +17,10 @@ import torch
 
 
 class CommStats:
-    def __init__(self) -> None:
+    """``time_waits=False`` records bytes only (no device synchronisation: for training on CUDA)."""
+
+    def __init__(self, time_waits: bool = True) -> None:
+        self.time_waits = time_waits
         self.seconds: dict[str, float] = defaultdict(float)
         self.bytes: dict[str, int] = defaultdict(int)
 
@@ -54,7 +57,10 @@ class CommStats:
 def maybe_timed(stats: CommStats | None, kind: str, device: torch.device, nbytes: int = 0) -> Iterator[None]:
     if stats is None:
         yield
-    else:
-        stats.add_bytes(kind, nbytes)
-        with stats.timed(kind, device):
-            yield
+        return
+    stats.add_bytes(kind, nbytes)
+    if not stats.time_waits:
+        yield
+        return
+    with stats.timed(kind, device):
+        yield

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
+from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
@@ -75,8 +76,10 @@ class TrainerRank:
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
         self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device)
+        self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
         self.backend = make_attention_backend(self.cfg.attention_backend, mesh=self.mesh, num_heads=heads,
-                                              num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode)
+                                              num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode,
+                                              stats=self.comm_stats)
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
         self.source = ShardSource(self.cfg, self.rank, self.sp_rank, self.queue, self.controller, self.store,
@@ -85,7 +88,8 @@ class TrainerRank:
     def train(self) -> dict:
         result: LoopResult = train_loop(self.cfg, self.parts, self.source, self.backend, self.reducer, rank=self.rank,
                                         sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False,
-                                        on_step=lambda step: self.controller.heartbeat.remote(self.rank, step))
+                                        on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
+                                        comm_stats=self.comm_stats)
         self.report["step_s"] = result.step_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, BatchSource
@@ -45,8 +46,9 @@ def _due(step: int, every: int, last: int) -> bool:
 
 def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: AttentionBackend, reducer: SumReducer,
                *, rank: int = 0, sp_size: int = 1, checkpoint: Path | None = None, progress_bar: bool = True,
-               on_step: Callable[[int], None] | None = None) -> LoopResult:
-    """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report)."""
+               on_step: Callable[[int], None] | None = None, comm_stats: CommStats | None = None) -> LoopResult:
+    """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
+    ``comm_stats`` (the attention backend's) adds each step's communication bytes and waits."""
     t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
     settings = StepSettings.from_config(cfg)
     device = parts.target_head.device
@@ -71,6 +73,8 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
             step_start = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            if comm_stats is not None:
+                comm_stats.reset()
             metrics = train_step(parts.model, data.batches, backend, parts.target_head, parts.optimizer,
                                  parts.scheduler, settings, reducer)
             step_s = time.perf_counter() - step_start
@@ -87,6 +91,8 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
                            tokens_per_s=int(totals[2]) / step_s, data_wait_s=data.data_wait_s,
                            elapsed_s=time.perf_counter() - started, peak_mem_bytes=int(peak[0]),
                            peak_mem_kind=mem_kind, epoch=source.epoch)
+            if comm_stats is not None:  # rank 0's own view: its sends and its waits, per collective kind
+                metrics.update(comm_bytes=dict(comm_stats.bytes), comm_wait_s=dict(comm_stats.seconds))
             if cfg.evaluates_during_training and _due(step + 1, t.eval_every, t.num_steps):
                 last_eval = evaluate(parts.model, eval_batches, backend, parts.target_head, settings, reducer)
                 metrics.update({f"eval_{k}": v for k, v in last_eval.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,25 @@ def _valid_masks(model, batches, target_lm_head, settings):
     return masks
 
 
+class _Timer:
+    """Wall time of the phases of a step (forward, backward, gradient sum, optimizer), summed over
+    micro-batches; on CUDA each lap synchronises, so the times are the device's."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.laps = device, {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
 def train_step(
     model: Eagle3Draft,
     batches: list[ShardBatch],
@@ -86,17 +106,21 @@ def train_step(
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     optimizer.zero_grad(set_to_none=True)
+    timer = _Timer(device)
     for batch, valid in zip(batches, masks):
         with autocast_for(settings.precision, device):
             result = ttt_unroll(
                 model, batch, valid, normalisers, draft_rows, backend,
                 settings.loss_chunk_size, settings.activation_checkpointing,
             )
+        timer.lap("forward_s")
         result.loss.backward()
+        timer.lap("backward_s")
         sums += result.loss_sums
         correct += result.correct
     params = [p for p in model.parameters() if p.requires_grad]
     reducer.sum_gradients_(params)
+    timer.lap("grad_sum_s")
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = optimizer.param_groups[0]["lr"]
@@ -104,10 +128,11 @@ def train_step(
     if finite:  # every rank holds the same summed gradients, so all skip or step together
         optimizer.step()
     scheduler.step()
+    timer.lap("optimizer_s")
     reducer.sum_(sums)
     reducer.sum_(correct)
     metrics = step_metrics(sums, correct, counts)
-    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite)
+    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps)
     return metrics
 
 
