@@ -79,7 +79,7 @@ def ttt_unroll(
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
     bsz = batch.batch_size
-    feature = model.fc(_queries(batch.aux_hidden, 0, c))
+    feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     loss = feature.new_zeros((), dtype=torch.float32)

@@ -44,8 +44,8 @@ def read_shard(shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, p
 
     return ShardBatch(
         input_ids=segments(shard["input_ids"].long()),
-        aux_hidden=segments(shard["aux_hidden"].float()),
-        last_hidden=segments(shard["last_hidden"].float()),
+        aux_hidden=segments(shard["aux_hidden"]),  # kept in the storage dtype: cast where used
+        last_hidden=segments(shard["last_hidden"]),
         loss_mask=segments(local_loss_mask(packed_loss_mask, layout, r, dtype=torch.bool)),
         is_real=segments(layout.valid_mask(r)),
         positions=layout.query_positions(r),

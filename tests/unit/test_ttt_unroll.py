@@ -84,3 +84,18 @@ def test_bf16_autocast_stays_within_bf16_rounding_of_fp32():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert abs(bf16.loss.item() - fp32.loss.item()) < 2e-2 * abs(fp32.loss.item())
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_features_stay_in_their_storage_dtype_until_used():
+    model, head = tiny_draft()
+    samples = random_samples([11, 7])
+    for s in samples:  # features as a bf16 target writes them
+        s["aux_hidden"], s["last_hidden"] = s["aux_hidden"].bfloat16(), s["last_hidden"].bfloat16()
+    stored = batch_of(samples, K)
+    assert stored.aux_hidden.dtype == stored.last_hidden.dtype == torch.bfloat16  # no fp32 copy on the trainer
+    upcast = batch_of([{**s, "aux_hidden": s["aux_hidden"].float(), "last_hidden": s["last_hidden"].float()}
+                       for s in samples], K)
+    a, a_grads = _run(model, head, stored)
+    b, b_grads = _run(model, head, upcast)
+    assert a.loss.item() == b.loss.item()  # bf16 -> fp32 is exact: casting at use changes nothing
+    assert all(torch.equal(a_grads[n], b_grads[n]) for n in a_grads)
