@@ -115,14 +115,15 @@ class USPAttentionBackend:
                 )
         if not self.gather:
             return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats))
-        k_all, v_all = self._gather_step0(keys[0], values[0])
+        k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
         return ttt_step_attention(q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale,
                                   GatheredCausal(self.ring, self.layout))
 
-    def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor):
-        """Gathered once per layer: every TTT step of the unroll passes the same step-0 tensors."""
+    def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
+        """Gathered at step 0 of every unroll, reused by its later steps (which pass the same step-0
+        tensors). Every rank decides alike, so the collectives stay in lockstep."""
         cached = self._gathered
-        if cached is None or cached[0] is not k0 or cached[1] is not v0:
+        if first_step or cached is None or cached[0] is not k0 or cached[1] is not v0:
             cached = (k0, v0, gather_ring(k0, self.ring, self.stats), gather_ring(v0, self.ring, self.stats))
             self._gathered = cached
         return cached[2], cached[3]

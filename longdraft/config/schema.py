@@ -100,6 +100,8 @@ class MooncakeConfig:
     global_segment_size_mb: int | None = None  # per producer; None: room for 2 global batches of the longest samples
     local_buffer_size_mb: int | None = None  # per client; None: the largest shard (from max_seq_length)
     put_timeout_s: float = 600.0  # a put into a full pool waits this long for readers to drain it
+    # Whose memory the pool lives in: trainers (shards outlive a producer that dies) or producers.
+    segments_on: Literal["trainers", "producers"] = "trainers"
     device_name: str = ""
 
 

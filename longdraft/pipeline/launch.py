@@ -150,10 +150,11 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
                                                           c.stall_timeout_s, time.monotonic() - started))
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
+        keys_left = store.keys_left()  # before the trainers close: their segments hold the pool
         ray.get([trainer.shutdown.remote() for trainer in trainers])
         loop: LoopResult = results["trainer rank 0"]["loop"]
         print(summary["stream"])
-        summary.update(producers=producer_reports, keys_left=store.keys_left(),
+        summary.update(producers=producer_reports, keys_left=keys_left,
                        samples_skipped={**{f"bad_row:{k}": v for k, v in summary.pop("bad_rows").items()}, **loop.skipped},
                        data=[summary.pop("stream"), *([held_out_report.summary()] if held_out_report else [])],
                        ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])

@@ -2,7 +2,8 @@
 
 Factories are picklable (module-level functions + partial) so each actor builds its own client on
 its own node: a Mooncake client announces that node's IP, and Ray-store objects are owned by one
-long-lived actor rather than by the producer that wrote them.
+long-lived actor rather than by the producer that wrote them. By default the trainers lend the
+Mooncake pool its memory (``store.mooncake.segments_on``), so shards outlive a producer that dies.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> Te
 
     options = MooncakeStoreOptions.from_config(mooncake_cfg, master_address,
                                                local_hostname=ray.util.get_node_ip_address())
-    if not lend_segment:  # producers lend memory to the pool (the shards live there); trainers only read
+    if not lend_segment:  # the shards live in the lenders' segments; the others only write or read
         options = replace(options, global_segment_size=0)
     return MooncakeTensorStore(options)
 
@@ -38,10 +39,18 @@ class StoreCapacityError(UserError):
     """The store, as configured, cannot hold even one sample of the run."""
 
 
+def lenders(cfg: Config) -> tuple[str, int]:
+    """Which actors lend the Mooncake pool its memory, and how many of them there are."""
+    if cfg.store.mooncake.segments_on == "trainers":
+        return "trainers", cfg.training.num_trainers
+    return "producers", cfg.inference.num_producers
+
+
 def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
-    """(global segment per producer, local buffer) in MiB: the configured ones, checked against the
-    longest sample, or defaults sized from it (room for two global batches over all producers)."""
+    """(global segment per lending actor, local buffer) in MiB: the configured ones, checked against
+    the longest sample, or defaults sized from it (room for two global batches over all lenders)."""
     mc, t = cfg.store.mooncake, cfg.training
+    who, count = lenders(cfg)
     shard, sample = sizes.shard_bytes(t.max_seq_length), sizes.sample_bytes(t.max_seq_length)
     where = f"at training.max_seq_length={t.max_seq_length}, S={cfg.sp_size}"
     if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb << 20 < shard:
@@ -49,15 +58,15 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
                                  f"of the longest sample ({shard} bytes {where}): set it to at least {mib(shard)}")
     pool_share = 0.9  # the master keeps about a tenth of the pool free
     if mc.global_segment_size_mb is not None:
-        pool = cfg.inference.num_producers * (mc.global_segment_size_mb << 20) * pool_share
+        pool = count * (mc.global_segment_size_mb << 20) * pool_share
         if pool < sample:
-            need = mib(int(sample / pool_share / cfg.inference.num_producers)) + 1
-            raise StoreCapacityError(f"the Mooncake pool ({cfg.inference.num_producers} producers x "
+            need = mib(int(sample / pool_share / count)) + 1
+            raise StoreCapacityError(f"the Mooncake pool ({count} {who} x "
                                      f"store.mooncake.global_segment_size_mb = {mc.global_segment_size_mb}) cannot hold "
                                      f"one sample of {sample} bytes {where}: set global_segment_size_mb to at least {need}")
         segment = mc.global_segment_size_mb
     else:
-        segment = max(64, mib(int(2 * t.batch_size * sample / pool_share / cfg.inference.num_producers)))
+        segment = max(64, mib(int(2 * t.batch_size * sample / pool_share / count)))
     return segment, mc.local_buffer_size_mb or max(16, mib(shard) + 1)
 
 
@@ -71,7 +80,8 @@ class StoreService:
         if self.backend == "mooncake":
             segment, buffer = mooncake_sizes(cfg, sizes or sample_sizes(cfg))
             mc = replace(cfg.store.mooncake, global_segment_size_mb=segment, local_buffer_size_mb=buffer)
-            self.capacity_bytes = int(cfg.inference.num_producers * (segment << 20) * 0.9)
+            self.capacity_bytes = int(lenders(cfg)[1] * (segment << 20) * 0.9)
+            self.trainers_lend = lenders(cfg)[0] == "trainers"
             self.master_address = mc.master_address
             if self.master_address is None:
                 from longdraft.store.mooncake_master import MooncakeMaster
@@ -83,12 +93,12 @@ class StoreService:
     def producer_factory(self):
         if self.backend == "ray":
             return partial(_ray_store, self.owner)
-        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, True)
+        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, not self.trainers_lend)
 
     def trainer_factory(self):
         if self.backend == "ray":
             return partial(_ray_store, None)  # trainers only read
-        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, False)
+        return partial(_mooncake_store, self._mooncake_cfg, self.master_address, self.trainers_lend)
 
     def keys_left(self) -> int | None:
         """Keys the Mooncake master still holds (None for Ray: see the put/deleted counts)."""

@@ -176,7 +176,8 @@ def _wait_for_steps(out, steps: int, runner, timeout_s: float = 150) -> None:
 
 
 @pytest.mark.timeout(360)
-def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path):
+@pytest.mark.parametrize("store", ["ray", "mooncake"])
+def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path, store):
     import os
     import signal
     import threading
@@ -185,7 +186,7 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path)
     steps = 12  # the stream outlasts what the pool and queues buffer, so the producer is still busy
     local = _config(data_dir, tmp_path / "local", 1, 1, 1, "ray", num_steps=steps)
     run_training(local)
-    cfg = _config(data_dir, tmp_path / "kill", 1, 2, 1, "ray", num_steps=steps)
+    cfg = _config(data_dir, tmp_path / "kill", 1, 2, 1, store, num_steps=steps)
     cfg.inference.batch_size = 1  # many small produce calls
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(loop=run_pipeline(cfg, None)), daemon=True)
@@ -198,6 +199,7 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path)
     summary = json.loads((tmp_path / "kill" / "summary.json").read_text())
     total = steps * 4
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["trained"] + summary["skipped"] == total
+    assert summary["keys_left"] in (None, 0)
     # The restarted producer is a new process that wrote only the rest of the stream.
     assert victim not in _producer_pids()
     assert 0 < summary["producers"][0]["samples"] < total

@@ -29,7 +29,9 @@ def test_defaults_are_sized_from_the_longest_sample(tiny_target):
     segment, buffer = mooncake_sizes(cfg, sample_sizes(cfg))
     sample = sample_sizes(cfg).sample_bytes(4096)
     assert buffer << 20 >= sample_sizes(cfg).shard_bytes(4096) and buffer >= 16
-    assert (segment << 20) * 0.9 >= 2 * 8 * sample  # two global batches of the longest samples
+    assert 2 * (segment << 20) * 0.9 >= 2 * 8 * sample  # 2 trainers lend room for two global batches
+    cfg.store.mooncake.segments_on = "producers"  # one producer lends it all
+    assert (mooncake_sizes(cfg, sample_sizes(cfg))[0] << 20) * 0.9 >= 2 * 8 * sample
 
 
 def test_a_store_too_small_for_one_sample_is_refused_with_the_size_needed(tiny_target):
@@ -37,6 +39,6 @@ def test_a_store_too_small_for_one_sample_is_refused_with_the_size_needed(tiny_t
     cfg = _cfg(target, local_buffer_size_mb=1)
     with pytest.raises(StoreCapacityError, match=r"local_buffer_size_mb = 1 cannot hold one shard .* at least 2$"):
         mooncake_sizes(cfg, sample_sizes(cfg))
-    big = _cfg(tiny_target(hidden_size=512), global_segment_size_mb=16)
+    big = _cfg(tiny_target(hidden_size=512), global_segment_size_mb=16, segments_on="producers")
     with pytest.raises(StoreCapacityError, match=r"cannot hold one sample of \d+ bytes .* at least \d+$"):
         mooncake_sizes(big, sample_sizes(big))
