@@ -48,7 +48,7 @@ class TrainingConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 0.5  # 0 disables clipping
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
     save_every: int = 0  # 0: only at the end
     resume: bool = False

@@ -113,14 +113,14 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     state = checkpoint_extra(checkpoint) if checkpoint is not None else None
     start_step, start_position = (state["step"], state["stream_position"]) if state else (0, 0)
     vocab = vocab_for(cfg, tokenizer)
-    started_ray = start_ray(cfg)
-    cpus = actor_cpus(cfg)
-    placement = place(cfg, cpus)
-    owner = object_owner_actor().remote()  # owns the Ray-store shards, so they outlive a dead producer
     sizes = sample_sizes(cfg)
-    store = StoreService(cfg, owner, sizes)
-    actors = [owner]
+    started_ray = start_ray(cfg)
+    placement, store, actors = None, None, []
     try:
+        placement = place(cfg, actor_cpus(cfg))
+        owner = object_owner_actor().remote()  # owns the Ray-store shards, so they outlive a dead producer
+        actors.append(owner)
+        store = StoreService(cfg, owner, sizes)
         world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
         queues = [[Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)]
         run_key = uuid.uuid4().hex[:8]
@@ -165,7 +165,9 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         return loop
     finally:
         _stop(actors)
-        release(placement)
-        store.close()
+        if placement is not None:
+            release(placement)
+        if store is not None:
+            store.close()
         if started_ray:
             ray.shutdown()

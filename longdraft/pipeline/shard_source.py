@@ -22,6 +22,7 @@ from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.reader import read_shard, should_skip
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
+
 class ShardSource:
     def __init__(self, cfg: Config, rank: int, sp_rank: int, queue, controller, store, device: torch.device,
                  start_position: int, report: dict):

@@ -24,6 +24,7 @@ from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.reduction import SumReducer
+from longdraft.train.step import resolve_precision
 from longdraft.train.setup import build_train_parts, target_text_config
 
 
@@ -75,7 +76,8 @@ class TrainerRank:
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
-        self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device)
+        self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device,
+                                                                    resolve_precision(t.precision, self.device))
         self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
         self.backend = make_attention_backend(self.cfg.attention_backend, mesh=self.mesh, num_heads=heads,
                                               num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode,

@@ -50,8 +50,8 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
     """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
     ``comm_stats`` (the attention backend's) adds each step's communication bytes and waits."""
     t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
-    settings = StepSettings.from_config(cfg)
     device = parts.target_head.device
+    settings = StepSettings.from_config(cfg, device)
     start_step, elapsed_before, skipped = 0, 0.0, Counter()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, parts.model, parts.optimizer, parts.scheduler)

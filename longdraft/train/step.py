@@ -26,9 +26,17 @@ class StepSettings:
     precision: str = "fp32"
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "StepSettings":
+    def from_config(cls, cfg: Config, device: torch.device) -> "StepSettings":
         t = cfg.training
-        return cls(t.ttt_length, t.loss_chunk_size, t.activation_checkpointing, t.max_grad_norm, t.precision)
+        return cls(t.ttt_length, t.loss_chunk_size, t.activation_checkpointing, t.max_grad_norm,
+                   resolve_precision(t.precision, device))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast (fp32 master weights) on CUDA, fp32 on CPU, where bf16 kernels are slow."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def autocast_for(precision: str, device: torch.device):

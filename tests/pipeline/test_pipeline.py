@@ -181,7 +181,6 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path,
     import os
     import signal
     import threading
-    import time
 
     steps = 12  # the stream outlasts what the pool and queues buffer, so the producer is still busy
     local = _config(data_dir, tmp_path / "local", 1, 1, 1, "ray", num_steps=steps)

@@ -46,7 +46,7 @@ def test_defaults_paths_and_scientific_floats(tmp_path):
     assert cfg.training.lr == pytest.approx(1e-4) and isinstance(cfg.training.lr, float)
     t = cfg.training
     assert (t.max_seq_length, t.ttt_length, t.micro_batch_size, t.max_grad_norm) == (2048, 7, 1, 0.5)
-    assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("auto", "fp32", "contiguous", "auto")
+    assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("auto", "auto", "contiguous", "auto")
     assert cfg.attention_backend == "fast" and cfg.inference.engine == "hf"
     assert cfg.store.backend == "ray" and cfg.store.mooncake.metadata_server == "P2PHANDSHAKE"
     assert cfg.store.mooncake.master_address is None and cfg.store.mooncake.global_segment_size_mb is None
@@ -105,7 +105,7 @@ def test_wrong_types_name_key_value_expected_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("override,key,choices", [
-    ("training.precision=fp16", "training.precision", "'fp32', 'bf16'"),
+    ("training.precision=fp16", "training.precision", "'auto', 'fp32', 'bf16'"),
     ("training.attention_backend=flash", "training.attention_backend", "'auto', 'fast', 'reference', 'usp'"),
     ("inference.engine=sglang", "inference.engine", "'hf'"),
     ("training.ring_layout=striped", "training.ring_layout", "'contiguous', 'zigzag'"),
@@ -185,4 +185,12 @@ def test_ring_mode_auto_gathers_when_the_gathered_kv_fit(tmp_path):
     assert gathered_kv_bytes(cfg.training, llama_8b) == 2 * 8 * 131072 * 128 * 8
     assert choose_ring_mode("auto", 10, 100) == "gather" and choose_ring_mode("auto", 101, 100) == "ring"
     assert choose_ring_mode("ring", 10, 100) == "ring"
+    assert gathered_kv_bytes(cfg.training, llama_8b, "bf16") == 2 * 8 * 131072 * 128 * 6
+    import torch
+
+    from longdraft.train.step import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert "ring_mode" in error_of(write(tmp_path, BASE_YAML), ["training.ring_mode=hops"])
