@@ -26,7 +26,7 @@ def _last_eval_metrics(output_dir: Path, last_eval: dict | None) -> dict | None:
     for record in reversed(read_metrics(output_dir)):
         if "eval_sim_acc_len" in record:
             return {"sim_acc_len": record["eval_sim_acc_len"], "acc_k": record.get("eval_acc_k"),
-                    "step": record["step"]}
+                    "chain_acc_len": record.get("eval_chain_acc_len"), "step": record["step"]}
     return None
 
 
@@ -37,9 +37,12 @@ def simulated_summary(metrics: dict | None) -> dict | None:
     for acc in metrics.get("acc_k") or []:
         running *= acc
         cumulative.append(running)
+    chain = metrics.get("chain_acc_len")
     return {
         "sim_acc_len": metrics["sim_acc_len"],
         "acceptance_length": 1.0 + metrics["sim_acc_len"],  # + the bonus token, comparable with τ
+        "chain_acc_len": chain,
+        "chain_acceptance_length": None if chain is None else 1.0 + chain,
         "acc_k": metrics.get("acc_k"),
         "cumulative_acc": cumulative,
     }
@@ -50,9 +53,12 @@ def side_by_side_table(simulated: dict | None, real: dict) -> str:
     sim_len = "-" if simulated is None else f"{simulated['acceptance_length']:.3f}"
     real_len = "-" if real["acceptance_length"] is None else f"{real['acceptance_length']:.3f}"
     sim_pos = (simulated or {}).get("cumulative_acc") or []
+    chain = (simulated or {}).get("chain_acceptance_length")
+    chain_len = "-" if chain is None else f"{chain:.3f}"
     lines = [
         "                       simulated     real",
         f"acceptance length   {sim_len:>12s} {real_len:>8s}   (1 + sim_acc_len vs tau; bonus token included)",
+        f"chain estimate      {chain_len:>12s} {real_len:>8s}   (1 + chain_acc_len: steps 0..k all right, per position)",
     ]
     for j in range(k):
         sim = f"{sim_pos[j]:.3f}" if j < len(sim_pos) else "-"
@@ -78,6 +84,7 @@ def final_evaluation(cfg: Config, train_result) -> dict:
         "acceptance_length": {
             "real": real["acceptance_length"],
             "simulated": None if simulated is None else simulated["acceptance_length"],
+            "simulated_chain": None if simulated is None else simulated["chain_acceptance_length"],
         },
         "real": real,
         "simulated": simulated,

@@ -24,20 +24,20 @@ class _ChunkedSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, target_hidden, target_weight, chunk_size):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        agree = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)  # draft argmax == target argmax
         weight32, target_weight32 = weight.float(), target_weight.float()
         for start in range(0, x.shape[0], chunk_size):
             end = start + chunk_size
             logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
             total += (torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)).sum()
-            correct += (logits.argmax(-1) == probs.argmax(-1)).sum()
+            agree[start:end] = logits.argmax(-1) == probs.argmax(-1)
         ctx.save_for_backward(x, weight, target_hidden, target_weight)
         ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(correct)
-        return total, correct
+        ctx.mark_non_differentiable(agree)
+        return total, agree
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_correct):
+    def backward(ctx, grad_total, _grad_agree):
         x, weight, target_hidden, target_weight = ctx.saved_tensors
         grad_x = torch.empty_like(x, dtype=torch.float32)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -66,6 +66,18 @@ def soft_cross_entropy_sum(
     Returns ``(loss_sum, correct)``: fp32 scalar with gradients for ``x`` and ``weight``, and the
     number of rows whose draft argmax equals the target argmax.
     """
+    total, agree = soft_cross_entropy_rows(x, weight, target_hidden, target_weight, chunk_size)
+    return total, agree.sum()
+
+
+def soft_cross_entropy_rows(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    target_hidden: torch.Tensor,
+    target_weight: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``soft_cross_entropy_sum`` with the agreement of every row: ``(loss_sum, agree [N] bool)``."""
     if chunk_size < 1:
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
     return _ChunkedSoftCrossEntropy.apply(x, weight, target_hidden, target_weight, chunk_size)

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longdraft.attention.factory import AttentionBackend
 from longdraft.model.draft import Eagle3Draft
-from longdraft.model.loss import soft_cross_entropy_sum, target_argmax_in_vocab
+from longdraft.model.loss import soft_cross_entropy_rows, target_argmax_in_vocab
 from longdraft.sharding.batch import ShardBatch
 
 STEP_WEIGHT_DECAY = 0.8
@@ -63,6 +63,7 @@ class UnrollResult:
     loss_sums: torch.Tensor  # [K] fp32, detached: local sum of per-position soft cross-entropy
     correct: torch.Tensor  # [K] int64: local top-1 agreements
     counts: torch.Tensor  # [K] int64: local valid positions
+    chains: torch.Tensor  # [K] int64: local positions whose steps 0..k are all valid and right
 
 
 def ttt_unroll(
@@ -83,7 +84,8 @@ def ttt_unroll(
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     loss = feature.new_zeros((), dtype=torch.float32)
-    sums, corrects, counts = [], [], []
+    sums, corrects, counts, chains = [], [], [], []
+    chain = valid[0].clone()  # per query: every step so far valid and its draft argmax right
     for k in range(ttt_length):
         embedding = model.embed(_queries(batch.input_ids, k + 1, c))
         positions = (batch.positions + k).unsqueeze(0).expand(bsz, -1)
@@ -97,7 +99,7 @@ def ttt_unroll(
         else:
             feature = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
         rows = valid[k]
-        step_sum, step_correct = soft_cross_entropy_sum(
+        step_sum, agree = soft_cross_entropy_rows(
             model.norm(feature[rows]),
             model.lm_head.weight,
             _queries(batch.last_hidden, k + 1, c)[rows],
@@ -105,12 +107,16 @@ def ttt_unroll(
             loss_chunk_size,
         )
         loss = loss + (STEP_WEIGHT_DECAY**k) * step_sum / normalisers[k]
+        right = torch.zeros_like(rows)
+        right[rows] = agree
+        chain &= right
         sums.append(step_sum.detach())
-        corrects.append(step_correct)
+        corrects.append(agree.sum())
         counts.append(rows.sum())
+        chains.append(chain.sum())
     # A shard without loss tokens must still run every collective of the backward (ARCHITECTURE.md, invariant 1).
     loss = loss + 0.0 * feature.float().sum()
-    return UnrollResult(loss, torch.stack(sums), torch.stack(corrects), torch.stack(counts))
+    return UnrollResult(loss, torch.stack(sums), torch.stack(corrects), torch.stack(counts), torch.stack(chains))
 
 
 def _step(model, embedding, feature, cos, sin, backend, n_prev, *kv):

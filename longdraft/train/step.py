@@ -45,8 +45,13 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor) -> dict:
-    """Per-step loss/accuracy from global sums and counts (never means of means)."""
+def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor, chains: torch.Tensor) -> dict:
+    """Per-step loss/accuracy from global sums and counts (never means of means).
+
+    Two simulated acceptance lengths (draft tokens accepted per verification, bonus token not
+    counted): ``sim_acc_len = Σ_k Π_{j≤k} acc_j`` treats the steps' errors as independent;
+    ``chain_acc_len = Σ_k chains_k / count_0`` counts, per position, the steps 0..k that are all
+    right, as a verifier accepts drafts in a row."""
     denom = counts.clamp(min=1).double()
     loss_k = (sums.double() / denom).tolist()
     acc_k = (correct.double() / denom).tolist()
@@ -60,6 +65,7 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
         "loss_k": loss_k,
         "acc_k": acc_k,
         "sim_acc_len": sim_acc_len,
+        "chain_acc_len": float(chains.sum().double() / denom[0]),
         "loss_tokens": int(counts[0].item()),
         "count_k": [int(c) for c in counts.tolist()],
     }
@@ -113,6 +119,7 @@ def train_step(
     draft_rows = target_lm_head[model.draft_to_target]
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    chains = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     optimizer.zero_grad(set_to_none=True)
     timer = _Timer(device)
     for batch, valid in zip(batches, masks):
@@ -126,6 +133,7 @@ def train_step(
         timer.lap("backward_s")
         sums += result.loss_sums
         correct += result.correct
+        chains += result.chains
     params = [p for p in model.parameters() if p.requires_grad]
     reducer.sum_gradients_(params)
     timer.lap("grad_sum_s")
@@ -139,7 +147,8 @@ def train_step(
     timer.lap("optimizer_s")
     reducer.sum_(sums)
     reducer.sum_(correct)
-    metrics = step_metrics(sums, correct, counts)
+    reducer.sum_(chains)
+    metrics = step_metrics(sums, correct, counts, chains)
     metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps)
     return metrics
 
@@ -160,6 +169,7 @@ def evaluate(
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    chains = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     ones = torch.ones(settings.ttt_length, device=device)
     for batch, valid in zip(batches, masks):
         with autocast_for(settings.precision, device):
@@ -167,6 +177,7 @@ def evaluate(
         sums += result.loss_sums
         correct += result.correct
         counts += result.counts
-    for t in (sums, correct, counts):
+        chains += result.chains
+    for t in (sums, correct, counts, chains):
         reducer.sum_(t)
-    return step_metrics(sums, correct, counts)
+    return step_metrics(sums, correct, counts, chains)

@@ -99,3 +99,14 @@ def test_features_stay_in_their_storage_dtype_until_used():
     b, b_grads = _run(model, head, upcast)
     assert a.loss.item() == b.loss.item()  # bf16 -> fp32 is exact: casting at use changes nothing
     assert all(torch.equal(a_grads[n], b_grads[n]) for n in a_grads)
+
+
+def test_chain_counts_are_runs_of_right_steps_from_step_zero():
+    model, head = tiny_draft()
+    batch = batch_of(random_samples([11, 7, 9]), K)
+    result, _ = _run(model, head, batch)
+    chains, correct = result.chains.tolist(), result.correct.tolist()
+    assert chains[0] == correct[0]  # step 0 alone: the chain is the agreement
+    assert all(a >= b for a, b in zip(chains, chains[1:]))  # a chain only ever breaks
+    assert all(ch <= min(correct[: k + 1]) for k, ch in enumerate(chains))
+
