@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PromptItem, SampleMeta
 
+
+RESTART_WAIT_S = 600.0  # how long a restarting producer may keep refusing calls
 
 _STAGE = {"new": 0, "prefilling": 1, "produced": 2, "dispatched": 3, "trained": 4, "skipped": 4}
 
@@ -43,6 +46,7 @@ class Controller:
         self._lock = threading.Lock()
         self.dispatch_wait_s = 0.0
         self.producer_failures, self.reissued = 0, 0
+        self._restarting_since: dict[int, float] = {}  # producer -> when its calls began to bounce
         self.max_producer_failures = 3 * max(1, len(producers))
         self.dispatched: Counter = Counter()  # train seq -> times dispatched (must end at 1 each)
         self.heartbeats: dict[int, tuple[int, float]] = {}  # trainer rank -> (last finished step, when)
@@ -131,15 +135,23 @@ class Controller:
         import ray
 
         try:
-            return ray.get(future)
+            metas = ray.get(future)
+            self._restarting_since.pop(producer, None)
+            return metas
+        except ray.exceptions.ActorUnavailableError as exc:  # restarting: try again soon, not a new death
+            since = self._restarting_since.setdefault(producer, time.monotonic())
+            if time.monotonic() - since > RESTART_WAIT_S:
+                raise RuntimeError(f"producer {producer} did not come back within {RESTART_WAIT_S:.0f} s") from exc
+            time.sleep(0.2)
         except ray.exceptions.RayActorError as exc:
             self.producer_failures += 1
             if self.producer_failures > self.max_producer_failures:
                 raise RuntimeError(f"producers died {self.producer_failures} times (last: producer {producer}, "
                                    f"{type(exc).__name__}); giving up") from exc
-            self.reissued += len(items)
-            retry.append((first, items))
-            return []
+        # The batch goes again under new store keys (a half-finished attempt may have written some).
+        self.reissued += len(items)
+        retry.append((first, [replace(item, attempt=item.attempt + 1) for item in items]))
+        return []
 
     def _end_held_out(self) -> None:
         if self.held_out is not None:

@@ -34,7 +34,10 @@ class Producer:
                 "aux_hidden": feat.aux_hidden.cpu(),
                 "last_hidden": feat.last_hidden.cpu(),
             }
-            key = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
+            stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
+            for earlier in range(item.attempt):  # what a producer that died mid-batch may have left
+                self.store.discard(f"{stem}a{earlier}" if earlier else stem, layout.sp_size)
+            key = f"{stem}a{item.attempt}" if item.attempt else stem
             handle = self.store.put_sample(key, split_sample(tensors, layout))
             metas.append(SampleMeta(
                 seq=item.seq, sample_id=item.sample_id, key=key, packed_loss_mask=item.packed_loss_mask,

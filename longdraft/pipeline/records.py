@@ -19,6 +19,7 @@ class PromptItem:
     held_out: bool = False  # a held-out sample for training.eval_every, not a training sample
     stream_position: int = 0  # rows of the training stream consumed after this sample's whole batch
     epoch: int = 0
+    attempt: int = 0  # times it was issued again after its producer died
 
 
 @dataclass

@@ -103,6 +103,10 @@ class TensorStore(ABC):
         """keys_put/read/deleted, bytes_put/read, keys_alive (this instance's counters)."""
         return self._stats.as_dict()
 
+    def discard(self, key: str, num_shards: int) -> None:
+        """Remove whatever exists of sample ``key`` (a write that may have been cut short); a store
+        whose objects die with their last reference (Ray) has nothing to do."""
+
     def close(self) -> None:
         """Release client resources; the store object is unusable afterwards."""
 

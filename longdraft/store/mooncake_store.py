@@ -223,6 +223,10 @@ class MooncakeTensorStore(TensorStore):
         elif rc != OBJECT_NOT_FOUND:
             raise StoreError(f"Mooncake remove of {k!r} failed with {error_name(rc)}")
 
+    def discard(self, key: str, num_shards: int) -> None:
+        for r in range(num_shards):
+            self._client.remove(shard_key(key, r), True)  # not found is fine: nothing was written
+
     def exists(self, handle: SampleHandle | str, r: int) -> bool:
         k = self._key(handle, r)
         rc = self._client.is_exist(k)
