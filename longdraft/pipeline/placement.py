@@ -25,7 +25,6 @@ class Placement:
     trainer_gpu: float  # GPUs per trainer rank (0 without GPUs)
     producer_gpu: float
     cpus: float
-    groups: list[list[int]]  # trainer ranks packed on one node together
     trainer_options: list[dict] = field(default_factory=list)  # Ray actor options per rank
     groups_ready: list = field(default_factory=list)  # the placement groups (removed at the end)
 
@@ -84,7 +83,7 @@ def place(cfg: Config, cpus: float) -> Placement:
     use_gpu, trainer_gpu, producer_gpu = gpu_shares(cfg, ray.cluster_resources().get("GPU", 0))
     groups = trainer_groups(cfg, node_capacity(ray.nodes(), use_gpu, trainer_gpu, cpus))
     bundle = {"CPU": cpus, **({"GPU": trainer_gpu} if use_gpu else {})}
-    placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus, groups)
+    placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus)
     options: dict[int, dict] = {}
     for ranks in groups:
         pg = placement_group([dict(bundle) for _ in ranks], strategy="STRICT_PACK")

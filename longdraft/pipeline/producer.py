@@ -34,10 +34,9 @@ class Producer:
                 "aux_hidden": feat.aux_hidden.cpu(),
                 "last_hidden": feat.last_hidden.cpu(),
             }
-            stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
             for earlier in range(item.attempt):  # what a producer that died mid-batch may have left
-                self.store.discard(f"{stem}a{earlier}" if earlier else stem, layout.sp_size)
-            key = f"{stem}a{item.attempt}" if item.attempt else stem
+                self.store.discard(self._key(item, earlier), layout.sp_size)
+            key = self._key(item, item.attempt)
             handle = self.store.put_sample(key, split_sample(tensors, layout))
             metas.append(SampleMeta(
                 seq=item.seq, sample_id=item.sample_id, key=key, packed_loss_mask=item.packed_loss_mask,
@@ -49,6 +48,10 @@ class Producer:
         self.busy_s += time.perf_counter() - start
         self.samples += len(items)
         return metas
+
+    def _key(self, item: PromptItem, attempt: int) -> str:
+        stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
+        return f"{stem}a{attempt}" if attempt else stem
 
     def report(self) -> dict:
         return {"producer": self.producer_id, "samples": self.samples, "busy_s": self.busy_s,

@@ -69,7 +69,6 @@ class ShardSource:
             if isinstance(item, EndOfRun):
                 raise RuntimeError(f"trainer rank {self.rank}: the stream ended before training.num_steps")
         wait = time.perf_counter() - start
-        self.report["data_wait_s"] += wait
         batches = [b for _, b in items if b is not None]
         skipped = [m.seq for m, b in items if b is None]
         if self.sp_rank == 0:  # one report per DP replica

@@ -35,6 +35,9 @@ def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> Te
     return MooncakeTensorStore(options)
 
 
+POOL_SHARE = 0.9  # of the Mooncake pool usable: the master keeps about a tenth free
+
+
 class StoreCapacityError(UserError):
     """The store, as configured, cannot hold even one sample of the run."""
 
@@ -56,17 +59,16 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
     if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb << 20 < shard:
         raise StoreCapacityError(f"store.mooncake.local_buffer_size_mb = {mc.local_buffer_size_mb} cannot hold one shard "
                                  f"of the longest sample ({shard} bytes {where}): set it to at least {mib(shard)}")
-    pool_share = 0.9  # the master keeps about a tenth of the pool free
     if mc.global_segment_size_mb is not None:
-        pool = count * (mc.global_segment_size_mb << 20) * pool_share
+        pool = count * (mc.global_segment_size_mb << 20) * POOL_SHARE
         if pool < sample:
-            need = mib(int(sample / pool_share / count)) + 1
+            need = mib(int(sample / POOL_SHARE / count)) + 1
             raise StoreCapacityError(f"the Mooncake pool ({count} {who} x "
                                      f"store.mooncake.global_segment_size_mb = {mc.global_segment_size_mb}) cannot hold "
                                      f"one sample of {sample} bytes {where}: set global_segment_size_mb to at least {need}")
         segment = mc.global_segment_size_mb
     else:
-        segment = max(64, mib(int(2 * t.batch_size * sample / pool_share / count)))
+        segment = max(64, mib(int(2 * t.batch_size * sample / POOL_SHARE / count)))
     return segment, mc.local_buffer_size_mb or max(16, mib(shard) + 1)
 
 
@@ -80,7 +82,7 @@ class StoreService:
         if self.backend == "mooncake":
             segment, buffer = mooncake_sizes(cfg, sizes or sample_sizes(cfg))
             mc = replace(cfg.store.mooncake, global_segment_size_mb=segment, local_buffer_size_mb=buffer)
-            self.capacity_bytes = int(lenders(cfg)[1] * (segment << 20) * 0.9)
+            self.capacity_bytes = int(lenders(cfg)[1] * (segment << 20) * POOL_SHARE)
             self.trainers_lend = lenders(cfg)[0] == "trainers"
             self.master_address = mc.master_address
             if self.master_address is None:

@@ -92,7 +92,7 @@ class TrainerRank:
                                         sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False,
                                         on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
                                         comm_stats=self.comm_stats)
-        self.report["step_s"] = result.step_s
+        self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()
         ranks_dir = Path(self.cfg.output.dir) / "ranks"
