@@ -71,9 +71,14 @@ class TrainingConfig:
 
 @dataclass
 class InferenceConfig:
-    engine: Literal["hf"] = "hf"  # which engine prefills the target (engines/factory.py)
+    engine: Literal["hf", "vllm"] = "hf"  # which engine prefills the target (engines/factory.py)
     num_producers: int = 1
     batch_size: int = 4
+    # vLLM only. Tokens per engine step (chunked prefill); None: vLLM's default.
+    max_num_batched_tokens: int | None = None
+    # vLLM only. KV cache (and captured hidden states) in MiB; None: room for two batches of
+    # training.max_seq_length tokens.
+    kv_cache_mb: int | None = None
     # GPUs per producer on a GPU cluster. None: 1 when the cluster has a GPU for every trainer and
     # producer, else 0.25 (a producer shares a trainer's GPU). A fraction must stay below 0.5, so two
     # trainer ranks (1 - fraction each) can never share a GPU. 0: producers on CPU.

@@ -71,6 +71,9 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
     for key in ("num_producers", "batch_size"):
         if getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")
+    for key in ("max_num_batched_tokens", "kv_cache_mb"):
+        if getattr(cfg.inference, key) is not None and getattr(cfg.inference, key) < 1:
+            fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1 or null (auto)")
     f = cfg.inference.gpus_per_producer
     if f is not None and not (f == 0 or 0 < f < 0.5 or (f >= 1 and f == int(f))):
         fail("inference.gpus_per_producer", f, "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) "

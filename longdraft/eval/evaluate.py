@@ -80,7 +80,8 @@ def run_speculative_eval(
     draft = load_exported_draft(draft_dir, embedding.detach().float().cpu()).to(device)
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
-    target = TargetRunner(model, aux_layers)
+    # The layers the draft was trained on, as its export says, unless the caller overrides them.
+    target = TargetRunner(model, aux_layers if aux_layers is not None else draft.config.aux_layers)
     stop_ids = set() if ignore_eos else stop_token_ids(model)
     try:
         with torch.no_grad():

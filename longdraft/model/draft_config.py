@@ -1,14 +1,18 @@
 """The draft's architecture, derived from the target's HF config.
 
 The draft is one Llama decoder layer with the target's hidden size, heads and RoPE, so a
-``LlamaConfig`` describes it; only ``draft_vocab_size`` and ``target_hidden_size`` are extra.
+``LlamaConfig`` describes it; only ``draft_vocab_size``, ``target_hidden_size`` and ``aux_layers``
+are extra.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from transformers import LlamaConfig, PretrainedConfig
+
+from longdraft.engines.base import resolve_aux_layers
 
 
 def _rope_settings(target: PretrainedConfig) -> tuple[float, dict | None]:
@@ -21,8 +25,10 @@ def _rope_settings(target: PretrainedConfig) -> tuple[float, dict | None]:
     return float(theta), copy.deepcopy(scaling)
 
 
-def draft_config_from_target(target: PretrainedConfig, draft_vocab_size: int | None = None) -> LlamaConfig:
-    """A one-layer Llama config matching the target's width, heads, norms and RoPE."""
+def draft_config_from_target(target: PretrainedConfig, draft_vocab_size: int | None = None,
+                             aux_layers: Sequence[int] | None = None) -> LlamaConfig:
+    """A one-layer Llama config matching the target's width, heads, norms and RoPE; ``aux_layers``
+    (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on."""
     text = target.get_text_config() if hasattr(target, "get_text_config") else target
     theta, scaling = _rope_settings(text)
     vocab = int(text.vocab_size)
@@ -48,6 +54,7 @@ def draft_config_from_target(target: PretrainedConfig, draft_vocab_size: int | N
     )
     config.draft_vocab_size = draft_vocab
     config.target_hidden_size = text.hidden_size
+    config.aux_layers = resolve_aux_layers(aux_layers, int(text.num_hidden_layers))
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
 

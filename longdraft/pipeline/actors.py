@@ -18,8 +18,9 @@ class _ProducerWithEngine(Producer):
         torch.set_num_threads(1)
         t = cfg.training
         device = torch.device("cuda" if torch.cuda.is_available() and t.device != "cpu" else "cpu")
-        engine = build_engine(cfg, device, output_device=torch.device("cpu"))
-        super().__init__(producer_id, engine, store_factory(), ShardGrid.from_training(t), run_key)
+        store = store_factory()
+        engine = build_engine(cfg, device, output_device=torch.device("cpu"), store=store)
+        super().__init__(producer_id, engine, store, ShardGrid.from_training(t), run_key)
 
 
 def producer_actor(options: dict):

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from longdraft.engines.base import TargetEngine
+from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample
 from longdraft.pipeline.records import PromptItem, SampleMeta
 from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.split import split_sample
@@ -22,37 +22,48 @@ class Producer:
         self.run_key = run_key
         self.busy_s = 0.0
         self.samples = 0
+        self.tokens = 0
 
     def produce(self, items: list[PromptItem]) -> list[SampleMeta]:
         start = time.perf_counter()
-        features = self.engine.prefill([item.input_ids for item in items])
-        metas = []
-        for item, feat in zip(items, features):
+        requests = []
+        for item in items:
             layout = self.grid.for_length(len(item.input_ids))
-            tensors = {
-                "input_ids": torch.tensor(item.input_ids, dtype=torch.int64),
-                "aux_hidden": feat.aux_hidden.cpu(),
-                "last_hidden": feat.last_hidden.cpu(),
-            }
             for earlier in range(item.attempt):  # what a producer that died mid-batch may have left
                 self.store.discard(self._key(item, earlier), layout.sp_size)
-            key = self._key(item, item.attempt)
-            handle = self.store.put_sample(key, split_sample(tensors, layout))
-            metas.append(SampleMeta(
-                seq=item.seq, sample_id=item.sample_id, key=key, packed_loss_mask=item.packed_loss_mask,
-                shapes={n: tuple(t.shape) for n, t in tensors.items()},
-                dtypes={n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
-                layout=layout, handle=handle, held_out=item.held_out, stream_position=item.stream_position,
-                epoch=item.epoch, produced_by=self.producer_id,
-            ))
+            requests.append(ShardRequest(self._key(item, item.attempt), item.input_ids, layout))
+        written = self.engine.prefill_to_store(requests, self.store)
+        if written is None:  # the engine hands the features back: split and put them here
+            features = self.engine.prefill([item.input_ids for item in items])
+            written = [self._put(req, feat) for req, feat in zip(requests, features)]
+        metas = [
+            SampleMeta(
+                seq=item.seq, sample_id=item.sample_id, key=req.key, packed_loss_mask=item.packed_loss_mask,
+                shapes=w.shapes, dtypes=w.dtypes, layout=req.layout, handle=w.handle, held_out=item.held_out,
+                stream_position=item.stream_position, epoch=item.epoch, produced_by=self.producer_id,
+            )
+            for item, req, w in zip(items, requests, written)
+        ]
         self.busy_s += time.perf_counter() - start
         self.samples += len(items)
+        self.tokens += sum(len(item.input_ids) for item in items)
         return metas
+
+    def _put(self, req: ShardRequest, feat: TargetFeatures) -> WrittenSample:
+        tensors = {
+            "input_ids": torch.tensor(list(req.input_ids), dtype=torch.int64),
+            "aux_hidden": feat.aux_hidden.cpu(),
+            "last_hidden": feat.last_hidden.cpu(),
+        }
+        handle = self.store.put_sample(req.key, split_sample(tensors, req.layout))
+        return WrittenSample(handle, {n: tuple(t.shape) for n, t in tensors.items()},
+                             {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()})
 
     def _key(self, item: PromptItem, attempt: int) -> str:
         stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
         return f"{stem}a{attempt}" if attempt else stem
 
     def report(self) -> dict:
-        return {"producer": self.producer_id, "samples": self.samples, "busy_s": self.busy_s,
-                "samples_per_s": self.samples / self.busy_s if self.busy_s else 0.0, "store": self.store.stats()}
+        per_s = (lambda n: n / self.busy_s if self.busy_s else 0.0)
+        return {"producer": self.producer_id, "samples": self.samples, "tokens": self.tokens, "busy_s": self.busy_s,
+                "samples_per_s": per_s(self.samples), "tokens_per_s": per_s(self.tokens), "store": self.store.stats()}

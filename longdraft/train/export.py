@@ -4,6 +4,12 @@
 vocab as ``vocab_size``, ``draft_vocab_size``, explicit ``rope_theta``/``rope_scaling``.
 ``model.safetensors``: ``fc.weight``, ``midlayer.*``, ``norm.weight``, ``lm_head.weight``, ``d2t``,
 ``t2d``; no ``model.`` prefix and no embedding (engines take the target's).
+
+The target layers the draft was trained on are written twice, once per numbering: vLLM reads the
+top-level ``eagle_aux_hidden_state_layer_ids`` as *inputs* of layers (our output of layer ``i`` is
+its id ``i + 1``); SGLang reads ``eagle_config.eagle_aux_hidden_state_layer_ids`` as outputs of
+layers (our ids as they are). Without them a serving engine falls back to its own default, which
+for small targets or non-default training layers are other tensors.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ WEIGHT_PREFIXES = ("fc.", "midlayer.", "norm.", "lm_head.")
 
 def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
     rope_theta, rope_scaling = rope_theta_and_scaling(config)
-    return {
+    out = {
         "architectures": ["LlamaForCausalLMEagle3"],
         "model_type": "llama",
         "hidden_size": config.hidden_size,
@@ -45,6 +51,11 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
         "mlp_bias": False,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+    aux = getattr(config, "aux_layers", None)
+    if aux is not None:  # None only for a checkpoint from before the layers were recorded
+        out["eagle_aux_hidden_state_layer_ids"] = [i + 1 for i in aux]
+        out["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(aux), "use_aux_hidden_state": True}
+    return out
 
 
 def export_draft(model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -80,8 +91,19 @@ def draft_config_from_export(cfg: dict) -> LlamaConfig:
     )
     config.draft_vocab_size = cfg["draft_vocab_size"]
     config.target_hidden_size = cfg.get("target_hidden_size", cfg["hidden_size"])
+    config.aux_layers = exported_aux_layers(cfg)
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
+
+
+def exported_aux_layers(cfg: dict) -> list[int] | None:
+    """The target layers (outputs, 0-indexed) an export was trained on; None for an export that
+    does not say (the default [1, N/2-1, N-4])."""
+    nested = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    if nested is not None:
+        return [int(i) for i in nested]
+    top = cfg.get("eagle_aux_hidden_state_layer_ids")
+    return [int(i) - 1 for i in top] if top is not None else None
 
 
 def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) -> Eagle3Draft:

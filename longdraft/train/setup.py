@@ -51,9 +51,10 @@ def vocab_for(cfg: Config, tokenizer) -> VocabMapping:
     return build_vocab_mapping(samples, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
 
 
-def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int) -> Eagle3Draft:
+def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int,
+                aux_layers=None) -> Eagle3Draft:
     """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike."""
-    config = draft_config_from_target(target_config, vocab.draft_vocab_size)
+    config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers)
     torch.manual_seed(seed)
     model = Eagle3Draft(config, embedding.float().cpu())
     model.set_vocab_mapping(vocab.d2t, vocab.t2d)
@@ -77,7 +78,7 @@ def target_text_config(cfg: Config):
 def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:
     t = cfg.training
     embedding, head = load_embedding_and_head(cfg.model.target_path)
-    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed)
+    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
