@@ -1,7 +1,8 @@
 """Shared pytest set-up: offline, loopback-only, one thread per process; markers by folder; tiny targets.
 
 Kinds (one folder each, selected with ``-m``): ``unit`` (no processes), ``distributed`` (gloo process
-groups), ``pipeline`` (Ray actors and stores), ``e2e`` (the CLI end to end). ``pytest -m unit`` is the
+groups), ``pipeline`` (Ray actors and stores), ``e2e`` (the CLI end to end), ``vllm`` (a real vLLM engine as
+producer and as server). ``pytest -m unit`` is the
 fast set; the README's test command runs everything.
 """
 
@@ -17,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.ray_session"]
 
-KINDS = ("unit", "distributed", "pipeline", "e2e")
+KINDS = ("unit", "distributed", "pipeline", "e2e", "vllm")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -241,9 +241,11 @@ class VLLMTargetEngine(TargetEngine):
         shutil.rmtree(getattr(self, "_spool", ""), ignore_errors=True)
 
 
-def _reason(e: BaseException) -> str:
-    """vLLM's own reason: the innermost cause's message (engine-core errors wrap the real one)."""
+def _reason(e: BaseException, limit: int = 400) -> str:
+    """vLLM's own reason on one line: the innermost cause (engine-core errors wrap the real one),
+    its lines joined and cut at ``limit`` characters (vLLM lists every supported model on some)."""
     while e.__cause__ is not None and str(e.__cause__):
         e = e.__cause__
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return f"{type(e).__name__}: {text}".rstrip(": ")
