@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -103,6 +104,7 @@ class VLLMTargetEngine(TargetEngine):
         self.wait_timeout_s = wait_timeout_s
         self._writer_spec = store.worker_spec() if store is not None else None
         self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
+        self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
         ids = vllm_layer_ids(self._aux_layers, self._num_layers)
         kv_bytes = (kv_cache_mb << 20 if kv_cache_mb is not None
@@ -129,6 +131,7 @@ class VLLMTargetEngine(TargetEngine):
         try:
             return LLM(**kwargs)
         except Exception as e:
+            self._remove_spool()
             raise EngineError(f"vLLM could not start the target {self.path}: {_reason(e)}") from e
 
     @property
@@ -238,7 +241,7 @@ class VLLMTargetEngine(TargetEngine):
                 llm.llm_engine.engine_core.shutdown()
             except Exception:
                 pass  # already gone
-        shutil.rmtree(getattr(self, "_spool", ""), ignore_errors=True)
+        self._remove_spool()
 
 
 def _reason(e: BaseException, limit: int = 400) -> str:

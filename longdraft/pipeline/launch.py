@@ -152,6 +152,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         producer_reports = ray.get([p.report.remote() for p in producers])
         keys_left = store.keys_left()  # before the trainers close: their segments hold the pool
         ray.get([trainer.shutdown.remote() for trainer in trainers])
+        ray.get([p.close.remote() for p in producers], timeout=120)
         loop: LoopResult = results["trainer rank 0"]["loop"]
         print(summary["stream"])
         summary.update(producers=producer_reports, keys_left=keys_left,

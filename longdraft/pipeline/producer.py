@@ -23,6 +23,7 @@ class Producer:
         self.busy_s = 0.0
         self.samples = 0
         self.tokens = 0
+        self.written_by_engine = 0  # samples whose shards the engine's own workers put
 
     def produce(self, items: list[PromptItem]) -> list[SampleMeta]:
         start = time.perf_counter()
@@ -33,7 +34,9 @@ class Producer:
                 self.store.discard(self._key(item, earlier), layout.sp_size)
             requests.append(ShardRequest(self._key(item, item.attempt), item.input_ids, layout))
         written = self.engine.prefill_to_store(requests, self.store)
-        if written is None:  # the engine hands the features back: split and put them here
+        if written is not None:
+            self.written_by_engine += len(items)
+        else:  # the engine hands the features back: split and put them here
             features = self.engine.prefill([item.input_ids for item in items])
             written = [self._put(req, feat) for req, feat in zip(requests, features)]
         metas = [
@@ -65,5 +68,11 @@ class Producer:
 
     def report(self) -> dict:
         per_s = (lambda n: n / self.busy_s if self.busy_s else 0.0)
-        return {"producer": self.producer_id, "samples": self.samples, "tokens": self.tokens, "busy_s": self.busy_s,
+        return {"producer": self.producer_id, "samples": self.samples, "tokens": self.tokens,
+                "written_by_engine": self.written_by_engine, "busy_s": self.busy_s,
                 "samples_per_s": per_s(self.samples), "tokens_per_s": per_s(self.tokens), "store": self.store.stats()}
+
+    def close(self) -> None:
+        """Shut the engine down (a vLLM engine's processes and shared memory) and the store client."""
+        self.engine.close()
+        self.store.close()
