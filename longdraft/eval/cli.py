@@ -1,4 +1,5 @@
-"""``longdraft eval``: acceptance length of an exported EAGLE-3 draft with its HF target."""
+"""``longdraft eval``: acceptance length of an exported EAGLE-3 draft with its target, decoded by our
+own HF evaluator or served by vLLM (``--engine vllm``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         "reports the acceptance length tau (tokens per target verification step, bonus included).",
     )
     p.add_argument("--target", required=True, help="local HF target model directory")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="hf: our evaluator (default); vllm: serve the draft with vLLM's EAGLE-3 speculative decoding "
+                   "and report vLLM's own counters (the export's layer ids are used; --aux-layers and --device are "
+                   "not)")
     p.add_argument("--draft", required=True, help="exported draft directory (config.json + model.safetensors)")
     p.add_argument("--data", required=True, help="JSONL file: conversations (prompt = turns before the first "
                    "assistant turn) or text rows (prompt = first half of the tokens)")
@@ -53,16 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"longdraft eval: --{name.replace('_', '-')}={getattr(args, name)}: expected >= 1", file=sys.stderr)
             return 2
-    report = run_speculative_eval(
-        args.target, args.draft, args.data, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
-        num_draft_tokens=args.num_steps, aux_layers=args.aux_layers, device=args.device, dtype=args.dtype,
-        check_greedy=args.check_greedy, ignore_eos=args.ignore_eos,
-        max_text_prompt_tokens=args.max_text_prompt_tokens, progress=not args.json,
-    )
+    common = dict(num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_steps,
+                  dtype=args.dtype, check_greedy=args.check_greedy, ignore_eos=args.ignore_eos,
+                  max_text_prompt_tokens=args.max_text_prompt_tokens)
+    if args.engine == "vllm":
+        from longdraft.eval.vllm_serve import serve_with_vllm
+
+        report = serve_with_vllm(args.target, args.draft, args.data, **common)
+    else:
+        report = run_speculative_eval(args.target, args.draft, args.data, aux_layers=args.aux_layers,
+                                      device=args.device, progress=not args.json, **common)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    print(json.dumps(report, indent=2) if args.json else format_table(report, per_prompt=args.engine == "hf"))
     if report["matches_greedy"] is False:
         print("error: speculative output differs from plain greedy decoding", file=sys.stderr)
         return 1
