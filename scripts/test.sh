@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs longdraft and runs the whole test suite inside a loopback-only network namespace,
-# so gloo, Ray and Mooncake can only ever talk to 127.0.0.1.
+# so gloo, Ray, Mooncake and vLLM can only ever talk to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh vllm
 export HF_HUB_OFFLINE=1 GLOO_SOCKET_IFNAME=lo RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
   exec unshare -n sh -c 'ip link set lo up && python3 -m pytest -q -ra "$@"' sh "$@"
