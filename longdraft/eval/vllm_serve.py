@@ -12,11 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from longdraft.engines.vllm_engine import default_kv_cache_bytes
+from longdraft.engines.vllm_engine import default_kv_cache_bytes, dtype_bytes, vllm_dtype
 from longdraft.errors import UserError
-
-_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16"}
-
 
 def _metric(metrics: dict, name: str):
     if name not in metrics:
@@ -57,8 +54,9 @@ def serve_with_vllm(
     # attention length at max_model_len, so a limit just above the longest sequence lowers the
     # acceptance of every request in the batch (measured: tau 1.63 instead of 1.95).
     max_model_len = max(needed, int(text.get("max_position_embeddings") or 0))
-    kv_bytes = default_kv_cache_bytes(text, 0, 2 if dtype == "bf16" else 4, max(len(prompts) * needed, max_model_len))
-    llm = LLM(model=str(target_dir), tokenizer=str(target_dir), dtype=_DTYPES[dtype], enforce_eager=True, seed=0,
+    served_dtype = vllm_dtype(dtype, config)
+    kv_bytes = default_kv_cache_bytes(text, 0, dtype_bytes(served_dtype), max(len(prompts) * needed, max_model_len))
+    llm = LLM(model=str(target_dir), tokenizer=str(target_dir), dtype=served_dtype, enforce_eager=True, seed=0,
               max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, disable_log_stats=False,
               speculative_config={"method": "eagle3", "model": str(draft_dir), "num_speculative_tokens": num_draft_tokens})
     try:

@@ -23,6 +23,9 @@ MiB = 1 << 20
 MAX_LENGTH = 200
 # Several lengths in one batch; with 32 tokens per engine step the longer ones are prefilled in chunks.
 LENGTHS = [1, 5, 37, 130]
+# Not the default [1, 3, 4]: the last layer's output is both an aux layer and the last hidden state's
+# input, one id that vLLM captures once (the pipeline tests run the default layers).
+AUX = [0, 4, 7]
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -50,7 +53,7 @@ def lender(master):
 @pytest.fixture(scope="module")
 def engine(vllm_target, lender, master):
     writer = MooncakeTensorStore(MooncakeStoreOptions(master.address, global_segment_size=0, local_buffer_size=16 * MiB))
-    eng = VLLMTargetEngine(vllm_target, dtype="fp32", max_length=MAX_LENGTH, store=writer, max_num_batched_tokens=32)
+    eng = VLLMTargetEngine(vllm_target, AUX, dtype="fp32", max_length=MAX_LENGTH, store=writer, max_num_batched_tokens=32)
     yield eng, writer
     eng.close()
     writer.close()
@@ -58,7 +61,7 @@ def engine(vllm_target, lender, master):
 
 @pytest.fixture(scope="module")
 def hf(vllm_target):
-    return HFTargetEngine(vllm_target, dtype="fp32")
+    return HFTargetEngine(vllm_target, AUX, dtype="fp32")
 
 
 @pytest.mark.timeout(240)
@@ -66,7 +69,7 @@ def test_features_equal_hf_engine(engine, hf):
     eng, _ = engine
     batch = [_ids(n, seed) for seed, n in enumerate(LENGTHS)]
     got, want = eng.prefill(batch), hf.prefill(batch)
-    assert eng.aux_layers == hf.aux_layers == [1, 3, 4]
+    assert eng.aux_layers == hf.aux_layers == AUX
     for g, w, n in zip(got, want, LENGTHS):
         assert g.aux_hidden.shape == w.aux_hidden.shape == (n, 3 * 64)
         assert g.last_hidden.shape == w.last_hidden.shape == (n, 64)
@@ -122,3 +125,24 @@ def test_an_engine_that_cannot_start_names_vllms_reason(vllm_target, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(EngineError, match=r"vLLM could not start the target .*NoSuchForCausalLM.*not supported"):
         VLLMTargetEngine(bad, dtype="fp32", max_length=64)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_that_dies_fails_the_prefill_with_an_error(engine):
+    """Runs last in this module: it kills the shared engine's core process."""
+    import psutil
+
+    eng, _ = engine
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    assert cores, "no vLLM engine-core process found"
+    for p in cores:
+        p.kill()
+    psutil.wait_procs(cores, timeout=30)
+    # Either vLLM has noticed (EngineDeadError), or its client would wait forever on the request
+    # and the engine's watch of its processes raises instead.
+    with pytest.raises(EngineError, match=r"vLLM failed during prefill of 2 prompts: (its process .*EngineCore.* "
+                                          r"exited|EngineDeadError)"):
+        eng.prefill([[1, 2, 3], [4, 5]])
+    with pytest.raises(EngineError, match=r"the vLLM engine is dead \((its process .*EngineCore.*|its engine core) "
+                                          r"exited\); start a new one"):
+        eng.prefill([[1, 2, 3]])
