@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
@@ -169,9 +168,9 @@ class VLLMTargetEngine(TargetEngine):
         from longdraft.engines.vllm_capture import CapturePlan, features_path
 
         plans = [CapturePlan(prefix=self._prefix()) for _ in batch]
-        statuses = self._run(batch, plans, [f"batch index {b}" for b in range(len(batch))])
+        self._run(batch, plans, [f"batch index {b}" for b in range(len(batch))])
         out = []
-        for plan, status in zip(plans, statuses):
+        for plan in plans:
             tensors = load_file(features_path(plan.prefix))
             self._cleanup(plan.prefix)
             out.append(TargetFeatures(tensors["aux_hidden"], tensors["last_hidden"]))
@@ -221,14 +220,24 @@ class VLLMTargetEngine(TargetEngine):
             if type(e).__name__ == "EngineDeadError":
                 self._died = "its engine core"
             raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: {_reason(e)}") from e
-        return [self._wait(p, name) for p, name in zip(plans, names)]
+        try:
+            return [self._wait(p, name) for p, name in zip(plans, names)]
+        except Exception:
+            for p in plans:
+                self._cleanup(p.prefix)
+            raise
 
     def _wait(self, plan, name: str) -> dict:
         """The connector's status for one request, once it released the request's lock."""
         from longdraft.engines.vllm_capture import lock_path, status_path
 
         deadline = time.monotonic() + self.wait_timeout_s
-        with open(lock_path(plan.prefix)) as lock:
+        try:
+            lock = open(lock_path(plan.prefix))
+        except FileNotFoundError:
+            raise EngineError(f"{name}: the vLLM worker never took the request (no lock file; is "
+                              f"{CONNECTOR_MODULE} importable in vLLM's processes?)") from None
+        with lock:
             while True:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -244,7 +253,6 @@ class VLLMTargetEngine(TargetEngine):
             raise EngineError(f"{name}: the vLLM worker released the request without writing its features "
                               "(its process died; see vLLM's log above)") from None
         if not status.get("ok"):
-            self._cleanup(plan.prefix)
             raise EngineError(f"{name}: the vLLM worker could not write its features: {status.get('error')}")
         return status
 
