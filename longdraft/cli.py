@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # word of a REMAINDER argument (``longdraft eval --target ...``).
     if argv[:1] == ["eval"]:
         args = argparse.Namespace(func=_eval, rest=argv[1:])
-    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"], ["stream"]):
+    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"], ["stream"], ["producer"]):
         args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
     else:
         args = build_parser().parse_args(argv)

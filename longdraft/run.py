@@ -31,6 +31,10 @@ class TrainResult:
 def run_training(cfg: Config) -> TrainResult:
     """Train as configured: ``training.num_trainers > 1`` runs the sharded pipeline on Ray."""
     out = Path(cfg.output.dir)
+    if cfg.eval.enabled and cfg.eval.context_lengths:  # refused now, not after the training it follows
+        from longdraft.eval.after_training import check_context_eval
+
+        check_context_eval(cfg)
     save_config(cfg, out / "config.yaml")
     checkpoint = latest_checkpoint(out) if cfg.training.resume else None
     if cfg.training.num_trainers > 1:

@@ -124,6 +124,9 @@ class EvalConfig:
     max_new_tokens: int = 64
     num_prompts: int = 16
     enabled: bool = False
+    # Also measure acceptance after prompts of exactly these many tokens of held-out text
+    # (eval_context.json, eval_context.png); None: not measured.
+    context_lengths: list[int] | None = None
 
 
 @dataclass

@@ -71,6 +71,9 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
     for key in ("num_producers", "batch_size"):
         if getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1")
+    lengths = cfg.eval.context_lengths
+    if lengths is not None and (not lengths or any(not isinstance(n, int) or n < 2 for n in lengths)):
+        fail("eval.context_lengths", lengths, "a list of token counts >= 2, e.g. [256, 1024, 2048], or null")
     for key in ("max_num_batched_tokens", "kv_cache_mb"):
         if getattr(cfg.inference, key) is not None and getattr(cfg.inference, key) < 1:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1 or null (auto)")

@@ -8,6 +8,7 @@ products ``Π_{j≤k} acc_j`` compare with the real per-position acceptance rate
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from longdraft.config import Config
@@ -92,6 +93,41 @@ def final_evaluation(cfg: Config, train_result) -> dict:
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(real, per_prompt=False))
     print(side_by_side_table(simulated, real))
+    if cfg.eval.context_lengths:
+        context_evaluation(cfg, output_dir, train_result.final_dir, data_path)
     if not held_out:
         print("note: data.eval_path is not set; prompts were taken from the training data")
     return result
+
+
+def check_context_eval(cfg: Config) -> None:
+    """Refuse context lengths the target cannot take, before training."""
+    from longdraft.errors import UserError
+    from longdraft.eval.context import check_context_fits
+
+    config = json.loads((Path(cfg.model.target_path) / "config.json").read_text())
+    text = config.get("text_config") or config
+    try:
+        check_context_fits(cfg.eval.context_lengths, cfg.eval.max_new_tokens, cfg.training.ttt_length,
+                           text.get("max_position_embeddings"))
+    except ValueError as e:
+        raise UserError(f"eval.context_lengths: {e}") from None
+
+
+def context_evaluation(cfg: Config, output_dir: Path, final_dir: Path, data_path: str) -> dict:
+    """Acceptance by context length: ``eval_context.json`` and, with ``output.plot``, ``eval_context.png``."""
+    from longdraft.eval.context import format_context_table, plot_context, run_context_eval
+    from longdraft.train.plot import PlotUnavailable
+
+    report = run_context_eval(cfg.model.target_path, final_dir, data_path, cfg.eval.context_lengths,
+                              num_prompts=cfg.eval.num_prompts, max_new_tokens=cfg.eval.max_new_tokens,
+                              num_draft_tokens=cfg.training.ttt_length, aux_layers=cfg.model.aux_layers,
+                              device=cfg.training.device, dtype=cfg.model.target_dtype, check_greedy=True)
+    (output_dir / "eval_context.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_context_table(report))
+    if cfg.output.plot:
+        try:
+            print(f"plot: {plot_context({f'max_seq_length {cfg.training.max_seq_length}': report}, output_dir / 'eval_context.png')}")
+        except PlotUnavailable as exc:
+            print(f"warning: no eval_context.png: {exc}", file=sys.stderr)
+    return report

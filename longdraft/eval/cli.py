@@ -17,6 +17,17 @@ def _aux_layers(text: str) -> list[int]:
             f"--aux-layers={text!r}: expected comma-separated layer ids, e.g. 1,3,4") from None
 
 
+def _lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(x) for x in text.split(",")]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 2:
+        raise argparse.ArgumentTypeError(f"--context-lengths={text!r}: expected comma-separated token counts >= 2, "
+                                         "e.g. 256,1024,2048")
+    return lengths
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="longdraft eval",
@@ -41,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens tokens")
     p.add_argument("--check-greedy", action="store_true",
                    help="also run plain greedy decoding and report whether the outputs are equal")
+    p.add_argument("--context-lengths", type=_lengths, default=None,
+                   help="acceptance by context length instead: prompts of exactly these many tokens cut from the "
+                   "documents of --data, e.g. 256,1024,2048,4096 (hf engine)")
+    p.add_argument("--plot", type=Path, default=None, help="with --context-lengths: also draw tau against context")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
     return p
@@ -58,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"longdraft eval: --{name.replace('_', '-')}={getattr(args, name)}: expected >= 1", file=sys.stderr)
             return 2
+    if args.context_lengths is not None:
+        return _context(args)
     common = dict(num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_steps,
                   dtype=args.dtype, check_greedy=args.check_greedy, ignore_eos=args.ignore_eos,
                   max_text_prompt_tokens=args.max_text_prompt_tokens)
@@ -73,6 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_table(report, per_prompt=args.engine == "hf"))
     if report["matches_greedy"] is False:
+        print("error: speculative output differs from plain greedy decoding", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _context(args) -> int:
+    from longdraft.eval.context import format_context_table, plot_context, run_context_eval
+
+    if args.engine != "hf":
+        print("longdraft eval: --context-lengths runs with --engine hf", file=sys.stderr)
+        return 2
+    report = run_context_eval(args.target, args.draft, args.data, args.context_lengths, num_prompts=args.num_prompts,
+                              max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_steps,
+                              aux_layers=args.aux_layers, device=args.device, dtype=args.dtype,
+                              check_greedy=args.check_greedy, progress=not args.json)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot is not None:
+        print(f"plot: {plot_context({Path(args.draft).name: report}, args.plot)}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else format_context_table(report))
+    if any(r["matches_greedy"] is False for r in report["by_length"]):
         print("error: speculative output differs from plain greedy decoding", file=sys.stderr)
         return 1
     return 0

@@ -50,6 +50,26 @@ def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) 
         raise ValueError(f"{path}: target_hidden_size={target_hidden}, but the target's hidden size is {hidden_size}")
 
 
+def load_for_eval(target_dir: str | Path, draft_dir: str | Path, device: str = "auto", dtype: str = "auto",
+                  aux_layers: Sequence[int] | None = None):
+    """(target runner, proposer, tokenizer, stop ids) for speculative decoding with an export; the
+    target layers are the caller's, else the ones the export says it was trained on."""
+    from transformers import AutoTokenizer
+
+    from longdraft.device import resolve_device
+    from longdraft.engines.hf import load_causal_lm
+    from longdraft.train.export import load_exported_draft
+
+    device = resolve_device(device)
+    model = load_causal_lm(target_dir, device, dtype)
+    embedding = model.get_input_embeddings().weight
+    check_draft_fits_target(Path(draft_dir), int(model.get_output_embeddings().weight.shape[0]), int(embedding.shape[1]))
+    draft = load_exported_draft(draft_dir, embedding.detach().float().cpu()).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
+    target = TargetRunner(model, aux_layers if aux_layers is not None else draft.config.aux_layers)
+    return target, Eagle3Proposer(draft), tokenizer, stop_token_ids(model)
+
+
 def run_speculative_eval(
     target_dir: str | Path,
     draft_dir: str | Path,
@@ -66,30 +86,16 @@ def run_speculative_eval(
     max_text_prompt_tokens: int = 128,
     progress: bool = False,
 ) -> dict:
-    from transformers import AutoTokenizer
-
-    from longdraft.device import resolve_device
-    from longdraft.engines.hf import load_causal_lm
-    from longdraft.train.export import load_exported_draft
-
     started = time.perf_counter()
-    device = resolve_device(device)
-    model = load_causal_lm(target_dir, device, dtype)
-    embedding = model.get_input_embeddings().weight
-    check_draft_fits_target(Path(draft_dir), int(model.get_output_embeddings().weight.shape[0]), int(embedding.shape[1]))
-    draft = load_exported_draft(draft_dir, embedding.detach().float().cpu()).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
+    target, proposer, tokenizer, stop_ids = load_for_eval(target_dir, draft_dir, device, dtype, aux_layers)
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
-    # The layers the draft was trained on, as its export says, unless the caller overrides them.
-    target = TargetRunner(model, aux_layers if aux_layers is not None else draft.config.aux_layers)
-    stop_ids = set() if ignore_eos else stop_token_ids(model)
     try:
         with torch.no_grad():
-            outcomes = run_prompts(target, Eagle3Proposer(draft), prompts, max_new_tokens, num_draft_tokens,
-                                   stop_ids, check_greedy, progress)
+            outcomes = run_prompts(target, proposer, prompts, max_new_tokens, num_draft_tokens,
+                                   set() if ignore_eos else stop_ids, check_greedy, progress)
     finally:
         target.close()
     report = summarize(outcomes, num_draft_tokens)
     report.update(target=str(target_dir), draft=str(draft_dir), data=str(data_path), max_new_tokens=max_new_tokens,
-                  stop_at_eos=not ignore_eos, device=str(device), wall_s=time.perf_counter() - started)
+                  stop_at_eos=not ignore_eos, device=str(target.device), wall_s=time.perf_counter() - started)
     return report
