@@ -30,7 +30,10 @@ class TrainResult:
 
 def run_training(cfg: Config) -> TrainResult:
     """Train as configured: ``training.num_trainers > 1`` runs the sharded pipeline on Ray."""
+    from longdraft.train.setup import check_training_length
+
     out = Path(cfg.output.dir)
+    check_training_length(cfg)
     if cfg.eval.enabled and cfg.eval.context_lengths:  # refused now, not after the training it follows
         from longdraft.eval.after_training import check_context_eval
 

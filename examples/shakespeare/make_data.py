@@ -4,7 +4,8 @@
 
 Writes `train_text.jsonl` / `heldout_text.jsonl` (`{"text": passage}`, ~700-1500 characters, i.e. a few
 hundred tokens) and `train_chat.jsonl` / `heldout_chat.jsonl` (`{"conversations": [{"role": "user", ...},
-{"role": "assistant", ...}, ...]}` built from consecutive speeches of one scene). The held-out plays are
+{"role": "assistant", ...}, ...]}` built from consecutive speeches of one scene), and `heldout_plays.jsonl`
+(each held-out play whole, for `longdraft eval --context-lengths`). The held-out plays are
 `plays.HELDOUT_PLAYS`. Train files keep an evenly spaced subset of rows so that each stays under 3 MB;
 held-out files keep every row. Rows are shuffled with `--seed`; the output is byte-for-byte deterministic.
 """
@@ -51,6 +52,11 @@ def build(out: Path, seed: int, train_text_rows: int, train_chat_rows: int) -> d
             size = write_jsonl(path, rows)
             counts[path.name] = len(rows)
             print(f"{path}: {len(rows)} rows, {size / 1e6:.2f} MB")
+    # Whole held-out plays, one row each: long documents for acceptance by context length.
+    path = out / "heldout_plays.jsonl"
+    size = write_jsonl(path, [{"text": plays.read_play(stem)} for stem in plays.HELDOUT_PLAYS])
+    counts[path.name] = len(plays.HELDOUT_PLAYS)
+    print(f"{path}: {len(plays.HELDOUT_PLAYS)} rows, {size / 1e6:.2f} MB")
     return counts
 
 

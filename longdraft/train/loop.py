@@ -119,5 +119,5 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
             bar.close()
         if log is not None:
             log.close()
-    final_dir = export_draft(parts.model, out / "final") if is_root else None
+    final_dir = export_draft(parts.model, out / "final", trained_length=t.max_seq_length) if is_root else None
     return LoopResult(history, last_eval, skipped, final_dir, data_wait_s, busy_s, own_peaks)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from longdraft.config import Config
+from longdraft.errors import UserError
 from longdraft.data.dataset import DataReport, Sample, iter_samples, load_samples
 from longdraft.data.stream import SampleStream
 from longdraft.data.vocab import VocabMapping, build_vocab_mapping
@@ -73,6 +74,17 @@ class TrainParts:
 
 def target_text_config(cfg: Config):
     return AutoConfig.from_pretrained(cfg.model.target_path, local_files_only=True).get_text_config()
+
+
+def check_training_length(cfg: Config) -> None:
+    """Refuse a ``training.max_seq_length`` past the target's positions: the target was never run
+    that far, and the export (which carries the target's ``max_position_embeddings``, as serving
+    engines need) would make vLLM and SGLang clamp the positions the draft was trained on."""
+    limit = getattr(target_text_config(cfg), "max_position_embeddings", None)
+    if limit is not None and cfg.training.max_seq_length > limit:
+        raise UserError(f"training.max_seq_length = {cfg.training.max_seq_length} is longer than the target's "
+                        f"max_position_embeddings = {limit} ({cfg.model.target_path}/config.json): lower it to at "
+                        f"most {limit}, or extend the target's context first")
 
 
 def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:

@@ -194,3 +194,18 @@ def test_ring_mode_auto_gathers_when_the_gathered_kv_fit(tmp_path):
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert "ring_mode" in error_of(write(tmp_path, BASE_YAML), ["training.ring_mode=hops"])
+
+
+def test_training_longer_than_the_target_positions_is_refused_before_it_starts(tiny_target, tmp_path):
+    from longdraft.errors import UserError
+    from longdraft.run import run_training
+
+    target = tiny_target(max_position_embeddings=64)
+    cfg = config_from_dict({"data": {"train_path": str(tmp_path / "unused.jsonl")},
+                            "model": {"target_path": str(target)},
+                            "training": {"max_seq_length": 65, "num_steps": 1, "device": "cpu"},
+                            "output": {"dir": str(tmp_path / "run"), "plot": False}})
+    with pytest.raises(UserError, match=r"training.max_seq_length = 65 is longer than the target's "
+                                        r"max_position_embeddings = 64 .*lower it to at most 64"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()

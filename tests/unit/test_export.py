@@ -1,7 +1,9 @@
-"""Export layout and round trip: the loaded draft reproduces the trained model's logits exactly."""
+"""Export layout and round trip: the loaded draft reproduces the trained model's logits exactly, and
+keeps the target's positions and RoPE (every variant transformers knows) for long-context serving."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -46,3 +48,59 @@ def test_export_layout_and_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(_logits(model, batch), _logits(loaded, batch))
     assert torch.equal(loaded.d2t, model.d2t) and torch.equal(loaded.t2d, model.t2d)
+
+
+# One entry per RoPE variant transformers knows; a new variant fails the completeness check below
+# until it is added here (and checked).
+ROPE_VARIANTS = {
+    "default": None,
+    "linear": {"factor": 2.0},
+    "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024},
+    "longrope": {"short_factor": [1.0 + 0.1 * i for i in range(4)], "long_factor": [2.0 + 0.5 * i for i in range(4)],
+                 "original_max_position_embeddings": 1024},
+    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 1024},
+    "proportional": {"partial_rotary_factor": 0.5},
+}
+
+
+def test_every_transformers_rope_variant_is_checked():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    assert set(ROPE_INIT_FUNCTIONS) | {"default"} == set(ROPE_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+def test_export_keeps_the_targets_positions_and_rope_exactly(tmp_path, variant):
+    """What vLLM and SGLang read (max_position_embeddings, rope_theta, rope_scaling) is the target's,
+    and the reloaded draft rotates every position up to it exactly as the draft trained and as the
+    target's own rotary embedding does."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from tests.draft_factory import tiny_target_config
+
+    extra = ROPE_VARIANTS[variant]
+    params = {"rope_type": variant, "rope_theta": 500000.0, **(extra or {})}
+    # head_dim 8: the longrope factors cover its 4 frequencies
+    target = tiny_target_config(max_position_embeddings=4096, rope_parameters=params)
+    model, _ = tiny_draft(max_position_embeddings=4096, rope_parameters=params)
+    out = export_draft(model, tmp_path / variant, trained_length=4096)
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 4096 and config["rope_theta"] == 500000.0
+    assert config["rope_scaling"] == (None if variant == "default" else {"rope_type": variant, **extra})
+
+    loaded = load_exported_draft(out, model.embed_tokens)
+    x = torch.zeros(1, 1, 8)
+    positions = torch.arange(4096).unsqueeze(0)
+    trained, served = model.rope(x, positions), loaded.rope(x, positions)
+    reference = LlamaRotaryEmbedding(target)(x, positions)
+    for a, b, c in zip(trained, served, reference):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_an_export_that_would_clamp_the_trained_positions_is_refused(tmp_path):
+    model, _ = tiny_draft(max_position_embeddings=2048)
+    with pytest.raises(ValueError, match=r"trained on sequences of 4096 tokens but its config says "
+                                         r"max_position_embeddings = 2048"):
+        export_draft(model, tmp_path / "clamped", trained_length=4096)
+    assert export_draft(model, tmp_path / "fits", trained_length=2048).is_dir()

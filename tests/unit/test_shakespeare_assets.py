@@ -110,3 +110,14 @@ def test_train_and_heldout_share_no_passage():
     # Hamlet is held out: its prince's name never appears in training passages, and does in held-out ones.
     assert any("Hamlet" in text for text in heldout)
     assert not any("Elsinore" in text for text in train)
+
+
+def test_heldout_plays_are_long_whole_documents_of_the_heldout_text(tokenizer):
+    plays = [row["text"] for row in read_jsonl(DATA / "heldout_plays.jsonl")]
+    assert len(plays) == 4 and all(set(r) == {"text"} for r in read_jsonl(DATA / "heldout_plays.jsonl"))
+    # Long enough for the longest context the target can take (2048 positions).
+    assert min(len(tokenizer(p)["input_ids"]) for p in plays) > 2048
+    heldout = [row["text"] for row in read_jsonl(DATA / "heldout_text.jsonl")]
+    assert all(any(passage.strip()[:200] in play for play in plays) for passage in heldout[:20])
+    train = read_jsonl(DATA / "train_text.jsonl")
+    assert not any(row["text"].strip()[:200] in play for row in train[:200] for play in plays)
