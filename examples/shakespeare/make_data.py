@@ -29,10 +29,10 @@ def evenly_spaced(rows: list, k: int) -> list:
     return [rows[i * len(rows) // k] for i in range(k)]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> int:
+def write_jsonl(path: Path, rows: list[dict], max_bytes: int | None = MAX_FILE_BYTES) -> int:
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"{path}: {len(data)} bytes > {MAX_FILE_BYTES}; lower the row count")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{path}: {len(data)} bytes > {max_bytes}; lower the row count")
     path.write_bytes(data)
     return len(data)
 
@@ -60,13 +60,30 @@ def build(out: Path, seed: int, train_text_rows: int, train_chat_rows: int) -> d
     return counts
 
 
+def write_long_passages(path: Path, seed: int, min_chars: int = 7000, max_chars: int = 9000) -> int:
+    """Training passages of the training plays long enough to fill 2048-token sequences
+    (``draft_long.yaml``); generated, not shipped (about 5 MB)."""
+    rows = [{"text": p} for stem in plays.TRAIN_PLAYS
+            for p in plays.passages(plays.read_play(stem), min_chars=min_chars, max_chars=max_chars)]
+    random.Random(seed).shuffle(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = write_jsonl(path, rows, max_bytes=None)  # not shipped: no size cap
+    print(f"{path}: {len(rows)} rows, {size / 1e6:.2f} MB")
+    return len(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
+    parser.add_argument("--long-passages", type=Path, default=None,
+                        help="only write the long training passages (7000-9000 characters) to this file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-text-rows", type=int, default=2400)
     parser.add_argument("--train-chat-rows", type=int, default=3000)
     args = parser.parse_args()
+    if args.long_passages is not None:
+        write_long_passages(args.long_passages, args.seed)
+        return
     print(f"held-out plays: {', '.join(plays.HELDOUT_PLAYS)}")
     build(args.out, args.seed, args.train_text_rows, args.train_chat_rows)
 

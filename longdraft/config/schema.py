@@ -127,6 +127,8 @@ class EvalConfig:
     # Also measure acceptance after prompts of exactly these many tokens of held-out text
     # (eval_context.json, eval_context.png); None: not measured.
     context_lengths: list[int] | None = None
+    # Documents to cut those prompts from (long ones); None: data.eval_path (else the training data).
+    context_path: str | None = _path()
 
 
 @dataclass

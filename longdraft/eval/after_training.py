@@ -94,7 +94,7 @@ def final_evaluation(cfg: Config, train_result) -> dict:
     print(format_table(real, per_prompt=False))
     print(side_by_side_table(simulated, real))
     if cfg.eval.context_lengths:
-        context_evaluation(cfg, output_dir, train_result.final_dir, data_path)
+        context_evaluation(cfg, output_dir, train_result.final_dir, cfg.eval.context_path or data_path)
     if not held_out:
         print("note: data.eval_path is not set; prompts were taken from the training data")
     return result

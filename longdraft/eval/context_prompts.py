@@ -24,10 +24,11 @@ def document_ids(path: str | Path, tokenizer: Any) -> list[tuple[str, list[int]]
     docs = []
     for location, row in iter_jsonl(Path(path)):
         if isinstance(row, PlainText):
-            docs.append((location, list(tokenizer(row.text, add_special_tokens=True)["input_ids"])))
+            # verbose=False: a whole document is meant to be longer than the model's context
+            docs.append((location, list(tokenizer(row.text, add_special_tokens=True, verbose=False)["input_ids"])))
         elif isinstance(row, Conversation):
             text = render_chat(tokenizer, row.messages, add_generation_prompt=False)
-            docs.append((location, list(tokenizer(text, add_special_tokens=False)["input_ids"])))
+            docs.append((location, list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])))
     return docs
 
 
