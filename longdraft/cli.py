@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
   longdraft train examples/shakespeare/draft.yaml
   longdraft train my.yaml training.num_steps=200 training.lr=3e-4 output.dir=runs/try2
+  longdraft regenerate my.yaml --out data/train_regenerated.jsonl
   longdraft export runs/try2/checkpoints/step_200 runs/try2/exported
   longdraft eval --target examples/shakespeare/target --draft runs/try2/final --data heldout.jsonl --json
   longdraft bench attention --json
@@ -23,6 +25,24 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     result = run_training(cfg)
     print(f"trained {result.steps} steps; metrics: {result.output_dir / 'metrics.jsonl'}; export: {result.final_dir}")
+    return 0
+
+
+def _regenerate(args) -> int:
+    import json
+
+    from longdraft.config import load_config
+    from longdraft.regenerate import RegenerateSettings, regenerate
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or Path(cfg.output.dir) / "regenerated.jsonl"
+    settings = RegenerateSettings(args.max_new_tokens, args.temperature, args.batch_size, args.seed)
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(settings, name)}: expected >= 1")
+    if settings.temperature < 0:
+        raise ValueError(f"--temperature={settings.temperature}: expected >= 0 (0: greedy)")
+    print(json.dumps(regenerate(cfg, out, settings)))
     return 0
 
 
@@ -64,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config file (see README: config reference)")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=3e-4")
     train.set_defaults(func=_train)
+    regen = sub.add_parser("regenerate", help="rewrite data.train_path with the target's own outputs (resumable)")
+    regen.add_argument("config", help="YAML config: data.train_path, model.target_path, data.on_bad_row are used")
+    regen.add_argument("overrides", nargs="*", help="section.key=value")
+    regen.add_argument("--out", type=Path, default=None, help="output JSONL (default: <output.dir>/regenerated.jsonl)")
+    regen.add_argument("--max-new-tokens", type=int, default=256, help="per assistant turn / text row")
+    regen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampled")
+    regen.add_argument("--batch-size", type=int, default=8)
+    regen.add_argument("--seed", type=int, default=0)
+    regen.set_defaults(func=_regenerate)
     export = sub.add_parser("export", help="export a training checkpoint in the SGLang/vLLM EAGLE-3 layout")
     export.add_argument("checkpoint_dir", help="e.g. runs/x/checkpoints/step_100")
     export.add_argument("out_dir")
