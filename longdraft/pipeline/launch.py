@@ -42,6 +42,9 @@ def _inflight_budget(cfg: Config, store: StoreService) -> int:
     return int(ray.cluster_resources().get("object_store_memory", 1 << 30) // 2)
 
 
+PUT_DISCARD_WAIT_S = 40.0  # mooncake_master drops an unfinished put after 30 s (put_start_discard_timeout_sec)
+
+
 def _stop(actors: list) -> None:
     import ray
 
@@ -150,7 +153,9 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
                                                           c.stall_timeout_s, time.monotonic() - started))
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
-        keys_left = store.keys_left()  # before the trainers close: their segments hold the pool
+        # Before the trainers close (their segments hold the pool); after a producer death, long
+        # enough for the master to drop a put it left unfinished.
+        keys_left = store.keys_left(wait_s=PUT_DISCARD_WAIT_S if summary["producer_failures"] else 0.0)
         ray.get([trainer.shutdown.remote() for trainer in trainers])
         ray.get([p.close.remote() for p in producers], timeout=120)
         loop: LoopResult = results["trainer rank 0"]["loop"]

@@ -8,6 +8,7 @@ Mooncake pool its memory (``store.mooncake.segments_on``), so shards outlive a p
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -102,9 +103,16 @@ class StoreService:
             return partial(_ray_store, None)  # trainers only read
         return partial(_mooncake_store, self._mooncake_cfg, self.master_address, self.trainers_lend)
 
-    def keys_left(self) -> int | None:
-        """Keys the Mooncake master still holds (None for Ray: see the put/deleted counts)."""
-        return self.master.key_count() if self.master is not None else None
+    def keys_left(self, wait_s: float = 0.0) -> int | None:
+        """Keys the Mooncake master still holds (None for Ray: see the put/deleted counts), waiting up
+        to ``wait_s`` for them to reach 0: a put that a dying producer left unfinished is dropped by
+        the master only after its ``put_start_discard_timeout_sec`` (30 s by default)."""
+        if self.master is None:
+            return None
+        deadline = time.monotonic() + wait_s
+        while (count := self.master.key_count()) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        return count
 
     def close(self) -> None:
         if self.master is not None:

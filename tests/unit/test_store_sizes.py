@@ -42,3 +42,25 @@ def test_a_store_too_small_for_one_sample_is_refused_with_the_size_needed(tiny_t
     big = _cfg(tiny_target(hidden_size=512), global_segment_size_mb=16, segments_on="producers")
     with pytest.raises(StoreCapacityError, match=r"cannot hold one sample of \d+ bytes .* at least \d+$"):
         mooncake_sizes(big, sample_sizes(big))
+
+
+def test_keys_left_waits_for_the_master_to_drop_an_unfinished_put():
+    """A producer killed mid-put leaves an object the master drops only after its discard timeout."""
+    from longdraft.pipeline.stores import StoreService
+
+    class Master:  # stands in for mooncake_master's key count
+        def __init__(self, counts):
+            self.counts = list(counts)
+
+        def key_count(self):
+            return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
+    service = StoreService.__new__(StoreService)
+    service.master = Master([1, 1, 0])
+    assert service.keys_left() == 1  # no wait: what is there now
+    service.master = Master([1, 1, 0])
+    assert service.keys_left(wait_s=10) == 0
+    service.master = Master([1])
+    assert service.keys_left(wait_s=1.5) == 1  # still there after the wait: reported, not hidden
+    service.master = None
+    assert service.keys_left(wait_s=10) is None  # the Ray store has no master
