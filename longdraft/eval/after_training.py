@@ -127,7 +127,8 @@ def context_evaluation(cfg: Config, output_dir: Path, final_dir: Path, data_path
     print(format_context_table(report))
     if cfg.output.plot:
         try:
-            print(f"plot: {plot_context({f'max_seq_length {cfg.training.max_seq_length}': report}, output_dir / 'eval_context.png')}")
+            label = f"max_seq_length {cfg.training.max_seq_length}"
+            print(f"plot: {plot_context({label: report}, output_dir / 'eval_context.png')}")
         except PlotUnavailable as exc:
             print(f"warning: no eval_context.png: {exc}", file=sys.stderr)
     return report
