@@ -51,8 +51,8 @@ class Generator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
-    def fits(self, prompt: list[int], budget: int) -> bool:
-        return self.max_positions is None or len(prompt) + budget <= self.max_positions
+    def fits(self, prompt_tokens: int, budget: int) -> bool:
+        return self.max_positions is None or prompt_tokens + budget <= self.max_positions
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], budgets: list[int]) -> list[list[int]]:
@@ -79,6 +79,13 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def text_split(n: int, budget: int) -> tuple[int, int]:
+    """(prompt tokens kept, tokens to generate) of a text row of ``n`` tokens: its first half, then
+    as many new tokens as the half it replaces, at most ``budget``."""
+    keep = max(1, n // 2)
+    return keep, min(budget, max(1, n - keep))
+
+
 def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> list[dict]:
     """New rows for a batch of parsed rows (conversations turn by turn, texts by their second half)."""
     tok, budget = gen.tokenizer, gen.settings.max_new_tokens
@@ -102,8 +109,9 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
     texts = [(i, list(tok(r.text, add_special_tokens=True)["input_ids"])) for i, r in enumerate(rows)
              if isinstance(r, PlainText)]
     if texts:
-        prompts = [ids[:max(1, len(ids) // 2)] for _, ids in texts]
-        budgets = [min(budget, max(1, len(ids) - len(p))) for (_, ids), p in zip(texts, prompts)]
+        splits = [text_split(len(ids), budget) for _, ids in texts]
+        prompts = [ids[:keep] for (_, ids), (keep, _) in zip(texts, splits)]
+        budgets = [new for _, new in splits]
         for (i, _), p, new in zip(texts, prompts, gen.generate(prompts, budgets)):
             out[i] = {"text": _decode(tok, p + new)}
     return [r for r in out if r is not None]
@@ -114,12 +122,12 @@ def _check_row(row, gen: Generator) -> None:
     tok, budget = gen.tokenizer, gen.settings.max_new_tokens
     if isinstance(row, PlainText):
         n = len(tok(row.text, add_special_tokens=True)["input_ids"])
-        if not gen.fits(list(range(max(1, n // 2))), min(budget, max(1, n - n // 2))):
+        if not gen.fits(*text_split(n, budget)):
             raise DataError(TOO_LONG, f"{n} tokens: more than the target's {gen.max_positions} positions")
         return
     text = render_chat(tok, row.messages, add_generation_prompt=False)
     n = len(tok(text, add_special_tokens=False)["input_ids"])
-    if not gen.fits(list(range(n)), budget):
+    if not gen.fits(n, budget):
         raise DataError(TOO_LONG, f"{n} tokens + {budget} new: more than the target's {gen.max_positions} positions")
 
 

@@ -47,6 +47,12 @@ class WrittenSample:
     dtypes: dict[str, str]
 
 
+def tensor_specs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(shapes, dtype names) of a sample's tensors, as `WrittenSample` and `SampleMeta` carry them."""
+    return ({n: tuple(t.shape) for n, t in tensors.items()},
+            {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()})
+
+
 def default_aux_layers(num_layers: int) -> list[int]:
     """EAGLE-3 default: outputs of layers [1, N/2-1, N-4] (0-indexed)."""
     return [1, num_layers // 2 - 1, num_layers - 4]

@@ -36,6 +36,17 @@ def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None
     return None
 
 
+def read_target_config(target_path: str | Path) -> tuple[dict, dict]:
+    """(the target's ``config.json``, its text part: ``text_config`` of a multimodal checkpoint,
+    else the whole), read as plain JSON so no model class is needed."""
+    path = Path(target_path) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"target model directory {path.parent} has no config.json (only local checkpoints "
+                                "are loaded, never downloads)")
+    config = json.loads(path.read_text())
+    return config, config.get("text_config") or config
+
+
 def head_rows(target_path: str | Path) -> int:
     """Rows of the target's ``lm_head`` (the id space of ``d2t``/``t2d``), read from the header only."""
     path = Path(target_path)
@@ -56,7 +67,7 @@ def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torc
         raise KeyError(f"{path}: none of {EMBED_KEYS} found among the checkpoint's tensors")
     head = _read(files, HEAD_KEYS)
     if head is None:
-        config = json.loads((path / "config.json").read_text())
+        config, _ = read_target_config(path)
         if not config.get("tie_word_embeddings", False):
             raise KeyError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
         head = embed
@@ -73,8 +84,8 @@ def load_final_norm(target_path: str | Path) -> tuple[torch.Tensor, float]:
     weight = _read(_weight_files(path), NORM_KEYS)
     if weight is None:
         raise KeyError(f"{path}: none of {NORM_KEYS} found among the checkpoint's tensors")
-    config = json.loads((path / "config.json").read_text())
-    eps = config.get("rms_norm_eps", (config.get("text_config") or {}).get("rms_norm_eps"))
+    config, text = read_target_config(path)
+    eps = config.get("rms_norm_eps", text.get("rms_norm_eps"))
     if eps is None:
         raise KeyError(f"{path / 'config.json'}: no rms_norm_eps")
     return weight, float(eps)

@@ -206,15 +206,17 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
 
             save_file(features, features_path(plan.prefix))
             return {"ok": True, "length": len(save.token_ids)}
+        from longdraft.engines.base import tensor_specs
         from longdraft.sharding.layout import ShardLayout
         from longdraft.sharding.split import split_sample
+        from longdraft.store.base import shard_nbytes
 
         shards = split_sample(features, ShardLayout(**plan.layout))
         handle = self._writer().put_sample(plan.key, shards)
+        shapes, dtypes = tensor_specs(features)
         return {"ok": True, "length": len(save.token_ids), "shard_nbytes": list(handle.shard_nbytes),
-                "bytes_put": sum(int(t.numel() * t.element_size()) for s in shards for t in s.values()),
-                "shapes": {n: list(t.shape) for n, t in features.items()},
-                "dtypes": {n: str(t.dtype).removeprefix("torch.") for n, t in features.items()}}
+                "bytes_put": sum(shard_nbytes(s) for s in shards),
+                "shapes": shapes, "dtypes": dtypes}
 
     def _features(self, save: _Save) -> dict[str, torch.Tensor]:
         assert self._cache is not None

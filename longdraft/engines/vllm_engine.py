@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
+from longdraft.engines.head_weights import read_target_config
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
@@ -94,13 +95,8 @@ class VLLMTargetEngine(TargetEngine):
         wait_timeout_s: float = 600.0,
     ) -> None:
         path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"target model directory {path} has no config.json (only local checkpoints "
-                                    "are loaded, never downloads)")
-        cfg = json.loads(config_file.read_text())
+        cfg, text = read_target_config(path)
         self.dtype = vllm_dtype(dtype, cfg)
-        text = cfg.get("text_config") or cfg
         self._hidden_size = int(text["hidden_size"])
         self._num_layers = int(text["num_hidden_layers"])
         self._aux_layers = resolve_aux_layers(aux_layers, self._num_layers)
@@ -110,7 +106,7 @@ class VLLMTargetEngine(TargetEngine):
         if limit is not None and self.max_model_len > int(limit):
             raise UserError(f"prompts of up to {max_length} tokens (training.max_seq_length) need a vLLM context of "
                             f"{self.max_model_len}, more than the target's max_position_embeddings = {limit} "
-                            f"({config_file}): lower training.max_seq_length to at most {int(limit) - 1}")
+                            f"({path / 'config.json'}): lower training.max_seq_length to at most {int(limit) - 1}")
         self.path = path
         self.wait_timeout_s = wait_timeout_s
         self._writer_spec = store.worker_spec() if store is not None else None

@@ -102,11 +102,11 @@ def final_evaluation(cfg: Config, train_result) -> dict:
 
 def check_context_eval(cfg: Config) -> None:
     """Refuse context lengths the target cannot take, before training."""
+    from longdraft.engines.head_weights import read_target_config
     from longdraft.errors import UserError
     from longdraft.eval.context import check_context_fits
 
-    config = json.loads((Path(cfg.model.target_path) / "config.json").read_text())
-    text = config.get("text_config") or config
+    _, text = read_target_config(cfg.model.target_path)
     try:
         check_context_fits(cfg.eval.context_lengths, cfg.eval.max_new_tokens, cfg.training.ttt_length,
                            text.get("max_position_embeddings"))

@@ -7,13 +7,13 @@ A length whose prompts plus generated and drafted tokens would pass the target's
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from longdraft.engines.head_weights import read_target_config
 from longdraft.eval.context_prompts import context_prompts, document_ids
 from longdraft.eval.evaluate import load_for_eval, run_prompts
 from longdraft.eval.report import summarize
@@ -48,8 +48,7 @@ def run_context_eval(
 ) -> dict:
     started = time.perf_counter()
     lengths = sorted({int(n) for n in context_lengths})
-    config = json.loads((Path(target_dir) / "config.json").read_text())
-    text = config.get("text_config") or config
+    _, text = read_target_config(target_dir)
     check_context_fits(lengths, max_new_tokens, num_draft_tokens, text.get("max_position_embeddings"))
     target, proposer, tokenizer, stop_ids = load_for_eval(target_dir, draft_dir, device, dtype, aux_layers)
     docs = document_ids(data_path, tokenizer)

@@ -8,10 +8,10 @@ The same prompts as ``longdraft eval`` (``eval/prompts.py``), greedy, and vLLM's
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from longdraft.engines.head_weights import read_target_config
 from longdraft.engines.vllm_engine import default_kv_cache_bytes, dtype_bytes, vllm_dtype
 from longdraft.errors import UserError
 
@@ -47,8 +47,7 @@ def serve_with_vllm(
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
-    config = json.loads((Path(target_dir) / "config.json").read_text())
-    text = config.get("text_config") or config
+    config, text = read_target_config(target_dir)
     needed = max(len(p.input_ids) for p in prompts) + max_new_tokens + num_draft_tokens + 1
     # The target's own context, as a server runs it: vLLM clamps draft positions and the batch's
     # attention length at max_model_len, so a limit just above the longest sequence lowers the

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample
+from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, tensor_specs
 from longdraft.pipeline.records import PromptItem, SampleMeta
 from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.split import split_sample
@@ -59,8 +59,7 @@ class Producer:
             "last_hidden": feat.last_hidden.cpu(),
         }
         handle = self.store.put_sample(req.key, split_sample(tensors, req.layout))
-        return WrittenSample(handle, {n: tuple(t.shape) for n, t in tensors.items()},
-                             {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()})
+        return WrittenSample(handle, *tensor_specs(tensors))
 
     def _key(self, item: PromptItem, attempt: int) -> str:
         stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
