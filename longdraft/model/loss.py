@@ -1,5 +1,8 @@
-"""Soft cross-entropy of the draft against the target, in chunks of positions.
+"""Soft cross-entropy of the draft against the target, for all TTT steps at once, in chunks of positions.
 
+Step ``k`` of the unroll scores its queries against target rows shifted by ``k``, so the steps share
+their targets: the target distribution of a position is computed once per chunk and used by every
+step whose queries land there, in the forward and again in the backward (not once per step).
 Neither the draft logits nor the target distribution is ever held for all positions at once: each
 chunk's logits are computed, used and dropped in the forward, and recomputed in the backward, so
 memory is bounded by ``chunk_size x draft_vocab`` whatever the sequence length. Everything is fp32,
@@ -12,44 +15,96 @@ from __future__ import annotations
 import torch
 
 
-def _chunk_logits(x, weight, target_hidden, target_weight):
-    """``weight``/``target_weight`` arrive already in fp32 (converted once per call, not per chunk)."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        draft_logits = x.float() @ weight.t()
-        target_probs = torch.softmax(target_hidden.float() @ target_weight.t(), dim=-1)
-    return draft_logits, target_probs
+def _chunks(target_rows: list[torch.Tensor], chunk_size: int):
+    """The target rows used by any step, sorted (``used``), and per chunk of them, per step, the slice
+    of that step's queries whose target falls in the chunk (``target_rows[k]`` is ascending)."""
+    used = torch.unique(torch.cat(target_rows)) if target_rows else torch.zeros(0, dtype=torch.long)
+    where = [torch.searchsorted(used, rows) for rows in target_rows]  # index into ``used`` per query
+    edges = torch.arange(0, len(used) + chunk_size, chunk_size, device=used.device)
+    bounds = [torch.searchsorted(w, edges).tolist() for w in where]
+    plan = []
+    for c in range(len(edges) - 1):
+        start, end = int(edges[c]), int(edges[c + 1])
+        if start >= len(used):
+            break
+        plan.append((start, end, [(b[c], b[c + 1]) for b in bounds]))
+    return used, where, plan
 
 
-class _ChunkedSoftCrossEntropy(torch.autograd.Function):
+def _target_probs(target_hidden, target_weight32, rows):
+    with torch.autocast(device_type=target_hidden.device.type, enabled=False):
+        return torch.softmax(target_hidden[rows].float() @ target_weight32.t(), dim=-1)
+
+
+class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, target_hidden, target_weight, chunk_size):
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        agree = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)  # draft argmax == target argmax
+    def forward(ctx, weight, target_hidden, target_weight, chunk_size, n_steps, *xs_and_rows):
+        xs, target_rows = xs_and_rows[:n_steps], xs_and_rows[n_steps:]
+        used, where, plan = _chunks(list(target_rows), chunk_size)
         weight32, target_weight32 = weight.float(), target_weight.float()
-        for start in range(0, x.shape[0], chunk_size):
-            end = start + chunk_size
-            logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
-            total += (torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)).sum()
-            agree[start:end] = logits.argmax(-1) == probs.argmax(-1)
-        ctx.save_for_backward(x, weight, target_hidden, target_weight)
-        ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(agree)
-        return total, agree
+        totals = torch.zeros(n_steps, dtype=torch.float32, device=weight.device)
+        agrees = [torch.empty(x.shape[0], dtype=torch.bool, device=x.device) for x in xs]
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            for start, end, slices in plan:
+                probs = _target_probs(target_hidden, target_weight32, used[start:end])
+                best = probs.argmax(-1)
+                for k, (lo, hi) in enumerate(slices):
+                    if lo == hi:
+                        continue
+                    logits = xs[k][lo:hi].float() @ weight32.t()
+                    p = probs[where[k][lo:hi] - start]
+                    totals[k] += (torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)).sum()
+                    agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
+        ctx.save_for_backward(weight, target_hidden, target_weight, *xs, *target_rows)
+        ctx.n_steps, ctx.chunk_size = n_steps, chunk_size
+        ctx.mark_non_differentiable(*agrees)
+        return (totals, *agrees)
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_agree):
-        x, weight, target_hidden, target_weight = ctx.saved_tensors
-        grad_x = torch.empty_like(x, dtype=torch.float32)
+    def backward(ctx, grad_totals, *_grad_agrees):
+        weight, target_hidden, target_weight, *rest = ctx.saved_tensors
+        xs, target_rows = rest[: ctx.n_steps], rest[ctx.n_steps :]
+        used, where, plan = _chunks(list(target_rows), ctx.chunk_size)
+        weight32, target_weight32 = weight.float(), target_weight.float()
+        grad_xs = [torch.empty_like(x, dtype=torch.float32) for x in xs]
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        weight32, target_weight32 = weight.float(), target_weight.float()
-        for start in range(0, x.shape[0], ctx.chunk_size):
-            end = start + ctx.chunk_size
-            logits, probs = _chunk_logits(x[start:end], weight32, target_hidden[start:end], target_weight32)
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                dlogits = (torch.softmax(logits, dim=-1) - probs) * grad_total
-                grad_x[start:end] = dlogits @ weight32
-                grad_w += dlogits.t() @ x[start:end].float()
-        return grad_x.to(x.dtype), grad_w.to(weight.dtype), None, None, None
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            for start, end, slices in plan:
+                probs = _target_probs(target_hidden, target_weight32, used[start:end])
+                for k, (lo, hi) in enumerate(slices):
+                    if lo == hi:
+                        continue
+                    x = xs[k][lo:hi].float()
+                    logits = x @ weight32.t()
+                    dlogits = (torch.softmax(logits, dim=-1) - probs[where[k][lo:hi] - start]) * grad_totals[k]
+                    grad_xs[k][lo:hi] = dlogits @ weight32
+                    grad_w += dlogits.t() @ x
+        grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
+        return (grad_w.to(weight.dtype), None, None, None, None, *grads_x, *(None for _ in target_rows))
+
+
+def soft_cross_entropy_steps(
+    xs: list[torch.Tensor],
+    target_rows: list[torch.Tensor],
+    weight: torch.Tensor,
+    target_hidden: torch.Tensor,
+    target_weight: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per step ``k``: ``Σ_i H(softmax(target_hidden[target_rows[k][i]] @ target_weight.T), softmax(xs[k][i] @ weight.T))``.
+
+    xs[k]: normed draft hidden of step k's scored queries ``[N_k, H]``; target_rows[k]: their target
+    rows, ascending, ``[N_k]`` int64 into target_hidden ``[M, Ht]``; weight: draft ``lm_head``
+    ``[Vd, H]``; target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
+    Returns ``(sums, agrees)``: ``[K]`` fp32 with gradients for every ``xs[k]`` and ``weight``, and per
+    step ``[N_k]`` bool, whether the draft argmax equals the target argmax.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
+    if len(xs) != len(target_rows):
+        raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
+    sums, *agrees = _StepsSoftCrossEntropy.apply(weight, target_hidden, target_weight, chunk_size, len(xs), *xs, *target_rows)
+    return sums, agrees
 
 
 def soft_cross_entropy_sum(
@@ -59,28 +114,10 @@ def soft_cross_entropy_sum(
     target_weight: torch.Tensor,
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over rows of ``H(softmax(target_hidden @ target_weight.T), softmax(x @ weight.T))``.
-
-    x: normed draft hidden ``[N, H]``; weight: draft ``lm_head`` ``[Vd, H]``; target_hidden ``[N, Ht]``;
-    target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
-    Returns ``(loss_sum, correct)``: fp32 scalar with gradients for ``x`` and ``weight``, and the
-    number of rows whose draft argmax equals the target argmax.
-    """
-    total, agree = soft_cross_entropy_rows(x, weight, target_hidden, target_weight, chunk_size)
-    return total, agree.sum()
-
-
-def soft_cross_entropy_rows(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    target_hidden: torch.Tensor,
-    target_weight: torch.Tensor,
-    chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``soft_cross_entropy_sum`` with the agreement of every row: ``(loss_sum, agree [N] bool)``."""
-    if chunk_size < 1:
-        raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedSoftCrossEntropy.apply(x, weight, target_hidden, target_weight, chunk_size)
+    """One step, row ``i`` of ``x`` against row ``i`` of ``target_hidden``: ``(loss_sum, correct)``."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    sums, agrees = soft_cross_entropy_steps([x], [rows], weight, target_hidden, target_weight, chunk_size)
+    return sums[0], agrees[0].sum()
 
 
 @torch.no_grad()

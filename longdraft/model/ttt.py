@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longdraft.attention.factory import AttentionBackend
 from longdraft.model.draft import Eagle3Draft
-from longdraft.model.loss import soft_cross_entropy_rows, target_argmax_in_vocab
+from longdraft.model.loss import soft_cross_entropy_steps, target_argmax_in_vocab
 from longdraft.sharding.batch import ShardBatch
 
 STEP_WEIGHT_DECAY = 0.8
@@ -83,9 +83,8 @@ def ttt_unroll(
     feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
-    loss = feature.new_zeros((), dtype=torch.float32)
-    sums, corrects, counts, chains = [], [], [], []
-    chain = valid[0].clone()  # per query: every step so far valid and its draft argmax right
+    target_row = _target_rows(batch, c)
+    normed, rows_used = [], []
     for k in range(ttt_length):
         embedding = model.embed(_queries(batch.input_ids, k + 1, c))
         positions = (batch.positions + k).unsqueeze(0).expand(bsz, -1)
@@ -98,25 +97,35 @@ def ttt_unroll(
             values.append(value)
         else:
             feature = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
-        rows = valid[k]
-        step_sum, agree = soft_cross_entropy_rows(
-            model.norm(feature[rows]),
-            model.lm_head.weight,
-            _queries(batch.last_hidden, k + 1, c)[rows],
-            target_lm_head_draft_rows,
-            loss_chunk_size,
-        )
-        loss = loss + (STEP_WEIGHT_DECAY**k) * step_sum / normalisers[k]
+        normed.append(model.norm(feature[valid[k]]))
+        rows_used.append(target_row[valid[k]] + k + 1)  # step k scores query t against target row t+k+1
+    # One loss over all steps: each target distribution is computed once, not once per step.
+    sums, agrees = soft_cross_entropy_steps(
+        normed, rows_used, model.lm_head.weight, batch.last_hidden.reshape(-1, batch.last_hidden.shape[-1]),
+        target_lm_head_draft_rows, loss_chunk_size,
+    )
+    weights = torch.tensor([STEP_WEIGHT_DECAY**k for k in range(ttt_length)], device=sums.device)
+    loss = (weights * sums / normalisers).sum()
+    corrects, counts, chains = [], [], []
+    chain = valid[0].clone()  # per query: every step so far valid and its draft argmax right
+    for rows, agree in zip(valid, agrees):
         right = torch.zeros_like(rows)
         right[rows] = agree
         chain &= right
-        sums.append(step_sum.detach())
         corrects.append(agree.sum())
         counts.append(rows.sum())
         chains.append(chain.sum())
     # A shard without loss tokens must still run every collective of the backward (ARCHITECTURE.md, invariant 1).
     loss = loss + 0.0 * feature.float().sum()
-    return UnrollResult(loss, torch.stack(sums), torch.stack(corrects), torch.stack(counts), torch.stack(chains))
+    return UnrollResult(loss, sums.detach(), torch.stack(corrects), torch.stack(counts), torch.stack(chains))
+
+
+def _target_rows(batch: ShardBatch, c: int) -> torch.Tensor:
+    """Per query ``[B, n_seg*c]``: the flat row of ``last_hidden`` at its own position (step 0 adds 1)."""
+    bsz, n_seg, length = batch.input_ids.shape
+    segment_start = torch.arange(bsz * n_seg, device=batch.input_ids.device).view(bsz, n_seg, 1) * length
+    offsets = torch.arange(c, device=batch.input_ids.device).view(1, 1, c)
+    return (segment_start + offsets).reshape(bsz, n_seg * c)
 
 
 def _step(model, embedding, feature, cos, sin, backend, n_prev, *kv):

@@ -19,15 +19,15 @@ def _spy_run(monkeypatch):
     sample["last_hidden"][:, 0] = 100 + torch.arange(L, dtype=torch.float32)
     batch = batch_of([sample], K)
     seen = {"ids": [], "positions": [], "target_rows": []}
-    embed, rope, loss = model.embed, model.rope, ttt.soft_cross_entropy_rows
+    embed, rope, loss = model.embed, model.rope, ttt.soft_cross_entropy_steps
     monkeypatch.setattr(model, "embed", lambda ids: (seen["ids"].append(ids.clone()), embed(ids))[1])
     monkeypatch.setattr(model, "rope", lambda x, pos: (seen["positions"].append(pos.clone()), rope(x, pos))[1])
 
-    def loss_spy(x, w, th, tw, chunk):
-        seen["target_rows"].append(th[:, 0].clone())
-        return loss(x, w, th, tw, chunk)
+    def loss_spy(xs, rows, w, th, tw, chunk):
+        seen["target_rows"] += [th[r, 0].clone() for r in rows]
+        return loss(xs, rows, w, th, tw, chunk)
 
-    monkeypatch.setattr(ttt, "soft_cross_entropy_rows", loss_spy)
+    monkeypatch.setattr(ttt, "soft_cross_entropy_steps", loss_spy)
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 4), K)
     ttt_unroll(model, batch, valid, torch.ones(K), target_head[model.draft_to_target], make_attention_backend("fast"))
     return seen, valid
