@@ -48,6 +48,9 @@ class TrainingConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 0.5  # 0 disables clipping
+    # Gradients are summed over ranks in buckets of this size, each started as soon as the backward
+    # has finished it (overlapped); 0: one all-reduce after the backward.
+    grad_bucket_mb: float = 25.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
     save_every: int = 0  # 0: only at the end

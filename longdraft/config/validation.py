@@ -36,7 +36,7 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
             fail(f"training.{key}", getattr(t, key), f"an integer >= {minimum}")
     if t.lr < 0:
         fail("training.lr", t.lr, "a number >= 0 (0 measures a frozen draft)")
-    for key in ("min_lr", "weight_decay", "max_grad_norm"):
+    for key in ("min_lr", "weight_decay", "max_grad_norm", "grad_bucket_mb"):
         if getattr(t, key) < 0:
             fail(f"training.{key}", getattr(t, key), "a number >= 0")
     if t.min_lr > t.lr:

@@ -10,12 +10,25 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from longdraft.train.grad_buckets import BucketedGradientSum
+
 
 class SumReducer:
     """Sums tensors over ``group``; a ``None`` group is the single-device no-op."""
 
     def __init__(self, group=None):
         self.group = group
+        self._bucketed: dict[tuple[int, ...], BucketedGradientSum] = {}
+
+    def bucketed(self, params: list[torch.Tensor], bucket_mb: float) -> BucketedGradientSum | None:
+        """The overlapped gradient sum of ``params`` (made once, its hooks stay registered); ``None``
+        on one device or with ``bucket_mb`` 0 (then ``sum_gradients_`` after the backward)."""
+        if self.group is None or bucket_mb <= 0:
+            return None
+        key = tuple(id(p) for p in params)
+        if key not in self._bucketed:
+            self._bucketed[key] = BucketedGradientSum(params, self.group, int(bucket_mb * 2**20))
+        return self._bucketed[key]
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.group is not None:

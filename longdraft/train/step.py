@@ -24,12 +24,13 @@ class StepSettings:
     activation_checkpointing: bool = False
     max_grad_norm: float = 0.5
     precision: str = "fp32"
+    grad_bucket_mb: float = 25.0
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> "StepSettings":
         t = cfg.training
         return cls(t.ttt_length, t.loss_chunk_size, t.activation_checkpointing, t.max_grad_norm,
-                   resolve_precision(t.precision, device))
+                   resolve_precision(t.precision, device), t.grad_bucket_mb)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -120,23 +121,29 @@ def train_step(
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     chains = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buckets = reducer.bucketed(params, settings.grad_bucket_mb)
     optimizer.zero_grad(set_to_none=True)
     timer = _Timer(device)
-    for batch, valid in zip(batches, masks):
+    for i, (batch, valid) in enumerate(zip(batches, masks)):
         with autocast_for(settings.precision, device):
             result = ttt_unroll(
                 model, batch, valid, normalisers, draft_rows, backend,
                 settings.loss_chunk_size, settings.activation_checkpointing,
             )
         timer.lap("forward_s")
+        if buckets is not None and i == len(batches) - 1:
+            buckets.arm()  # the last backward starts each bucket's sum as soon as it is complete
         result.loss.backward()
         timer.lap("backward_s")
         sums += result.loss_sums
         correct += result.correct
         chains += result.chains
-    params = [p for p in model.parameters() if p.requires_grad]
-    reducer.sum_gradients_(params)
-    timer.lap("grad_sum_s")
+    if buckets is not None:
+        buckets.finish()
+    else:
+        reducer.sum_gradients_(params)
+    timer.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = optimizer.param_groups[0]["lr"]

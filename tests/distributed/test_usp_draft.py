@@ -2,7 +2,8 @@
 
 Each rank holds only its shard (built by the shard contract, as a trainer rank would); losses and
 every parameter gradient, summed over ranks, must match the single-device reference run of the
-full sequence within 1e-5, with and without activation checkpointing of the TTT steps.
+full sequence within 1e-5, with and without activation checkpointing of the TTT steps, and with the
+gradients summed in buckets during the backward.
 """
 
 import pytest
@@ -27,15 +28,23 @@ CASES = {  # world -> (U, R, layout, L)
 }
 
 
-def _unroll(model, head, batch, backend, reducer, checkpointing):
+def _unroll(model, head, batch, backend, reducer, checkpointing, bucketed=False):
     valid = step_valid_masks(batch, target_ok(batch, head, model.t2d, 4), K)
     counts = reducer.sum_(torch.stack([v.sum() for v in valid]))
     model.zero_grad(set_to_none=True)
     result = ttt_unroll(model, batch, valid, counts.clamp(min=1).float(), head[model.draft_to_target], backend,
                         loss_chunk_size=4, activation_checkpointing=checkpointing)
+    # Bucketed: 1 KiB buckets, so the gradient all-reduces run during the backward's own collectives.
+    buckets = reducer.bucketed(list(model.parameters()), 1 / 1024) if bucketed else None
+    if buckets is not None:
+        buckets.arm()
     result.loss.backward()
     loss = reducer.sum_(result.loss.detach().clone())
-    reducer.sum_gradients_(list(model.parameters()))
+    if buckets is not None:
+        buckets.finish()
+        buckets.close()
+    else:
+        reducer.sum_gradients_(list(model.parameters()))
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -58,11 +67,11 @@ def _worker(rank, world):
         ref_loss, ref_grads = _unroll(model, head, batch_of([sample], K), make_attention_backend("reference"), SumReducer(None), False)
         for ring_mode in ("ring", "gather"):
             backend = USPAttentionBackend(mesh, 4, 2, layout_name, ring_mode=ring_mode)
-            for checkpointing in (False, True):
+            for checkpointing, bucketed in ((False, False), (True, False), (False, True)):
                 loss, grads = _unroll(model, head, _shard(sample, layout, rank), backend, SumReducer(dist.group.WORLD),
-                                      checkpointing)
+                                      checkpointing, bucketed)
                 worst = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
-                out.append({"case": (u, r, layout_name, length, ring_mode, checkpointing), "loss": (loss, ref_loss),
+                out.append({"case": (u, r, layout_name, length, ring_mode, checkpointing, bucketed), "loss": (loss, ref_loss),
                             "grad_err": worst})
     return out
 
