@@ -54,6 +54,7 @@ def run_training(cfg: Config) -> TrainResult:
 def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.engines.factory import build_engine
+    from longdraft.phase_times import PhaseTimes
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
     from longdraft.train.reduction import SumReducer
@@ -69,8 +70,9 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     engine = build_engine(cfg, device)
     parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
     source = LocalSource(cfg, stream, held_out, engine, device)
-    loop = train_loop(cfg, parts, source, make_attention_backend(cfg.attention_backend), SumReducer(None),
-                      checkpoint=checkpoint)
+    times = PhaseTimes(enabled=device.type != "cuda")  # timing would synchronise a GPU
+    loop = train_loop(cfg, parts, source, make_attention_backend(cfg.attention_backend, times=times), SumReducer(None),
+                      checkpoint=checkpoint, phase_times=times)
     reports = [r for r in (stream.report, held_out_report) if r is not None]
     for report in reports:
         print(report.summary())

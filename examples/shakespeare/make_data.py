@@ -60,9 +60,9 @@ def build(out: Path, seed: int, train_text_rows: int, train_chat_rows: int) -> d
     return counts
 
 
-def write_long_passages(path: Path, seed: int, min_chars: int = 7000, max_chars: int = 9000) -> int:
-    """Training passages of the training plays long enough to fill 2048-token sequences
-    (``draft_long.yaml``); generated, not shipped (about 5 MB)."""
+def write_long_passages(path: Path, seed: int, min_chars: int, max_chars: int) -> int:
+    """Training passages of the training plays long enough to fill long sequences (16000-20000
+    characters fill 4096 tokens: ``draft_long.yaml``); generated, not shipped (about 5 MB)."""
     rows = [{"text": p} for stem in plays.TRAIN_PLAYS
             for p in plays.passages(plays.read_play(stem), min_chars=min_chars, max_chars=max_chars)]
     random.Random(seed).shuffle(rows)
@@ -76,13 +76,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
     parser.add_argument("--long-passages", type=Path, default=None,
-                        help="only write the long training passages (7000-9000 characters) to this file")
+                        help="only write the long training passages (--long-chars) to this file")
+    parser.add_argument("--long-chars", type=int, nargs=2, default=[16000, 20000], metavar=("MIN", "MAX"),
+                        help="characters per long passage (16000-20000: 4096 tokens and more)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-text-rows", type=int, default=2400)
     parser.add_argument("--train-chat-rows", type=int, default=3000)
     args = parser.parse_args()
     if args.long_passages is not None:
-        write_long_passages(args.long_passages, args.seed)
+        write_long_passages(args.long_passages, args.seed, *args.long_chars)
         return
     print(f"held-out plays: {', '.join(plays.HELDOUT_PLAYS)}")
     build(args.out, args.seed, args.train_text_rows, args.train_chat_rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from longdraft.attention.comm_stats import CommStats
+from longdraft.phase_times import PhaseTimes
 from longdraft.attention.heads import repeat_kv
 from longdraft.attention.ring import RingComm, ring_attention_backward, ring_attention_forward
 from longdraft.attention.ring_gather import GatheredCausal, gather_ring
@@ -54,7 +55,7 @@ class USPAttentionBackend:
     ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
     must match how the local tensors were sharded. ``ring_mode``: ``ring`` rotates the step-0 K/V
     around the ring at every TTT step; ``gather`` gathers them once per layer (``ring_gather.py``). ``stats`` (optional) collects the time spent
-    waiting on communication.
+    waiting on communication; ``times`` (optional) the attention time (ring waits included).
     """
 
     def __init__(
@@ -66,11 +67,12 @@ class USPAttentionBackend:
         scale: float | None = None,
         stats: CommStats | None = None,
         ring_mode: str = "ring",
+        times: PhaseTimes | None = None,
     ):
         validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
         if layout not in LAYOUTS:
             raise ValueError(f"USP sequence layout {layout!r} is not one of {LAYOUTS}")
-        self.mesh, self.layout, self.scale, self.stats = mesh, layout, scale, stats
+        self.mesh, self.layout, self.scale, self.stats, self.times = mesh, layout, scale, stats, times
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.kv_repeat = kv_replication_factor(num_heads, num_kv_heads, mesh.ulysses_size)
         self.ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
@@ -114,10 +116,11 @@ class USPAttentionBackend:
                     f"(prepared like q {tuple(q.shape)})"
                 )
         if not self.gather:
-            return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats))
+            return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats),
+                                      self.times)
         k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
         return ttt_step_attention(q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale,
-                                  GatheredCausal(self.ring, self.layout))
+                                  GatheredCausal(self.ring, self.layout), self.times)
 
     def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
         """Gathered at step 0 of every unroll, reused by its later steps (which pass the same step-0

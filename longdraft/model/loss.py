@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from longdraft.phase_times import PhaseTimes, phase
+
 
 def _chunks(target_rows: list[torch.Tensor], chunk_size: int):
     """The target rows used by any step, sorted (``used``), and per chunk of them, per step, the slice
@@ -38,7 +40,13 @@ def _target_probs(target_hidden, target_weight32, rows):
 
 class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, target_hidden, target_weight, chunk_size, n_steps, *xs_and_rows):
+    def forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
+        with phase(times, "loss_s", weight.device):
+            return _StepsSoftCrossEntropy._forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps,
+                                                   *xs_and_rows)
+
+    @staticmethod
+    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
         xs, target_rows = xs_and_rows[:n_steps], xs_and_rows[n_steps:]
         used, where, plan = _chunks(list(target_rows), chunk_size)
         weight32, target_weight32 = weight.float(), target_weight.float()
@@ -56,12 +64,17 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     totals[k] += (torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)).sum()
                     agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
         ctx.save_for_backward(weight, target_hidden, target_weight, *xs, *target_rows)
-        ctx.n_steps, ctx.chunk_size = n_steps, chunk_size
+        ctx.n_steps, ctx.chunk_size, ctx.times = n_steps, chunk_size, times
         ctx.mark_non_differentiable(*agrees)
         return (totals, *agrees)
 
     @staticmethod
     def backward(ctx, grad_totals, *_grad_agrees):
+        with phase(ctx.times, "loss_s", grad_totals.device):
+            return _StepsSoftCrossEntropy._backward(ctx, grad_totals)
+
+    @staticmethod
+    def _backward(ctx, grad_totals):
         weight, target_hidden, target_weight, *rest = ctx.saved_tensors
         xs, target_rows = rest[: ctx.n_steps], rest[ctx.n_steps :]
         used, where, plan = _chunks(list(target_rows), ctx.chunk_size)
@@ -80,7 +93,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     grad_xs[k][lo:hi] = dlogits @ weight32
                     grad_w += dlogits.t() @ x
         grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
-        return (grad_w.to(weight.dtype), None, None, None, None, *grads_x, *(None for _ in target_rows))
+        return (grad_w.to(weight.dtype), None, None, None, None, None, *grads_x, *(None for _ in target_rows))
 
 
 def soft_cross_entropy_steps(
@@ -90,6 +103,7 @@ def soft_cross_entropy_steps(
     target_hidden: torch.Tensor,
     target_weight: torch.Tensor,
     chunk_size: int = 1024,
+    times: PhaseTimes | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per step ``k``: ``Σ_i H(softmax(target_hidden[target_rows[k][i]] @ target_weight.T), softmax(xs[k][i] @ weight.T))``.
 
@@ -97,13 +111,15 @@ def soft_cross_entropy_steps(
     rows, ascending, ``[N_k]`` int64 into target_hidden ``[M, Ht]``; weight: draft ``lm_head``
     ``[Vd, H]``; target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
     Returns ``(sums, agrees)``: ``[K]`` fp32 with gradients for every ``xs[k]`` and ``weight``, and per
-    step ``[N_k]`` bool, whether the draft argmax equals the target argmax.
+    step ``[N_k]`` bool, whether the draft argmax equals the target argmax. ``times`` (optional) adds
+    the forward and backward time as ``loss_s``.
     """
     if chunk_size < 1:
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
     if len(xs) != len(target_rows):
         raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
-    sums, *agrees = _StepsSoftCrossEntropy.apply(weight, target_hidden, target_weight, chunk_size, len(xs), *xs, *target_rows)
+    sums, *agrees = _StepsSoftCrossEntropy.apply(weight, target_hidden, target_weight, chunk_size, times, len(xs),
+                                                 *xs, *target_rows)
     return sums, agrees
 
 

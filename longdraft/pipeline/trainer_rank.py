@@ -19,6 +19,7 @@ import torch.distributed as dist
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
 from longdraft.attention.comm_stats import CommStats
+from longdraft.phase_times import PhaseTimes
 from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
@@ -79,9 +80,10 @@ class TrainerRank:
         self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device,
                                                                     resolve_precision(t.precision, self.device))
         self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
+        self.phase_times = PhaseTimes(enabled=self.device.type != "cuda")  # timing would synchronise a GPU
         self.backend = make_attention_backend(self.cfg.attention_backend, mesh=self.mesh, num_heads=heads,
                                               num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode,
-                                              stats=self.comm_stats)
+                                              stats=self.comm_stats, times=self.phase_times)
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
         self.source = ShardSource(self.cfg, self.rank, self.sp_rank, self.queue, self.controller, self.store,
@@ -91,8 +93,9 @@ class TrainerRank:
         result: LoopResult = train_loop(self.cfg, self.parts, self.source, self.backend, self.reducer, rank=self.rank,
                                         sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False,
                                         on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
-                                        comm_stats=self.comm_stats)
+                                        comm_stats=self.comm_stats, phase_times=self.phase_times)
         self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
+        self.report["time_s_per_step"] = result.rank_time_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()
         ranks_dir = Path(self.cfg.output.dir) / "ranks"

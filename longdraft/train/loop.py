@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from longdraft.attention.comm_stats import CommStats
+from longdraft.phase_times import PhaseTimes
 from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, BatchSource
@@ -38,6 +39,7 @@ class LoopResult:
     data_wait_s: float
     step_s: float
     rank_peak_mem_bytes: list[int]  # this rank's own peak of every step (the history holds the max over ranks)
+    rank_time_s: list[dict]  # this rank's own phase times of every step (the history holds rank 0's)
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -46,9 +48,11 @@ def _due(step: int, every: int, last: int) -> bool:
 
 def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: AttentionBackend, reducer: SumReducer,
                *, rank: int = 0, sp_size: int = 1, checkpoint: Path | None = None, progress_bar: bool = True,
-               on_step: Callable[[int], None] | None = None, comm_stats: CommStats | None = None) -> LoopResult:
+               on_step: Callable[[int], None] | None = None, comm_stats: CommStats | None = None,
+               phase_times: PhaseTimes | None = None) -> LoopResult:
     """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
-    ``comm_stats`` (the attention backend's) adds each step's communication bytes and waits."""
+    ``comm_stats`` and ``phase_times`` (the attention backend's) add each step's communication bytes
+    and waits, and its attention and loss time."""
     t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
     device = parts.target_head.device
     settings = StepSettings.from_config(cfg, device)
@@ -63,7 +67,7 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
     log = MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard) if is_root else None
     eval_batches = source.eval_batches()  # before the first step: the same on every rank
     started = time.perf_counter() - elapsed_before
-    history, last_eval, data_wait_s, busy_s, own_peaks = [], None, 0.0, 0.0, []
+    history, last_eval, data_wait_s, busy_s, own_peaks, own_times = [], None, 0.0, 0.0, [], []
     steps = range(start_step, t.num_steps)
     bar = tqdm(steps, initial=start_step, total=t.num_steps, desc="train", unit="step") if is_root and progress_bar else None
     try:
@@ -75,8 +79,11 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
                 torch.cuda.reset_peak_memory_stats(device)
             if comm_stats is not None:
                 comm_stats.reset()
+            if phase_times is not None:
+                phase_times.reset()
             metrics = train_step(parts.model, data.batches, backend, parts.target_head, parts.optimizer,
-                                 parts.scheduler, settings, reducer)
+                                 parts.scheduler, settings, reducer, phase_times)
+            own_times.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
             step_s = time.perf_counter() - step_start
             busy_s += step_s
             mem, mem_kind = peak_memory(device)
@@ -120,4 +127,4 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
         if log is not None:
             log.close()
     final_dir = export_draft(parts.model, out / "final", trained_length=t.max_seq_length) if is_root else None
-    return LoopResult(history, last_eval, skipped, final_dir, data_wait_s, busy_s, own_peaks)
+    return LoopResult(history, last_eval, skipped, final_dir, data_wait_s, busy_s, own_peaks, own_times)

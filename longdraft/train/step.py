@@ -13,6 +13,7 @@ from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
+from longdraft.phase_times import PhaseTimes
 from longdraft.sharding.batch import ShardBatch
 from longdraft.train.reduction import SumReducer
 
@@ -108,8 +109,11 @@ def train_step(
     scheduler,
     settings: StepSettings,
     reducer: SumReducer,
+    times: PhaseTimes | None = None,
 ) -> dict:
-    """Forward/backward every micro-batch, sum gradients over ranks, clip, step. Returns metrics."""
+    """Forward/backward every micro-batch, sum gradients over ranks, clip, step. Returns metrics;
+    ``time_s`` holds the phases (forward, backward, the gradient sum's exposed wait, optimizer) and,
+    with ``times`` (the attention backend's), ``attention_s`` and ``loss_s`` inside them."""
     device = target_lm_head.device
     masks = _valid_masks(model, batches, target_lm_head, settings)
     counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
@@ -129,7 +133,7 @@ def train_step(
         with autocast_for(settings.precision, device):
             result = ttt_unroll(
                 model, batch, valid, normalisers, draft_rows, backend,
-                settings.loss_chunk_size, settings.activation_checkpointing,
+                settings.loss_chunk_size, settings.activation_checkpointing, times,
             )
         timer.lap("forward_s")
         if buckets is not None and i == len(batches) - 1:
@@ -156,7 +160,10 @@ def train_step(
     reducer.sum_(correct)
     reducer.sum_(chains)
     metrics = step_metrics(sums, correct, counts, chains)
-    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps)
+    if times is not None:
+        timer.laps.update(times.seconds)
+    grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
+    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps, grad_sum_bytes=grad_bytes)
     return metrics
 
 

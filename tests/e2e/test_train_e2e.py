@@ -46,6 +46,10 @@ def test_train_resume_export(workdir):
     records = read_metrics(full)
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(REQUIRED_FIELDS <= set(r) for r in records)
+    for r in records:  # the step's time breakdown: attention and loss are parts of forward + backward
+        t = r["time_s"]
+        assert t["attention_s"] > 0 and t["loss_s"] > 0, t
+        assert t["attention_s"] + t["loss_s"] <= t["forward_s"] + t["backward_s"], t
     assert records[-1]["loss"] < records[0]["loss"]
     assert "eval_acc_k" in records[2] and "eval_sim_acc_len" in records[-1]
 
