@@ -61,6 +61,8 @@ def _bench(args) -> int:
         from longdraft.bench.stream import main as bench_main
     elif args.what == "producer":
         from longdraft.bench.producer import main as bench_main
+    elif args.what == "step":
+        from longdraft.bench.step import main as bench_main
     else:
         from longdraft.bench.memory import main as bench_main
     return bench_main(args.rest) or 0
@@ -100,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="speculative decoding with target + draft: acceptance length", add_help=False)
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, memory, stream, producer")
-    bench.add_argument("what", choices=["attention", "memory", "stream", "producer"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, step, memory, stream, producer")
+    bench.add_argument("what", choices=["attention", "step", "memory", "stream", "producer"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

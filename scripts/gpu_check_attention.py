@@ -2,7 +2,7 @@
 
 On one CUDA device:
 1. ``block``: the block kernels (``block_attention_forward/backward``; bf16 -> flash kernel,
-   fp32 -> math path) on one causal block, against fp32 autograd math.
+   fp32 -> memory-efficient kernel, checked against math at first use) on one causal block, against fp32 autograd math.
 2. ``ttt_fast``: ``ttt_attention_fast`` against ``ttt_attention_reference`` over TTT steps,
    outputs and all gradients.
 3. ``ring_emulated``: the USP ring computation with R virtual ring ranks on the one device

@@ -110,6 +110,10 @@ def extend(args: argparse.Namespace) -> None:
     model.generation_config = LlamaForCausalLM.from_pretrained(args.base).generation_config
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    for key in ("is_local", "local_files_only"):  # how this run loaded the base, not part of the tokenizer
+        tok_config.pop(key, None)
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

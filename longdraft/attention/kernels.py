@@ -11,18 +11,75 @@ Shapes: q/out ``[B, Hq, Tq, D]``, k/v ``[B, Hkv, Tk, D]`` (GQA: Hq a multiple of
 ``[B, Hq, Tq]`` in fp32. ``causal`` is top-left aligned and only used with ``Tq == Tk``.
 
 Kernels: on CPU ``aten._scaled_dot_product_flash_attention_for_cpu`` (+ backward); on CUDA in
-bf16/fp16 the flash kernel; elsewhere (CUDA fp32) an exact math path with fp32 scores.
+bf16/fp16 the flash kernel; on CUDA in fp32 the memory-efficient kernel (it returns the
+log-sum-exp too), never the T x T math path, which stays as the fallback and the check.
+
+The efficient kernel's log-sum-exp is padded to a multiple of 32 rows (an ATen detail that may
+change), so the first fp32 call on each device compares it with the math path on a small block and
+falls back to math, with a warning naming the deviation, if they differ.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 
 from longdraft.attention.heads import repeat_kv, sum_kv_groups
+
+_LSE_ALIGN = 32
+_efficient_ok: dict[torch.device, bool] = {}  # per device: the efficient kernel passed its check
 
 
 def _use_cuda_flash(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def _efficient_forward(q, k, v, causal, scale):
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
+    return out, lse[..., : q.shape[2]].float()
+
+
+def _efficient_backward(dout, q, k, v, out, lse, causal, scale):
+    t = q.shape[2]
+    padded = F.pad(lse.float(), (0, -(-t // _LSE_ALIGN) * _LSE_ALIGN - t)).contiguous()
+    unused = torch.zeros((), dtype=torch.int64, device=q.device)  # philox seed/offset: no dropout
+    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        dout, q, k, v, None, out, padded, unused, unused, 0.0, [True, True, True, False], causal, scale=scale
+    )
+    return dq, dk, dv
+
+
+def _use_cuda_efficient(q: torch.Tensor) -> bool:
+    if not (q.is_cuda and q.dtype == torch.float32):
+        return False
+    if q.device not in _efficient_ok:
+        _efficient_ok[q.device] = _efficient_matches_math(q.device, q.shape[-1])
+    return _efficient_ok[q.device]
+
+
+def _efficient_matches_math(device: torch.device, head_dim: int) -> bool:
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 2, 45, head_dim, device=device, generator=gen) for _ in range(4))
+    scale = head_dim**-0.5
+    worst = 0.0
+    try:
+        for causal in (True, False):
+            out, lse = _efficient_forward(q, k, v, causal, scale)
+            ref_out, ref_lse = _math_forward(q, k, v, causal, scale)
+            grads = _efficient_backward(dout, q, k, v, ref_out, ref_lse, causal, scale)
+            ref_grads = _math_backward(dout, q, k, v, ref_out, ref_lse, causal, scale)
+            for a, b in zip((out, lse, *grads), (ref_out, ref_lse, *ref_grads)):
+                worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp(min=1)))
+    except RuntimeError as err:
+        warnings.warn(f"CUDA fp32 attention: the memory-efficient kernel failed ({err}); using the math path")
+        return False
+    if worst > 1e-4:
+        warnings.warn(f"CUDA fp32 attention: the memory-efficient kernel differs from the math path by {worst:.2e} "
+                      "(relative); using the math path")
+        return False
+    return True
 
 
 def _math_forward(q, k, v, causal, scale):
@@ -65,6 +122,8 @@ def block_attention_forward(
     if _use_cuda_flash(q):
         result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
         return result[0], result[1].float()
+    if _use_cuda_efficient(q):
+        return _efficient_forward(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale)
     return _math_forward(q, k, v, causal, scale)
 
 
@@ -94,6 +153,8 @@ def block_attention_backward(
             dout, q, k, v, out, lse.contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, seed, seed,
             scale=scale,
         )
+    elif _use_cuda_efficient(q):
+        dq, dk, dv = _efficient_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), out, lse, causal, scale)
     else:
         dq, dk, dv = _math_backward(dout, q, k, v, out, lse, causal, scale)
     return dq, sum_kv_groups(dk, n_kv), sum_kv_groups(dv, n_kv)

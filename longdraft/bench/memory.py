@@ -81,40 +81,17 @@ class PeakMeter:
 
 
 def _model(cfg: MemoryBenchConfig, device):
-    from transformers import LlamaConfig
+    from longdraft.bench.draft_inputs import bench_draft
 
-    from longdraft.model.draft import Eagle3Draft
-    from longdraft.model.draft_config import draft_config_from_target
-
-    target = LlamaConfig(hidden_size=cfg.hidden, intermediate_size=cfg.intermediate, num_attention_heads=cfg.heads,
-                         num_key_value_heads=cfg.kv_heads, num_hidden_layers=8, vocab_size=cfg.target_vocab,
-                         max_position_embeddings=cfg.max_len * 2)
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = Eagle3Draft(draft_config_from_target(target, cfg.draft_vocab), torch.randn(cfg.target_vocab, cfg.hidden) * 0.02)
-    t2d = torch.zeros(cfg.target_vocab, dtype=torch.bool)
-    t2d[: cfg.draft_vocab] = True
-    model.set_vocab_mapping(torch.zeros(cfg.draft_vocab, dtype=torch.int64), t2d)
-    head = torch.randn(cfg.target_vocab, cfg.hidden) * 0.02
-    return model.to(device), head.to(device, dtype)
+    return bench_draft(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.draft_vocab, cfg.target_vocab,
+                       cfg.max_len * 2, device)
 
 
 def _shard(cfg: MemoryBenchConfig, length: int, sp: int, sp_rank: int, device, dtype):
-    from longdraft.sharding.batch import ShardBatch
+    from longdraft.bench.draft_inputs import bench_shard
     from longdraft.sharding.layout import ShardLayout
 
-    layout = ShardLayout(length, sp, 1, cfg.ttt_length)
-    n = layout.local_length
-    gen = torch.Generator().manual_seed(sp_rank)
-    real = layout.valid_mask(sp_rank)
-    return ShardBatch(
-        input_ids=torch.randint(0, cfg.target_vocab, (1, 1, n), generator=gen).to(device),
-        aux_hidden=torch.randn(1, 1, n, 3 * cfg.hidden, generator=gen).to(device, dtype),
-        last_hidden=torch.randn(1, 1, n, cfg.hidden, generator=gen).to(device, dtype),
-        loss_mask=real.view(1, 1, n).clone().to(device),
-        is_real=real.view(1, 1, n).to(device),
-        positions=layout.query_positions(sp_rank).to(device),
-    )
+    return bench_shard(ShardLayout(length, sp, 1, cfg.ttt_length), sp_rank, cfg.hidden, cfg.target_vocab, device, dtype)
 
 
 def _step_peak(cfg, model, head, backend, length, sp, sp_rank, device) -> tuple[int, bool]:

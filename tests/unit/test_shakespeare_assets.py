@@ -61,6 +61,36 @@ def test_training_summary_reports_a_real_language_model():
     assert summary["heldout_perplexity"] < 0.5 * summary["heldout_unigram_perplexity"]
 
 
+def test_long_target_extends_the_target_and_predicts_late_positions():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    long_dir = EXAMPLE / "target_long"
+    assert sum(p.stat().st_size for p in long_dir.iterdir()) <= 20 * 2**20
+    assert (long_dir / "tokenizer.json").read_bytes() == (TARGET / "tokenizer.json").read_bytes()
+    summary = json.loads((long_dir / "training_summary.json").read_text())
+    after = summary["heldout_after"]
+    assert summary["seq_len"] >= 4096 and after["nll_4096_windows"] <= after["nll_256_windows"], after
+    base = AutoModelForCausalLM.from_pretrained(TARGET, local_files_only=True).eval()
+    extended = AutoModelForCausalLM.from_pretrained(long_dir, local_files_only=True).eval()
+    assert extended.config.max_position_embeddings >= 4096
+    assert extended.config.rope_parameters["rope_theta"] > base.config.rope_parameters["rope_theta"]
+    # One held-out 4096-token window: past 3840 tokens of context the extended target predicts far
+    # better than the 256-token target it started from (it learned to use long context).
+    rows = read_jsonl(DATA / "heldout_plays.jsonl")
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(long_dir, local_files_only=True)(rows[0]["text"])["input_ids"][:4097]
+    window = torch.tensor([ids])
+
+    def late_nll(model):
+        with torch.no_grad():
+            logits = model(input_ids=window[:, :-1]).logits[0, 3840:]
+        return torch.nn.functional.cross_entropy(logits, window[0, 3841:]).item()
+
+    assert late_nll(extended) < late_nll(base) - 0.3
+
+
 def test_tokenizer_has_special_tokens_and_a_chat_template(tokenizer):
     assert tokenizer.bos_token and tokenizer.eos_token and tokenizer.pad_token
     assert len({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}) == 3
