@@ -24,10 +24,8 @@ class PhaseTimes:
 
 
 @contextmanager
-def phase(times: PhaseTimes | None, kind: str, device: torch.device) -> Iterator[None]:
-    if times is None or not times.enabled:
-        yield
-        return
+def timed_into(seconds: dict[str, float], kind: str, device: torch.device) -> Iterator[None]:
+    """Adds the wall time of the block to ``seconds[kind]`` (on CUDA: the device's, by synchronising)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -36,4 +34,13 @@ def phase(times: PhaseTimes | None, kind: str, device: torch.device) -> Iterator
     finally:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.seconds[kind] += time.perf_counter() - start
+        seconds[kind] += time.perf_counter() - start
+
+
+@contextmanager
+def phase(times: PhaseTimes | None, kind: str, device: torch.device) -> Iterator[None]:
+    if times is None or not times.enabled:
+        yield
+        return
+    with timed_into(times.seconds, kind, device):
+        yield

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 import plays
-from make_target import heldout_windows, lr_at, mean_nll, training_stream
+from make_target import heldout_windows, mean_nll, train_on_windows, training_stream
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,28 +71,8 @@ def extend(args: argparse.Namespace) -> None:
     tokenizer.model_max_length = args.max_positions
     stream = training_stream(tokenizer)
     print(f"train stream {len(stream)} tokens; {args.steps} steps of {args.batch_size} x {args.seq_len} tokens")
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
-         {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-    warmup = max(1, args.steps // 10)
-    losses: list[float] = []
-    bar = tqdm(range(args.steps), desc="extend", mininterval=5.0)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
-        offsets = torch.randint(0, len(stream) - args.seq_len - 1, (args.batch_size,), generator=gen)
-        batch = torch.stack([stream[o : o + args.seq_len + 1] for o in offsets.tolist()])
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", refresh=False)
+    losses, _ = train_on_windows(model, stream, args.steps, args.batch_size, args.seq_len, args.lr,
+                                 max(1, args.steps // 10), args.seed)
     after = held_out_losses(model, tokenizer, args.seq_len, args.eval_windows)
     summary = {
         "base": str(args.base), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,

@@ -133,6 +133,37 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def train_on_windows(model, stream: torch.Tensor, steps: int, batch_size: int, seq_len: int, peak_lr: float,
+                     warmup: int, seed: int, deadline: float | None = None) -> tuple[list[float], bool]:
+    """AdamW (weight decay 0.1 on matrices) with warmup + cosine on random ``seq_len`` windows of ``stream``.
+    Returns the per-step losses and whether ``deadline`` (a ``time.time()``) stopped it early."""
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+         {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+        lr=peak_lr, betas=(0.9, 0.95),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="train", mininterval=5.0)
+    for step in bar:
+        if deadline is not None and time.time() > deadline:
+            print(f"WARNING: the time guard was reached at step {step}/{steps}; stopping early")
+            return losses, True
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, peak_lr, warmup)
+        offsets = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=gen)
+        batch = torch.stack([stream[o : o + seq_len + 1] for o in offsets.tolist()])
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
+    return losses, False
+
+
 def train(args: argparse.Namespace) -> None:
     start = time.time()
     torch.set_num_threads(args.threads)
@@ -148,35 +179,8 @@ def train(args: argparse.Namespace) -> None:
     model = make_model(vocab_size, tokenizer, args.hidden, args.layers)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters")
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-    warmup = max(1, args.steps // 20)
-    budget_s = args.max_minutes * 60.0
-    losses: list[float] = []
-    stopped_early = False
-    bar = tqdm(range(args.steps), desc="train", mininterval=5.0)
-    for step in bar:
-        if time.time() - start > budget_s:
-            stopped_early = True
-            print(f"WARNING: --max-minutes {args.max_minutes} reached at step {step}/{args.steps}; stopping early")
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup)
-        offsets = torch.randint(0, len(stream) - args.seq_len - 1, (args.batch_size,), generator=gen)
-        batch = torch.stack([stream[o : o + args.seq_len + 1] for o in offsets.tolist()])
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
+    losses, stopped_early = train_on_windows(model, stream, args.steps, args.batch_size, args.seq_len, args.lr,
+                                             max(1, args.steps // 20), args.seed, deadline=start + args.max_minutes * 60.0)
     steps_done = len(losses)
 
     nll = mean_nll(model, heldout, args.batch_size)

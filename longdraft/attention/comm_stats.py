@@ -8,12 +8,13 @@ synchronises the device, so only enable it when measuring.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from longdraft.phase_times import timed_into
 
 
 class CommStats:
@@ -30,17 +31,8 @@ class CommStats:
     def add_bytes(self, kind: str, nbytes: int) -> None:
         self.bytes[kind] += int(nbytes)
 
-    @contextmanager
-    def timed(self, kind: str, device: torch.device) -> Iterator[None]:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.add(kind, time.perf_counter() - start)
+    def timed(self, kind: str, device: torch.device):
+        return timed_into(self.seconds, kind, device)
 
     def reset(self) -> None:
         self.seconds.clear()
