@@ -45,7 +45,6 @@ class BucketedGradientSum:
         self._armed = False
         self._next = 0  # first bucket not yet started
         self.started_in_backward = 0
-        self.bytes_per_step = sum(p.numel() * 4 for p in params)
 
     def arm(self) -> None:
         self._armed = True
