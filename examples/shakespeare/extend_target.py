@@ -41,6 +41,14 @@ def nll_by_position(model: LlamaForCausalLM, windows: torch.Tensor, bands: list[
     return {f"{a}-{b}": float(t / len(windows)) for a, b, t in zip(bands[:-1], bands[1:], totals)}
 
 
+def _shown(path: Path) -> str:
+    """The path relative to the repository when it lies inside it (the summary is shipped)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def held_out_losses(model: LlamaForCausalLM, tokenizer, seq_len: int, max_windows: int) -> dict:
     short = heldout_windows(tokenizer, 256, max_windows * seq_len // 256)
     long = heldout_windows(tokenizer, seq_len, max_windows)
@@ -75,7 +83,7 @@ def extend(args: argparse.Namespace) -> None:
                                  max(1, args.steps // 10), args.seed)
     after = held_out_losses(model, tokenizer, args.seq_len, args.eval_windows)
     summary = {
-        "base": str(args.base), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
+        "base": _shown(args.base), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "rope_theta": args.rope_theta, "max_position_embeddings": args.max_positions,
         "peak_lr": args.lr, "threads": args.threads, "tokens_seen": args.steps * args.batch_size * args.seq_len,
         "train_loss_last10": sum(losses[-10:]) / max(1, len(losses[-10:])),
