@@ -20,7 +20,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,6 +28,7 @@ import torch.distributed as dist
 
 from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.factory import make_attention_backend
+from longdraft.bench.rounds import best_of_rounds, select_layouts
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh, validate_usp_sizes
 from longdraft.sharding.layout import ShardLayout
@@ -220,27 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         head_dim=args.head_dim, ttt=args.ttt, dtype=args.dtype, device=args.device,
         iters=args.iters, warmup=args.warmup, threads=args.threads,
     )
-    specs = layouts_for(cfg)
-    if args.layouts:
-        wanted = {name.strip() for name in args.layouts.split(",")}
-        unknown = wanted - {s.name for s in specs}
-        if unknown:
-            raise SystemExit(f"--layouts: unknown {sorted(unknown)}; available {[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in wanted or s.name == "dp"]
-    runs: dict[str, list[dict]] = {spec.name: [] for spec in specs}
-    for _ in range(args.rounds):
-        for spec in specs:
-            runs[spec.name].append(run_layout(cfg, spec, args.timeout))
-            if not args.json:
-                print(f"  ran {spec.name}: {runs[spec.name][-1]['step_s']:.3f} s/step", file=sys.stderr)
-    rows = []
-    for spec in specs:
-        best = dict(min(runs[spec.name], key=lambda r: r["step_s"]))
-        best["step_s_rounds"] = [round(r["step_s"], 4) for r in runs[spec.name]]
-        rows.append(best)
-    base = rows[0]["step_s"]
-    for row in rows:
-        row["ratio_to_dp"] = row["step_s"] / base
+    specs = select_layouts(layouts_for(cfg), args.layouts)
+    rows = best_of_rounds(specs, args.rounds, lambda spec: run_layout(cfg, spec, args.timeout), args.json)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from longdraft.bench.attention import LayoutSpec
+from longdraft.bench.rounds import best_of_rounds, select_layouts
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import validate_usp_sizes
 
@@ -144,26 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fields = {k: getattr(args, k) for k in asdict(StepBenchConfig())}
     cfg = StepBenchConfig(**fields)
-    specs = step_layouts(cfg.ranks, cfg.heads)
-    if args.layouts:
-        wanted = {name.strip() for name in args.layouts.split(",")}
-        unknown = wanted - {s.name for s in specs}
-        if unknown:
-            raise SystemExit(f"--layouts: unknown {sorted(unknown)}; available {[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in wanted or s.name == "dp"]
-    runs: dict[str, list[dict]] = {spec.name: [] for spec in specs}
-    for _ in range(args.rounds):  # interleaved: other load on a shared machine only ever adds time
-        for spec in specs:
-            runs[spec.name].append(run_step_layout(cfg, spec, args.timeout))
-            if not args.json:
-                print(f"  ran {spec.name}: {runs[spec.name][-1]['step_s']:.3f} s/step", file=sys.stderr)
-    rows = []
-    for spec in specs:
-        best = dict(min(runs[spec.name], key=lambda r: r["step_s"]))
-        best["step_s_rounds"] = [round(r["step_s"], 4) for r in runs[spec.name]]
-        rows.append(best)
-    for row in rows:
-        row["ratio_to_dp"] = row["step_s"] / rows[0]["step_s"]
+    specs = select_layouts(step_layouts(cfg.ranks, cfg.heads), args.layouts)
+    rows = best_of_rounds(specs, args.rounds, lambda spec: run_step_layout(cfg, spec, args.timeout), args.json)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
