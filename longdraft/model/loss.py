@@ -63,8 +63,8 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     p = probs[where[k][lo:hi] - start]
                     totals[k] += (torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)).sum()
                     agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
-        ctx.save_for_backward(weight, target_hidden, target_weight, *xs, *target_rows)
-        ctx.n_steps, ctx.chunk_size, ctx.times = n_steps, chunk_size, times
+        ctx.save_for_backward(weight, target_hidden, target_weight, *xs)
+        ctx.plan, ctx.times = (used, where, plan), times  # index tensors only: the backward reuses them
         ctx.mark_non_differentiable(*agrees)
         return (totals, *agrees)
 
@@ -75,9 +75,8 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_totals):
-        weight, target_hidden, target_weight, *rest = ctx.saved_tensors
-        xs, target_rows = rest[: ctx.n_steps], rest[ctx.n_steps :]
-        used, where, plan = _chunks(list(target_rows), ctx.chunk_size)
+        weight, target_hidden, target_weight, *xs = ctx.saved_tensors
+        used, where, plan = ctx.plan
         weight32, target_weight32 = weight.float(), target_weight.float()
         grad_xs = [torch.empty_like(x, dtype=torch.float32) for x in xs]
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -93,7 +92,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     grad_xs[k][lo:hi] = dlogits @ weight32
                     grad_w += dlogits.t() @ x
         grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
-        return (grad_w.to(weight.dtype), None, None, None, None, None, *grads_x, *(None for _ in target_rows))
+        return (grad_w.to(weight.dtype), None, None, None, None, None, *grads_x, *(None for _ in xs))
 
 
 def soft_cross_entropy_steps(
