@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint_dir", help="e.g. runs/x/checkpoints/step_100")
     export.add_argument("out_dir")
     export.set_defaults(func=_export)
-    evaluate = sub.add_parser("eval", help="speculative decoding with target + draft: acceptance length", add_help=False)
+    evaluate = sub.add_parser(
+        "eval", help="speculative decoding with target + draft: acceptance length", add_help=False
+    )
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
     bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, step, memory, stream, producer")

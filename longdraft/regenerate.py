@@ -61,17 +61,24 @@ class Generator:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = 1
+            ids[b, width - len(p) :] = torch.tensor(p)
+            mask[b, width - len(p) :] = 1
         out = self.model.generate(
-            input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-            max_new_tokens=max(budgets), do_sample=s.temperature > 0, temperature=s.temperature or None,
-            top_p=None, top_k=None, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+            input_ids=ids.to(self.model.device),
+            attention_mask=mask.to(self.model.device),
+            max_new_tokens=max(budgets),
+            do_sample=s.temperature > 0,
+            temperature=s.temperature or None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
         results = []
         for b, budget in enumerate(budgets):
             new = out[b, width:].tolist()[:budget]
             end = next((i for i, t in enumerate(new) if t in self.stop_ids), None)
-            results.append(new if end is None else new[:end + 1])  # the stop token ends the turn
+            results.append(new if end is None else new[: end + 1])  # the stop token ends the turn
         return results
 
 
@@ -97,7 +104,7 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
         for i, messages in convs.items():
             at = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
             if turn < len(at):
-                text = render_chat(tok, messages[:at[turn]], add_generation_prompt=True)
+                text = render_chat(tok, messages[: at[turn]], add_generation_prompt=True)
                 jobs.append((i, at[turn], list(tok(text, add_special_tokens=False)["input_ids"])))
         if not jobs:
             break
@@ -106,8 +113,11 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
         turn += 1
     for i, messages in convs.items():
         out[i] = {"conversations": messages}
-    texts = [(i, list(tok(r.text, add_special_tokens=True)["input_ids"])) for i, r in enumerate(rows)
-             if isinstance(r, PlainText)]
+    texts = [
+        (i, list(tok(r.text, add_special_tokens=True)["input_ids"]))
+        for i, r in enumerate(rows)
+        if isinstance(r, PlainText)
+    ]
     if texts:
         splits = [text_split(len(ids), budget) for _, ids in texts]
         prompts = [ids[:keep] for (_, ids), (keep, _) in zip(texts, splits)]

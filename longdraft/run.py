@@ -46,8 +46,9 @@ def run_training(cfg: Config) -> TrainResult:
         loop = run_pipeline(cfg, checkpoint)
     else:
         loop = _run_local(cfg, checkpoint)
-    result = TrainResult(out, loop.final_dir, cfg.training.num_steps, loop.history[-1] if loop.history else {},
-                         loop.last_eval)
+    result = TrainResult(
+        out, loop.final_dir, cfg.training.num_steps, loop.history[-1] if loop.history else {}, loop.last_eval
+    )
     return finish_run(cfg, result)
 
 
@@ -55,10 +56,10 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.engines.factory import build_engine
     from longdraft.phase_times import PhaseTimes
+    from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
     from longdraft.train.reduction import SumReducer
-    from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.setup import build_train_parts, load_held_out, load_tokenizer, training_stream, vocab_for
 
     t = cfg.training
@@ -71,16 +72,26 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
     source = LocalSource(cfg, stream, held_out, engine, device)
     times = PhaseTimes(enabled=device.type != "cuda")  # timing would synchronise a GPU
-    loop = train_loop(cfg, parts, source, make_attention_backend(cfg.attention_backend, times=times), SumReducer(None),
-                      checkpoint=checkpoint, phase_times=times)
+    loop = train_loop(
+        cfg,
+        parts,
+        source,
+        make_attention_backend(cfg.attention_backend, times=times),
+        SumReducer(None),
+        checkpoint=checkpoint,
+        phase_times=times,
+    )
     reports = [r for r in (stream.report, held_out_report) if r is not None]
     for report in reports:
         print(report.summary())
     summary = {
-        "steps": t.num_steps, "final_loss": loop.history[-1]["loss"] if loop.history else None,
-        "final_acc_k": loop.history[-1]["acc_k"] if loop.history else None, "eval": loop.last_eval,
+        "steps": t.num_steps,
+        "final_loss": loop.history[-1]["loss"] if loop.history else None,
+        "final_acc_k": loop.history[-1]["acc_k"] if loop.history else None,
+        "eval": loop.last_eval,
         "samples_skipped": {**{f"bad_row:{k}": v for k, v in stream.report.skipped.items()}, **loop.skipped},
-        "data": [r.summary() for r in reports], "epochs_started": stream.epoch + 1,
+        "data": [r.summary() for r in reports],
+        "epochs_started": stream.epoch + 1,
     }
     (Path(cfg.output.dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return loop

@@ -68,8 +68,11 @@ def check_block(device, dtype, B, H, Hkv, L, D) -> dict:
         out, lse = block_attention_forward(q, k, v, True, scale)
         dq, dk, dv = block_attention_backward(dout, q, k, v, out, lse, True, scale)
     devs = {
-        "out": _dev(out, ref_out), "lse": _dev(lse, ref_lse),
-        "dq": _dev(dq, q.grad), "dk": _dev(dk, k.grad), "dv": _dev(dv, v.grad),
+        "out": _dev(out, ref_out),
+        "lse": _dev(lse, ref_lse),
+        "dq": _dev(dq, q.grad),
+        "dk": _dev(dk, k.grad),
+        "dv": _dev(dv, v.grad),
     }
     return {"check": "block", "dtype": str(dtype), "ok": _ok(devs, dtype), "dev": devs}
 
@@ -167,8 +170,13 @@ def check_ring_emulated(device, dtype, B, H, Hkv, L, D, K, R, layout) -> dict:
     grad_dev = [_dev(g[:, :, :L].to(dtype), r) for g, r in zip(grads, ref_grads)]
     devs = {"out": _worst(out_dev), "grad": _worst(grad_dev)}
     return {
-        "check": "ring_emulated", "dtype": str(dtype), "ring": R, "layout": layout, "ttt": K,
-        "ok": _ok(devs, dtype), "dev": devs,
+        "check": "ring_emulated",
+        "dtype": str(dtype),
+        "ring": R,
+        "layout": layout,
+        "ttt": K,
+        "ok": _ok(devs, dtype),
+        "dev": devs,
     }
 
 
@@ -192,8 +200,15 @@ def time_fast_path(device, L, H, Hkv, D, K, iters) -> dict:
             t.grad = None
     step = statistics.median(times)
     return {
-        "check": "timing_fast_path", "seq_len": L, "heads": H, "kv_heads": Hkv, "head_dim": D, "ttt": K,
-        "dtype": "bfloat16", "step_s": step, "tokens_per_s": L / step,
+        "check": "timing_fast_path",
+        "seq_len": L,
+        "heads": H,
+        "kv_heads": Hkv,
+        "head_dim": D,
+        "ttt": K,
+        "dtype": "bfloat16",
+        "step_s": step,
+        "tokens_per_s": L / step,
         "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
 

@@ -10,25 +10,40 @@ import tempfile
 import time
 
 from longdraft.config import config_from_dict
-from longdraft.train.metrics_log import read_metrics
 from longdraft.run import run_training
+from longdraft.train.metrics_log import read_metrics
 
 
 def run(precision: str, out: str, steps: int) -> dict:
-    cfg = config_from_dict({
-        "data": {"train_path": "examples/shakespeare/data/train_text.jsonl", "max_rows": 256},
-        "model": {"target_path": "examples/shakespeare/target"},
-        "training": {"max_seq_length": 512, "ttt_length": 7, "batch_size": 8, "micro_batch_size": 8,
-                     "num_steps": steps, "lr": 3e-3, "precision": precision, "device": "cuda"},
-        "output": {"dir": out, "plot": False},
-    })
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": "examples/shakespeare/data/train_text.jsonl", "max_rows": 256},
+            "model": {"target_path": "examples/shakespeare/target"},
+            "training": {
+                "max_seq_length": 512,
+                "ttt_length": 7,
+                "batch_size": 8,
+                "micro_batch_size": 8,
+                "num_steps": steps,
+                "lr": 3e-3,
+                "precision": precision,
+                "device": "cuda",
+            },
+            "output": {"dir": out, "plot": False},
+        }
+    )
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
         run_training(cfg)
     metrics = read_metrics(out)
-    return {"precision": precision, "wall_s": time.perf_counter() - start,
-            "loss": [round(m["loss"], 4) for m in metrics], "acc_0": [round(m["acc_k"][0], 3) for m in metrics],
-            "tokens_per_s_last": metrics[-1]["tokens_per_s"], "peak_mem_bytes": metrics[-1]["peak_mem_bytes"]}
+    return {
+        "precision": precision,
+        "wall_s": time.perf_counter() - start,
+        "loss": [round(m["loss"], 4) for m in metrics],
+        "acc_0": [round(m["acc_k"][0], 3) for m in metrics],
+        "tokens_per_s_last": metrics[-1]["tokens_per_s"],
+        "peak_mem_bytes": metrics[-1]["peak_mem_bytes"],
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh vllm
+# Lint, import order and format first: seconds, and a failure names file and line.
+python3 -m ruff check .
+python3 -m ruff format --check .
 export HF_HUB_OFFLINE=1 GLOO_SOCKET_IFNAME=lo RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
   exec unshare -n sh -c 'ip link set lo up && python3 -m pytest -q -ra "$@"' sh "$@"

@@ -3,17 +3,24 @@
 import torch
 from transformers import LlamaConfig
 
+from longdraft.data.loss_mask import pack_loss_mask
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
-from longdraft.data.loss_mask import pack_loss_mask
 from longdraft.sharding.reader import full_sequence_batch
 
 HIDDEN, VOCAB = 32, 50
 
 
 def tiny_target_config(**overrides) -> LlamaConfig:
-    args = dict(hidden_size=HIDDEN, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                num_hidden_layers=8, vocab_size=VOCAB, max_position_embeddings=256)
+    args = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=8,
+        vocab_size=VOCAB,
+        max_position_embeddings=256,
+    )
     args.update(overrides)
     return LlamaConfig(**args)
 
@@ -36,12 +43,14 @@ def random_samples(lengths, seed=0, loss_fraction=0.7):
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for n in lengths:
-        samples.append(dict(
-            input_ids=torch.randint(0, VOCAB, (n,), generator=gen),
-            loss_mask=torch.rand(n, generator=gen) < loss_fraction,
-            aux_hidden=torch.randn(n, 3 * HIDDEN, generator=gen),
-            last_hidden=torch.randn(n, HIDDEN, generator=gen),
-        ))
+        samples.append(
+            dict(
+                input_ids=torch.randint(0, VOCAB, (n,), generator=gen),
+                loss_mask=torch.rand(n, generator=gen) < loss_fraction,
+                aux_hidden=torch.randn(n, 3 * HIDDEN, generator=gen),
+                last_hidden=torch.randn(n, HIDDEN, generator=gen),
+            )
+        )
     return samples
 
 

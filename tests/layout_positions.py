@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from longdraft.sharding.layout import LAYOUTS, ShardLayout  # noqa: F401  (LAYOUTS re-exported)
 from longdraft.sharding.header import ShardMismatchError
+from longdraft.sharding.layout import LAYOUTS, ShardLayout  # noqa: F401  (LAYOUTS re-exported)
 
 
 def _layout(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> ShardLayout:
@@ -30,25 +30,31 @@ def ring_positions(seq_len, ulysses_size, ring_size, ring_rank, layout) -> torch
     return _layout(seq_len, ulysses_size, ring_size, layout).ring_positions(ring_rank)
 
 
-def scatter_sequence(full: torch.Tensor, ulysses_size: int, ring_size: int, layout: str, dim: int = 1) -> list[torch.Tensor]:
+def scatter_sequence(
+    full: torch.Tensor, ulysses_size: int, ring_size: int, layout: str, dim: int = 1
+) -> list[torch.Tensor]:
     """Split a full ``[..., L, ...]`` tensor (sequence at ``dim``) into the S local tensors, zero tail padding."""
     seq_len = full.shape[dim]
     total = padded_length(seq_len, ulysses_size, ring_size, layout)
     pad_shape = list(full.shape)
     pad_shape[dim] = total - seq_len
     padded = torch.cat([full, full.new_zeros(pad_shape)], dim=dim)
-    return [padded.index_select(dim, query_positions(seq_len, ulysses_size, ring_size, r, layout).to(full.device))
-            for r in range(ulysses_size * ring_size)]
+    return [
+        padded.index_select(dim, query_positions(seq_len, ulysses_size, ring_size, r, layout).to(full.device))
+        for r in range(ulysses_size * ring_size)
+    ]
 
 
-def gather_sequence(shards: list[torch.Tensor], seq_len: int, ulysses_size: int, ring_size: int, layout: str,
-                    dim: int = 1) -> torch.Tensor:
+def gather_sequence(
+    shards: list[torch.Tensor], seq_len: int, ulysses_size: int, ring_size: int, layout: str, dim: int = 1
+) -> torch.Tensor:
     """Inverse of ``scatter_sequence``: rebuild ``[..., L, ...]`` and drop the tail padding."""
     sp_size = ulysses_size * ring_size
     if len(shards) != sp_size:
         raise ValueError(f"need {sp_size} shards for U={ulysses_size}, R={ring_size}, got {len(shards)}")
-    positions = torch.cat([query_positions(seq_len, ulysses_size, ring_size, r, layout)
-                           for r in range(sp_size)]).to(shards[0].device)
+    positions = torch.cat([query_positions(seq_len, ulysses_size, ring_size, r, layout) for r in range(sp_size)]).to(
+        shards[0].device
+    )
     order = torch.argsort(positions)
     return torch.cat(shards, dim=dim).index_select(dim, order).narrow(dim, 0, seq_len)
 
@@ -65,5 +71,5 @@ def gather_shards(shards, layout: ShardLayout) -> torch.Tensor:
         for i, seg in enumerate(layout.segments(r)):
             n = min(seg.valid, layout.segment_queries)
             off = i * layout.segment_length
-            out[seg.start:seg.start + n] = local[off:off + n]
+            out[seg.start : seg.start + n] = local[off : off + n]
     return out

@@ -53,8 +53,13 @@ def ray_env() -> dict[str, str]:
     env = dict(os.environ)
     # A pytest-local ray.init may have exported its own address; ours is always passed explicitly.
     env.pop("RAY_ADDRESS", None)
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", GLOO_SOCKET_IFNAME="lo",
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        GLOO_SOCKET_IFNAME="lo",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -102,10 +107,16 @@ def _node_port_flags(pp: _PortPicker) -> list[str]:
     # Every per-node server gets an explicit port: defaults (e.g. dashboard agent 52365,
     # runtime-env agent, metrics) are fixed numbers and the two nodes share one port space.
     lo, hi = pp.range(_WORKER_PORTS_PER_NODE)
-    return [f"--object-manager-port={pp.one()}", f"--node-manager-port={pp.one()}",
-            f"--dashboard-agent-listen-port={pp.one()}", f"--dashboard-agent-grpc-port={pp.one()}",
-            f"--runtime-env-agent-port={pp.one()}", f"--metrics-export-port={pp.one()}",
-            f"--min-worker-port={lo}", f"--max-worker-port={hi}"]
+    return [
+        f"--object-manager-port={pp.one()}",
+        f"--node-manager-port={pp.one()}",
+        f"--dashboard-agent-listen-port={pp.one()}",
+        f"--dashboard-agent-grpc-port={pp.one()}",
+        f"--runtime-env-agent-port={pp.one()}",
+        f"--metrics-export-port={pp.one()}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={hi}",
+    ]
 
 
 def _sessions_procs(sids: set[int], marker: str) -> list[tuple[int, str]]:
@@ -199,9 +210,14 @@ def _start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.P
     # --block keeps `ray start` as the session leader watching its children; the new session
     # lets us kill exactly this node (and nobody else's Ray) with one killpg.
     with open(log, "wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-                                 *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _wait_started(proc: subprocess.Popen, log: Path, deadline: float, what: str) -> None:
@@ -234,14 +250,17 @@ while True:
 
 
 @contextlib.contextmanager
-def two_node_cluster(num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: int = 200_000_000,
-                     timeout_s: float = 60.0) -> Iterator[ClusterInfo]:
+def two_node_cluster(
+    num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: int = 200_000_000, timeout_s: float = 60.0
+) -> Iterator[ClusterInfo]:
     """Start head + worker node, wait until both are alive, yield ``ClusterInfo``; always clean up."""
     if not loopback_only():
         # Ray "resolves" --node-ip-address=127.0.0.1 to the address it would use to reach
         # 8.8.8.8; with a real route the head would advertise (and bind) a non-loopback IP.
-        raise RayClusterError("two_node_cluster needs a loopback-only network namespace: "
-                              "unshare -n sh -c 'ip link set lo up; python3 -m pytest ...'")
+        raise RayClusterError(
+            "two_node_cluster needs a loopback-only network namespace: "
+            "unshare -n sh -c 'ip link set lo up; python3 -m pytest ...'"
+        )
     # Short private root: unix socket paths must stay under ~107 bytes. One subdir per node so
     # the nodes' socket and log names never clash.
     temp_dir = Path(f"/tmp/ldray_{secrets.token_hex(4)}")
@@ -250,36 +269,76 @@ def two_node_cluster(num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: i
     pp = _PortPicker()
     gcs_port = pp.one()
     address = f"{HEAD_IP}:{gcs_port}"
-    common = [f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-              f"--object-store-memory={object_store_bytes}", "--disable-usage-stats",
-              "--log-style=record", "--log-color=false"]
+    common = [
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        f"--object-store-memory={object_store_bytes}",
+        "--disable-usage-stats",
+        "--log-style=record",
+        "--log-color=false",
+    ]
     procs: list[subprocess.Popen] = []
     info = ClusterInfo(address=address, node_ips=[HEAD_IP, WORKER_IP], temp_dir=str(temp_dir))
     deadline = time.monotonic() + timeout_s
     try:
         try:
             head_log = temp_dir / "head_start.log"
-            procs.append(_start_node(
-                ["--head", f"--node-ip-address={HEAD_IP}", f"--port={gcs_port}",
-                 f"--ray-client-server-port={pp.one()}", "--include-dashboard=false",
-                 # Even with the dashboard off, a minimal dashboard head still binds 8265.
-                 f"--dashboard-port={pp.one()}", f"--dashboard-host={HEAD_IP}",
-                 f"--temp-dir={temp_dir / 'h'}", *_node_port_flags(pp), *common], head_log, env))
+            procs.append(
+                _start_node(
+                    [
+                        "--head",
+                        f"--node-ip-address={HEAD_IP}",
+                        f"--port={gcs_port}",
+                        f"--ray-client-server-port={pp.one()}",
+                        "--include-dashboard=false",
+                        # Even with the dashboard off, a minimal dashboard head still binds 8265.
+                        f"--dashboard-port={pp.one()}",
+                        f"--dashboard-host={HEAD_IP}",
+                        f"--temp-dir={temp_dir / 'h'}",
+                        *_node_port_flags(pp),
+                        *common,
+                    ],
+                    head_log,
+                    env,
+                )
+            )
             info.session_ids.append(procs[-1].pid)
             # The worker node must not start before the head's GCS answers.
             _wait_started(procs[-1], head_log, deadline, "head node")
             worker_log = temp_dir / "worker_start.log"
-            procs.append(_start_node(
-                [f"--address={address}", f"--node-ip-address={WORKER_IP}",
-                 f"--temp-dir={temp_dir / 'w'}", *_node_port_flags(pp), *common], worker_log, env))
+            procs.append(
+                _start_node(
+                    [
+                        f"--address={address}",
+                        f"--node-ip-address={WORKER_IP}",
+                        f"--temp-dir={temp_dir / 'w'}",
+                        *_node_port_flags(pp),
+                        *common,
+                    ],
+                    worker_log,
+                    env,
+                )
+            )
             info.session_ids.append(procs[-1].pid)
             _wait_started(procs[-1], worker_log, deadline, "worker node")
             # Check from a subprocess: this pytest process may already have its own ray.init.
             left = max(5.0, deadline - time.monotonic())
             try:
-                r = subprocess.run([sys.executable, "-c", _CHECK_NODES, address, json.dumps(info.node_ips),
-                                    str(float(num_gpus)), str(left)], env=env, capture_output=True,
-                                   text=True, timeout=left + 30)
+                r = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        _CHECK_NODES,
+                        address,
+                        json.dumps(info.node_ips),
+                        str(float(num_gpus)),
+                        str(left),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=left + 30,
+                )
             except subprocess.TimeoutExpired as e:
                 raise RayClusterError(f"node check hung:\n{e.stderr}") from e
             if r.returncode != 0:

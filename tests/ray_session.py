@@ -16,6 +16,7 @@ import pytest
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
     import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started_here = not ray.is_initialized()

@@ -19,11 +19,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
 import plays
+import torch
 from make_target import heldout_windows, mean_nll, train_on_windows, training_stream
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,17 +78,28 @@ def extend(args: argparse.Namespace) -> None:
     tokenizer.model_max_length = args.max_positions
     stream = training_stream(tokenizer)
     print(f"train stream {len(stream)} tokens; {args.steps} steps of {args.batch_size} x {args.seq_len} tokens")
-    losses, _ = train_on_windows(model, stream, args.steps, args.batch_size, args.seq_len, args.lr,
-                                 max(1, args.steps // 10), args.seed)
+    losses, _ = train_on_windows(
+        model, stream, args.steps, args.batch_size, args.seq_len, args.lr, max(1, args.steps // 10), args.seed
+    )
     after = held_out_losses(model, tokenizer, args.seq_len, args.eval_windows)
     summary = {
-        "base": _shown(args.base), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "rope_theta": args.rope_theta, "max_position_embeddings": args.max_positions,
-        "peak_lr": args.lr, "threads": args.threads, "tokens_seen": args.steps * args.batch_size * args.seq_len,
+        "base": _shown(args.base),
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "rope_theta": args.rope_theta,
+        "max_position_embeddings": args.max_positions,
+        "peak_lr": args.lr,
+        "threads": args.threads,
+        "tokens_seen": args.steps * args.batch_size * args.seq_len,
         "train_loss_last10": sum(losses[-10:]) / max(1, len(losses[-10:])),
-        "heldout_plays": list(plays.HELDOUT_PLAYS), "heldout_before": before, "heldout_after": after,
+        "heldout_plays": list(plays.HELDOUT_PLAYS),
+        "heldout_before": before,
+        "heldout_after": after,
         "long_context_no_worse": after[f"nll_{args.seq_len}_windows"] <= after["nll_256_windows"],
-        "parameters": sum(p.numel() for p in model.parameters()), "wall_time_s": round(time.time() - start, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "wall_time_s": round(time.time() - start, 1),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

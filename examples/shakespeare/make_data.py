@@ -39,8 +39,10 @@ def write_jsonl(path: Path, rows: list[dict], max_bytes: int | None = MAX_FILE_B
 
 def build(out: Path, seed: int, train_text_rows: int, train_chat_rows: int) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": (plays.TRAIN_PLAYS, train_text_rows, train_chat_rows),
-              "heldout": (plays.HELDOUT_PLAYS, None, None)}
+    splits = {
+        "train": (plays.TRAIN_PLAYS, train_text_rows, train_chat_rows),
+        "heldout": (plays.HELDOUT_PLAYS, None, None),
+    }
     counts: dict[str, int] = {}
     for split, (stems, text_cap, chat_cap) in splits.items():
         text_rows = [{"text": p} for stem in stems for p in plays.passages(plays.read_play(stem))]
@@ -63,8 +65,11 @@ def build(out: Path, seed: int, train_text_rows: int, train_chat_rows: int) -> d
 def write_long_passages(path: Path, seed: int, min_chars: int, max_chars: int) -> int:
     """Training passages of the training plays long enough to fill long sequences (16000-20000
     characters fill 4096 tokens: ``draft_long.yaml``); generated, not shipped (about 5 MB)."""
-    rows = [{"text": p} for stem in plays.TRAIN_PLAYS
-            for p in plays.passages(plays.read_play(stem), min_chars=min_chars, max_chars=max_chars)]
+    rows = [
+        {"text": p}
+        for stem in plays.TRAIN_PLAYS
+        for p in plays.passages(plays.read_play(stem), min_chars=min_chars, max_chars=max_chars)
+    ]
     random.Random(seed).shuffle(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = write_jsonl(path, rows, max_bytes=None)  # not shipped: no size cap
@@ -75,10 +80,20 @@ def write_long_passages(path: Path, seed: int, min_chars: int, max_chars: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
-    parser.add_argument("--long-passages", type=Path, default=None,
-                        help="only write the long training passages (--long-chars) to this file")
-    parser.add_argument("--long-chars", type=int, nargs=2, default=[16000, 20000], metavar=("MIN", "MAX"),
-                        help="characters per long passage (16000-20000: 4096 tokens and more)")
+    parser.add_argument(
+        "--long-passages",
+        type=Path,
+        default=None,
+        help="only write the long training passages (--long-chars) to this file",
+    )
+    parser.add_argument(
+        "--long-chars",
+        type=int,
+        nargs=2,
+        default=[16000, 20000],
+        metavar=("MIN", "MAX"),
+        help="characters per long passage (16000-20000: 4096 tokens and more)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-text-rows", type=int, default=2400)
     parser.add_argument("--train-chat-rows", type=int, default=3000)

@@ -23,12 +23,11 @@ import math
 import time
 from pathlib import Path
 
+import plays
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-import plays
 
 BOS, EOS, PAD, IM_START, IM_END = "<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]  # ids 0..4
@@ -55,18 +54,29 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        additional_special_tokens=[IM_START, IM_END], model_max_length=2048,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+        model_max_length=2048,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -105,9 +115,17 @@ def unigram_perplexity(train: torch.Tensor, heldout: torch.Tensor, vocab_size: i
 
 def make_model(vocab_size: int, tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
@@ -133,14 +151,26 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_on_windows(model, stream: torch.Tensor, steps: int, batch_size: int, seq_len: int, peak_lr: float,
-                     warmup: int, seed: int, deadline: float | None = None) -> tuple[list[float], bool]:
+def train_on_windows(
+    model,
+    stream: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    peak_lr: float,
+    warmup: int,
+    seed: int,
+    deadline: float | None = None,
+) -> tuple[list[float], bool]:
     """AdamW (weight decay 0.1 on matrices) with warmup + cosine on random ``seq_len`` windows of ``stream``.
     Returns the per-step losses and whether ``deadline`` (a ``time.time()``) stopped it early."""
     optimizer = torch.optim.AdamW(
-        [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
-         {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-        lr=peak_lr, betas=(0.9, 0.95),
+        [
+            {"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+            {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=peak_lr,
+        betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -179,14 +209,25 @@ def train(args: argparse.Namespace) -> None:
     model = make_model(vocab_size, tokenizer, args.hidden, args.layers)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters")
-    losses, stopped_early = train_on_windows(model, stream, args.steps, args.batch_size, args.seq_len, args.lr,
-                                             max(1, args.steps // 20), args.seed, deadline=start + args.max_minutes * 60.0)
+    losses, stopped_early = train_on_windows(
+        model,
+        stream,
+        args.steps,
+        args.batch_size,
+        args.seq_len,
+        args.lr,
+        max(1, args.steps // 20),
+        args.seed,
+        deadline=start + args.max_minutes * 60.0,
+    )
     steps_done = len(losses)
 
     nll = mean_nll(model, heldout, args.batch_size)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
-        pad_token_id=tokenizer.pad_token_id, do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
     )
     prompt = "King.\nHow is it that the clouds still hang on you?\n\nHam.\n"  # held-out: Hamlet, I.2
     prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
@@ -195,15 +236,26 @@ def train(args: argparse.Namespace) -> None:
         sample_ids = model.generate(prompt_ids, max_new_tokens=48)
     sample = tokenizer.decode(sample_ids[0, prompt_ids.shape[1] :], skip_special_tokens=True)
     summary = {
-        "seed": args.seed, "steps": steps_done, "planned_steps": args.steps, "stopped_early": stopped_early,
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "peak_lr": args.lr, "threads": args.threads,
-        "tokens_seen": steps_done * args.batch_size * args.seq_len, "train_stream_tokens": len(stream),
+        "seed": args.seed,
+        "steps": steps_done,
+        "planned_steps": args.steps,
+        "stopped_early": stopped_early,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "peak_lr": args.lr,
+        "threads": args.threads,
+        "tokens_seen": steps_done * args.batch_size * args.seq_len,
+        "train_stream_tokens": len(stream),
         "train_loss_last20": sum(losses[-20:]) / max(1, len(losses[-20:])),
-        "heldout_plays": list(plays.HELDOUT_PLAYS), "heldout_tokens": heldout[:, 1:].numel(),
-        "heldout_nll": nll, "heldout_perplexity": math.exp(nll),
+        "heldout_plays": list(plays.HELDOUT_PLAYS),
+        "heldout_tokens": heldout[:, 1:].numel(),
+        "heldout_nll": nll,
+        "heldout_perplexity": math.exp(nll),
         "heldout_unigram_perplexity": unigram_perplexity(stream, heldout, vocab_size),
         "greedy_sample": {"prompt": prompt, "continuation": sample},
-        "parameters": n_params, "vocab_size": vocab_size, "wall_time_s": round(time.time() - start, 1),
+        "parameters": n_params,
+        "vocab_size": vocab_size,
+        "wall_time_s": round(time.time() - start, 1),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,14 @@ def choose_attention_backend(name: str, sp_size: int) -> str:
     if name == "auto":
         return "usp" if sp_size > 1 else "fast"
     if sp_size > 1 and name != "usp":
-        raise ValueError(f"'usp' or 'auto' when a sequence spans ranks (sp_ulysses_size*sp_ring_size = {sp_size}); "
-                         f"'{name}' holds the whole sequence on one device")
+        raise ValueError(
+            f"'usp' or 'auto' when a sequence spans ranks (sp_ulysses_size*sp_ring_size = {sp_size}); "
+            f"'{name}' holds the whole sequence on one device"
+        )
     if sp_size == 1 and name == "usp":
-        raise ValueError("'fast', 'reference' or 'auto' with one rank per sequence; 'usp' needs "
-                         "sp_ulysses_size*sp_ring_size > 1")
+        raise ValueError(
+            "'fast', 'reference' or 'auto' with one rank per sequence; 'usp' needs sp_ulysses_size*sp_ring_size > 1"
+        )
     return name
 
 

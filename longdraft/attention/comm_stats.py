@@ -9,8 +9,8 @@ synchronises the device, so only enable it when measuring.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -18,8 +18,8 @@ from longdraft.attention.ttt_step import ttt_attention_fast
 
 if TYPE_CHECKING:
     from longdraft.attention.comm_stats import CommStats
-    from longdraft.phase_times import PhaseTimes
     from longdraft.parallel.mesh import USPMesh
+    from longdraft.phase_times import PhaseTimes
 
 
 class AttentionBackend(Protocol):
@@ -33,7 +33,7 @@ class AttentionBackend(Protocol):
 class LocalAttention:
     """The whole sequence on one device: the reference (explicit mask) or the fast path."""
 
-    def __init__(self, fast: bool = True, times: "PhaseTimes | None" = None):
+    def __init__(self, fast: bool = True, times: PhaseTimes | None = None):
         self.fast, self.times = fast, times
 
     def prepare(self, q, k, v):
@@ -51,13 +51,13 @@ class LocalAttention:
 def make_attention_backend(
     name: str = "auto",
     *,
-    mesh: "USPMesh | None" = None,
+    mesh: USPMesh | None = None,
     num_heads: int | None = None,
     num_kv_heads: int | None = None,
     layout: str = "contiguous",
-    stats: "CommStats | None" = None,
+    stats: CommStats | None = None,
     ring_mode: str = "ring",
-    times: "PhaseTimes | None" = None,
+    times: PhaseTimes | None = None,
 ) -> AttentionBackend:
     """``fast``/``reference`` hold the sequence on one device; ``usp`` splits it over ``mesh``'s SP
     group (``ring_mode``: ``ring`` or ``gather``, see ``usp.py``); ``auto`` picks from ``mesh`` (no
@@ -69,5 +69,6 @@ def make_attention_backend(
         raise ValueError("the 'usp' attention backend needs num_heads and num_kv_heads")
     from longdraft.attention.usp import USPAttentionBackend
 
-    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, stats=stats, ring_mode=ring_mode,
-                               times=times)
+    return USPAttentionBackend(
+        mesh, num_heads, num_kv_heads, layout=layout, stats=stats, ring_mode=ring_mode, times=times
+    )

@@ -37,7 +37,9 @@ def _use_cuda_flash(q: torch.Tensor) -> bool:
 
 
 def _efficient_forward(q, k, v, causal, scale):
-    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, causal, scale=scale
+    )
     return out, lse[..., : q.shape[2]].float()
 
 
@@ -73,11 +75,16 @@ def _efficient_matches_math(device: torch.device, head_dim: int) -> bool:
             for a, b in zip((out, lse, *grads), (ref_out, ref_lse, *ref_grads)):
                 worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp(min=1)))
     except RuntimeError as err:
-        warnings.warn(f"CUDA fp32 attention: the memory-efficient kernel failed ({err}); using the math path")
+        warnings.warn(
+            f"CUDA fp32 attention: the memory-efficient kernel failed ({err}); using the math path", stacklevel=2
+        )
         return False
     if worst > 1e-4:
-        warnings.warn(f"CUDA fp32 attention: the memory-efficient kernel differs from the math path by {worst:.2e} "
-                      "(relative); using the math path")
+        warnings.warn(
+            f"CUDA fp32 attention: the memory-efficient kernel differs from the math path by {worst:.2e} "
+            "(relative); using the math path",
+            stacklevel=2,
+        )
         return False
     return True
 
@@ -115,9 +122,7 @@ def block_attention_forward(
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, causal, scale=scale
-        )
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse.float()
     if _use_cuda_flash(q):
         result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
@@ -150,7 +155,20 @@ def block_attention_backward(
         # dropout, so the philox seed/offset are unused placeholders.
         seed = torch.zeros((), dtype=torch.int64, device=q.device)
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            dout, q, k, v, out, lse.contiguous(), None, None, q.shape[2], k.shape[2], 0.0, causal, seed, seed,
+            dout,
+            q,
+            k,
+            v,
+            out,
+            lse.contiguous(),
+            None,
+            None,
+            q.shape[2],
+            k.shape[2],
+            0.0,
+            causal,
+            seed,
+            seed,
             scale=scale,
         )
     elif _use_cuda_efficient(q):

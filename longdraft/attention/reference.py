@@ -40,9 +40,7 @@ def ttt_attention_reference(
     causal_scores = torch.einsum("bhtd,bhsd->bhts", qf, k0) * scale
     causal = torch.ones(seq, seq, dtype=torch.bool, device=q.device).tril()
     causal_scores = causal_scores.masked_fill(~causal, float("-inf"))
-    diag_scores = [
-        (qf * repeat_kv(k, n_rep).float()).sum(-1, keepdim=True) * scale for k in keys[1:]
-    ]
+    diag_scores = [(qf * repeat_kv(k, n_rep).float()).sum(-1, keepdim=True) * scale for k in keys[1:]]
     probs = torch.softmax(torch.cat([causal_scores, *diag_scores], dim=-1), dim=-1)
     out = torch.einsum("bhts,bhsd->bhtd", probs[..., :seq], v0)
     for j, v in enumerate(values[1:]):

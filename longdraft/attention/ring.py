@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from longdraft.attention.kernels import block_attention_backward, block_attention_forward
 from longdraft.attention.comm_stats import CommStats, maybe_timed
+from longdraft.attention.kernels import block_attention_backward, block_attention_forward
 
 _ALL = slice(None)
 _KV_TAG, _GRAD_TAG = 0, 1
@@ -89,7 +89,9 @@ class _Exchange:
         return self.recv
 
 
-def _merge_into(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor, block_lse: torch.Tensor) -> None:
+def _merge_into(
+    out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor, block_lse: torch.Tensor
+) -> None:
     old_lse = lse[:, :, rows]
     new_lse = torch.logaddexp(old_lse, block_lse)
     out[:, :, rows] = (
@@ -100,7 +102,13 @@ def _merge_into(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: to
 
 
 def forward_block(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, out: torch.Tensor, lse: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: BlockPlan,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
 ) -> None:
     """Attend ``q[rows]`` to the visiting block's ``k/v[cols]`` and merge into fp32 ``out``/``lse`` in place."""
     block_out, block_lse = block_attention_forward(

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 
 from longdraft.attention.comm_stats import CommStats
-from longdraft.phase_times import PhaseTimes
 from longdraft.attention.heads import repeat_kv
 from longdraft.attention.ring import RingComm, ring_attention_backward, ring_attention_forward
 from longdraft.attention.ring_gather import GatheredCausal, gather_ring
 from longdraft.attention.ttt_step import ttt_step_attention
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
+from longdraft.phase_times import PhaseTimes
 from longdraft.sharding.layout import LAYOUTS
 
 
@@ -83,7 +83,9 @@ class USPAttentionBackend:
 
     def _check_local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-            raise ValueError(f"expected q/k/v as [B, H, T, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+            raise ValueError(
+                f"expected q/k/v as [B, H, T, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
         if q.shape[1] != self.num_heads or k.shape[1] != self.num_kv_heads:
             raise ValueError(
                 f"q has {q.shape[1]} heads and k/v {k.shape[1]}, but the backend was built for "
@@ -107,7 +109,9 @@ class USPAttentionBackend:
 
     def attend(self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         if len(keys) != len(values) or not keys:
-            raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
+            raise ValueError(
+                f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}"
+            )
         expected = (q.shape[0], keys[0].shape[1], q.shape[2], q.shape[3])
         for j, (k, v) in enumerate(zip(keys, values)):
             if tuple(k.shape) != expected or tuple(v.shape) != expected:
@@ -116,11 +120,13 @@ class USPAttentionBackend:
                     f"(prepared like q {tuple(q.shape)})"
                 )
         if not self.gather:
-            return ttt_step_attention(q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats),
-                                      self.times)
+            return ttt_step_attention(
+                q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats), self.times
+            )
         k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
-        return ttt_step_attention(q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale,
-                                  GatheredCausal(self.ring, self.layout), self.times)
+        return ttt_step_attention(
+            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.layout), self.times
+        )
 
     def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
         """Gathered at step 0 of every unroll, reused by its later steps (which pass the same step-0

@@ -118,8 +118,15 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     stats = CommStats()
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
-        backend = make_attention_backend("usp", mesh=mesh, num_heads=cfg.heads, num_kv_heads=cfg.kv_heads,
-                                         layout=spec.layout, stats=stats, ring_mode=spec.ring_mode)
+        backend = make_attention_backend(
+            "usp",
+            mesh=mesh,
+            num_heads=cfg.heads,
+            num_kv_heads=cfg.kv_heads,
+            layout=spec.layout,
+            stats=stats,
+            ring_mode=spec.ring_mode,
+        )
         batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.layout).local_queries
     else:
         backend = make_attention_backend("fast")
@@ -158,8 +165,12 @@ def run_layout(cfg: BenchConfig, spec: LayoutSpec, timeout_s: float) -> dict:
         validate_usp_sizes(cfg.ranks, spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     per_rank = run_ranks(
-        _rank_bench, cfg.ranks, (asdict(cfg), asdict(spec)),
-        timeout_s=timeout_s, backend=backend, threads=cfg.threads,
+        _rank_bench,
+        cfg.ranks,
+        (asdict(cfg), asdict(spec)),
+        timeout_s=timeout_s,
+        backend=backend,
+        threads=cfg.threads,
     )
     return {
         "layout": spec.name,
@@ -204,7 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per rank")
     p.add_argument("--layouts", default="", help="comma-separated subset, e.g. dp,U1R2,U1R2-zigzag")
     p.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds",
+        type=int,
+        default=1,
         help="run all layouts this many times, interleaved, and keep each layout's fastest round "
         "(on a shared machine, other load only ever adds time)",
     )
@@ -216,9 +229,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = BenchConfig(
-        seq_len=args.seq_len, ranks=args.ranks, heads=args.heads, kv_heads=args.kv_heads,
-        head_dim=args.head_dim, ttt=args.ttt, dtype=args.dtype, device=args.device,
-        iters=args.iters, warmup=args.warmup, threads=args.threads,
+        seq_len=args.seq_len,
+        ranks=args.ranks,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        ttt=args.ttt,
+        dtype=args.dtype,
+        device=args.device,
+        iters=args.iters,
+        warmup=args.warmup,
+        threads=args.threads,
     )
     specs = select_layouts(layouts_for(cfg), args.layouts)
     rows = best_of_rounds(specs, args.rounds, lambda spec: run_layout(cfg, spec, args.timeout), args.json)

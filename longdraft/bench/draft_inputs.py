@@ -5,17 +5,31 @@ from __future__ import annotations
 import torch
 
 
-def bench_draft(hidden: int, heads: int, kv_heads: int, intermediate: int, draft_vocab: int, target_vocab: int,
-                max_positions: int, device: torch.device):
+def bench_draft(
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    draft_vocab: int,
+    target_vocab: int,
+    max_positions: int,
+    device: torch.device,
+):
     """``(model, target_head)``: an EAGLE-3 draft for a random Llama-shaped target (seed 0)."""
     from transformers import LlamaConfig
 
     from longdraft.model.draft import Eagle3Draft
     from longdraft.model.draft_config import draft_config_from_target
 
-    target = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
-                         num_key_value_heads=kv_heads, num_hidden_layers=8, vocab_size=target_vocab,
-                         max_position_embeddings=max_positions)
+    target = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        num_hidden_layers=8,
+        vocab_size=target_vocab,
+        max_position_embeddings=max_positions,
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = Eagle3Draft(draft_config_from_target(target, draft_vocab), torch.randn(target_vocab, hidden) * 0.02)

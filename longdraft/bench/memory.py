@@ -45,10 +45,21 @@ class MemoryBenchConfig:
     device: str = "cpu"
 
     @classmethod
-    def realistic(cls) -> "MemoryBenchConfig":
+    def realistic(cls) -> MemoryBenchConfig:
         """A Llama-3-8B-sized draft (GPU)."""
-        return cls(hidden=4096, heads=32, kv_heads=8, intermediate=14336, draft_vocab=32000, target_vocab=128256,
-                   budget_bytes=40 << 30, fixed_len=8192, min_len=4096, resolution=0.05, device="cuda")
+        return cls(
+            hidden=4096,
+            heads=32,
+            kv_heads=8,
+            intermediate=14336,
+            draft_vocab=32000,
+            target_vocab=128256,
+            budget_bytes=40 << 30,
+            fixed_len=8192,
+            min_len=4096,
+            resolution=0.05,
+            device="cuda",
+        )
 
 
 def _read_status(field: str) -> int:
@@ -83,8 +94,16 @@ class PeakMeter:
 def _model(cfg: MemoryBenchConfig, device):
     from longdraft.bench.draft_inputs import bench_draft
 
-    return bench_draft(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.draft_vocab, cfg.target_vocab,
-                       cfg.max_len * 2, device)
+    return bench_draft(
+        cfg.hidden,
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.intermediate,
+        cfg.draft_vocab,
+        cfg.target_vocab,
+        cfg.max_len * 2,
+        device,
+    )
 
 
 def _shard(cfg: MemoryBenchConfig, length: int, sp: int, sp_rank: int, device, dtype):
@@ -106,8 +125,9 @@ def _step_peak(cfg, model, head, backend, length, sp, sp_rank, device) -> tuple[
         valid = step_valid_masks(batch, target_ok(batch, head, model.t2d, cfg.loss_chunk), cfg.ttt_length)
         counts = torch.stack([v.sum() for v in valid]).clamp(min=1).float()
         with autocast_for("bf16" if device.type == "cuda" else "fp32", device):
-            result = ttt_unroll(model, batch, valid, counts, head[model.draft_to_target], backend,
-                                cfg.loss_chunk, cfg.checkpointing)
+            result = ttt_unroll(
+                model, batch, valid, counts, head[model.draft_to_target], backend, cfg.loss_chunk, cfg.checkpointing
+            )
         result.loss.backward()
         ok = True
     except torch.cuda.OutOfMemoryError:
@@ -166,8 +186,15 @@ def run_memory_bench(cfg: MemoryBenchConfig, sp_sizes: list[int], timeout_s: flo
     for sp in sp_sizes:
         backend = "nccl" if cfg.device == "cuda" else "gloo"
         result = run_ranks(_rank_search, sp, (cfg,), timeout_s=timeout_s, backend=backend)[0]
-        rows.append({"sp": sp, **result, "budget_bytes": cfg.budget_bytes, "fixed_len": cfg.fixed_len,
-                     "peak_mem_kind": "cuda_max_allocated" if cfg.device == "cuda" else "cpu_peak_rss_delta"})
+        rows.append(
+            {
+                "sp": sp,
+                **result,
+                "budget_bytes": cfg.budget_bytes,
+                "fixed_len": cfg.fixed_len,
+                "peak_mem_kind": "cuda_max_allocated" if cfg.device == "cuda" else "cpu_peak_rss_delta",
+            }
+        )
     base = rows[0]["max_seq_len"] if rows and rows[0]["sp"] == 1 else None
     base_mem = rows[0]["peak_mem_bytes_fixed_len"] if base else None
     for row in rows:
@@ -217,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(json.dumps(asdict(cfg)), file=sys.stderr)
         for r in rows:
-            print(f"SP={r['sp']}: max length {r['max_seq_len']} (x{r['ratio_to_sp1']:.2f} of SP=1), "
-                  f"peak at L={r['fixed_len']}: {r['peak_mem_bytes_fixed_len'] / MIB:.1f} MiB", file=sys.stderr)
+            print(
+                f"SP={r['sp']}: max length {r['max_seq_len']} (x{r['ratio_to_sp1']:.2f} of SP=1), "
+                f"peak at L={r['fixed_len']}: {r['peak_mem_bytes_fixed_len'] / MIB:.1f} MiB",
+                file=sys.stderr,
+            )
     print(json.dumps(rows, indent=None if args.json else 2))
     return 0

@@ -33,8 +33,15 @@ def run(engines: list[str], lengths: list[int], batch_size: int, batches: int, t
 
     with tempfile.TemporaryDirectory() as tmp:
         if target is None:  # Shakespeare-target sized (head_dim 32: vLLM's CPU attention refuses 8)
-            target = build_tiny_target(Path(tmp) / "target", hidden_size=128, num_heads=4, num_kv_heads=2,
-                                       intermediate_size=512, num_layers=8, max_position_embeddings=max(lengths) + 64)
+            target = build_tiny_target(
+                Path(tmp) / "target",
+                hidden_size=128,
+                num_heads=4,
+                num_kv_heads=2,
+                intermediate_size=512,
+                num_layers=8,
+                max_position_embeddings=max(lengths) + 64,
+            )
         gen = torch.Generator().manual_seed(0)
         prompts = {n: [torch.randint(0, 384, (n,), generator=gen).tolist() for _ in range(batch_size)] for n in lengths}
         results, last = [], {}
@@ -51,9 +58,18 @@ def run(engines: list[str], lengths: list[int], batch_size: int, batches: int, t
                     wall = time.perf_counter() - t0
                     last[name, n] = feats
                     samples = batches * batch_size
-                    results.append({"engine": name, "length": n, "batch_size": batch_size, "batches": batches,
-                                    "start_s": start_s, "wall_s": wall, "samples_per_s": samples / wall,
-                                    "tokens_per_s": samples * n / wall})
+                    results.append(
+                        {
+                            "engine": name,
+                            "length": n,
+                            "batch_size": batch_size,
+                            "batches": batches,
+                            "start_s": start_s,
+                            "wall_s": wall,
+                            "samples_per_s": samples / wall,
+                            "tokens_per_s": samples * n / wall,
+                        }
+                    )
             finally:
                 engine.close()
         deviation = {}
@@ -61,9 +77,12 @@ def run(engines: list[str], lengths: list[int], batch_size: int, batches: int, t
             for n in lengths:
                 pairs = list(zip(last["vllm", n], last["hf", n]))
                 deviation[str(n)] = {
-                    name: max(float((getattr(v, name) - getattr(h, name)).abs().max() / getattr(h, name).abs().max())
-                              for v, h in pairs)
-                    for name in ("aux_hidden", "last_hidden")}
+                    name: max(
+                        float((getattr(v, name) - getattr(h, name)).abs().max() / getattr(h, name).abs().max())
+                        for v, h in pairs
+                    )
+                    for name in ("aux_hidden", "last_hidden")
+                }
         return {"results": results, "max_relative_deviation": deviation, "torch_threads": torch.get_num_threads()}
 
 
@@ -73,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="256,2048", help="prompt lengths in tokens, comma-separated")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--batches", type=int, default=3, help="timed batches per length (after one warm-up)")
-    p.add_argument("--target", type=Path, default=None, help="local HF target (default: a random 8-layer, 128-wide one)")
+    p.add_argument(
+        "--target", type=Path, default=None, help="local HF target (default: a random 8-layer, 128-wide one)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON only")
     args = p.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]
@@ -83,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     report = run(engines, [int(x) for x in args.lengths.split(",")], args.batch_size, args.batches, args.target)
     if not args.json:
         for r in report["results"]:
-            print(f"{r['engine']:>5s}  L={r['length']:>6d}  {r['samples_per_s']:8.2f} samples/s  "
-                  f"{r['tokens_per_s']:10.0f} tokens/s  (start {r['start_s']:.1f} s)")
+            print(
+                f"{r['engine']:>5s}  L={r['length']:>6d}  {r['samples_per_s']:8.2f} samples/s  "
+                f"{r['tokens_per_s']:10.0f} tokens/s  (start {r['start_s']:.1f} s)"
+            )
     print(json.dumps(report, indent=2))
     return 0

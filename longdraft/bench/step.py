@@ -74,15 +74,33 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
 
     cfg, spec = StepBenchConfig(**cfg_dict), LayoutSpec(**spec_dict)
     device = torch.device("cpu")
-    model, head = bench_draft(cfg.hidden, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.draft_vocab,
-                              cfg.target_vocab, 2 * cfg.seq_len, device)
+    model, head = bench_draft(
+        cfg.hidden,
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.intermediate,
+        cfg.draft_vocab,
+        cfg.target_vocab,
+        2 * cfg.seq_len,
+        device,
+    )
     stats, times = CommStats(), PhaseTimes()
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
-        backend = make_attention_backend("usp", mesh=mesh, num_heads=cfg.heads, num_kv_heads=cfg.kv_heads,
-                                         layout=spec.layout, stats=stats, ring_mode=spec.ring_mode, times=times)
+        backend = make_attention_backend(
+            "usp",
+            mesh=mesh,
+            num_heads=cfg.heads,
+            num_kv_heads=cfg.kv_heads,
+            layout=spec.layout,
+            stats=stats,
+            ring_mode=spec.ring_mode,
+            times=times,
+        )
         layout = ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, cfg.ttt, spec.layout)
-        batches = [bench_shard(layout, rank, cfg.hidden, cfg.target_vocab, device, head.dtype, seed=s) for s in range(world)]
+        batches = [
+            bench_shard(layout, rank, cfg.hidden, cfg.target_vocab, device, head.dtype, seed=s) for s in range(world)
+        ]
     else:
         backend = make_attention_backend("fast", times=times)
         layout = ShardLayout(cfg.seq_len, 1, 1, cfg.ttt)
@@ -100,10 +118,21 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
         metrics = train_step(model, batches, backend, head, optimizer, scheduler, settings, reducer, times)
         elapsed = time.perf_counter() - start
         if i >= cfg.warmup:
-            rows.append({"step_s": elapsed, "time_s": metrics["time_s"], "comm_bytes": dict(stats.bytes),
-                         "comm_wait_s": dict(stats.seconds), "grad_sum_bytes": metrics["grad_sum_bytes"]})
+            rows.append(
+                {
+                    "step_s": elapsed,
+                    "time_s": metrics["time_s"],
+                    "comm_bytes": dict(stats.bytes),
+                    "comm_wait_s": dict(stats.seconds),
+                    "grad_sum_bytes": metrics["grad_sum_bytes"],
+                }
+            )
     middle = sorted(rows, key=lambda r: r["step_s"])[len(rows) // 2]
-    return {**middle, "step_s_iters": [r["step_s"] for r in rows], "local_tokens": sum(b.query_tokens() for b in batches)}
+    return {
+        **middle,
+        "step_s_iters": [r["step_s"] for r in rows],
+        "local_tokens": sum(b.query_tokens() for b in batches),
+    }
 
 
 def run_step_layout(cfg: StepBenchConfig, spec: LayoutSpec, timeout_s: float) -> dict:
@@ -113,10 +142,13 @@ def run_step_layout(cfg: StepBenchConfig, spec: LayoutSpec, timeout_s: float) ->
     slowest = max(per_rank, key=lambda r: r["step_s"])
     iters = [max(r["step_s_iters"][i] for r in per_rank) for i in range(cfg.iters)]
     return {
-        "layout": spec.name, "seq_len": cfg.seq_len, "ranks": cfg.ranks,
+        "layout": spec.name,
+        "seq_len": cfg.seq_len,
+        "ranks": cfg.ranks,
         "step_s": statistics.median(iters),
         "time_s": {k: round(v, 4) for k, v in slowest["time_s"].items()},
-        "comm_bytes": slowest["comm_bytes"], "comm_wait_s": {k: round(v, 4) for k, v in slowest["comm_wait_s"].items()},
+        "comm_bytes": slowest["comm_bytes"],
+        "comm_wait_s": {k: round(v, 4) for k, v in slowest["comm_wait_s"].items()},
         "grad_sum_bytes": slowest["grad_sum_bytes"],
         "rank_step_s": [round(r["step_s"], 4) for r in per_rank],
         "local_tokens": per_rank[0]["local_tokens"],
@@ -128,13 +160,32 @@ def run_step_layout(cfg: StepBenchConfig, spec: LayoutSpec, timeout_s: float) ->
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longdraft bench step", description=__doc__.split("\n")[0])
     d = StepBenchConfig()
-    for name in ("seq_len", "ranks", "hidden", "heads", "kv_heads", "intermediate", "draft_vocab", "target_vocab",
-                 "ttt", "loss_chunk", "iters", "warmup", "threads"):
+    for name in (
+        "seq_len",
+        "ranks",
+        "hidden",
+        "heads",
+        "kv_heads",
+        "intermediate",
+        "draft_vocab",
+        "target_vocab",
+        "ttt",
+        "loss_chunk",
+        "iters",
+        "warmup",
+        "threads",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    p.add_argument("--grad-bucket-mb", type=float, default=d.grad_bucket_mb, help="0: one all-reduce after the backward")
+    p.add_argument(
+        "--grad-bucket-mb", type=float, default=d.grad_bucket_mb, help="0: one all-reduce after the backward"
+    )
     p.add_argument("--layouts", default="", help="comma-separated subset, e.g. dp,U2R1,U1R2-zigzag-gather")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="run all layouts this many times, interleaved, and keep each layout's fastest round")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run all layouts this many times, interleaved, and keep each layout's fastest round",
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per layout")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per layout")
     return p
@@ -153,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'layout':<22}{'step_s':>8}{'ratio':>7}" + "".join(f"{k[:-2]:>11}" for k in keys) + "  comm MB")
     for r in rows:
         mb = sum(r["comm_bytes"].values()) / 1e6
-        print(f"{r['layout']:<22}{r['step_s']:>8.3f}{r['ratio_to_dp']:>7.2f}"
-              + "".join(f"{r['time_s'].get(k, 0.0):>11.3f}" for k in keys) + f"  {mb:.1f}")
+        print(
+            f"{r['layout']:<22}{r['step_s']:>8.3f}{r['ratio_to_dp']:>7.2f}"
+            + "".join(f"{r['time_s'].get(k, 0.0):>11.3f}" for k in keys)
+            + f"  {mb:.1f}"
+        )
     return 0
 
 

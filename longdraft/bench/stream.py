@@ -25,9 +25,20 @@ def _rss_bytes() -> int:
 def write_synthetic(path: Path, rows: int) -> Path:
     with path.open("w") as f:
         for i in range(rows):
-            f.write(json.dumps({"conversations": [
-                {"role": "user", "content": f"question {i}: what say you of the sea and the moon?"},
-                {"role": "assistant", "content": f"answer {i}: the sea is wide, the moon is bright tonight."}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"role": "user", "content": f"question {i}: what say you of the sea and the moon?"},
+                            {
+                                "role": "assistant",
+                                "content": f"answer {i}: the sea is wide, the moon is bright tonight.",
+                            },
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -59,17 +70,28 @@ def run(rows: int, samples: int, vocab_rows: int, compare_rows: int, data: str |
         draw_s = time.perf_counter() - start
         rss_after = _rss_bytes()
         result = {
-            "rows": rows if not data else None, "file_bytes": path.stat().st_size, "write_s": write_s,
-            "vocab_rows": vocab_rows, "vocab_pass_s": vocab_s, "first_sample_s": first_s,
-            "startup_s": vocab_s + first_s, "samples_drawn": samples, "samples_per_s": (samples - 1) / draw_s,
-            "rss_start_bytes": rss_start, "rss_first_sample_bytes": rss_first, "rss_after_bytes": rss_after,
+            "rows": rows if not data else None,
+            "file_bytes": path.stat().st_size,
+            "write_s": write_s,
+            "vocab_rows": vocab_rows,
+            "vocab_pass_s": vocab_s,
+            "first_sample_s": first_s,
+            "startup_s": vocab_s + first_s,
+            "samples_drawn": samples,
+            "samples_per_s": (samples - 1) / draw_s,
+            "rss_start_bytes": rss_start,
+            "rss_first_sample_bytes": rss_first,
+            "rss_after_bytes": rss_after,
             "rss_growth_bytes": rss_after - rss_first,
         }
         if compare_rows:
             start = time.perf_counter()
             loaded, _ = load_samples(path, tokenizer, 512, max_rows=compare_rows)
-            result.update(load_whole_rows=compare_rows, load_whole_s=time.perf_counter() - start,
-                          load_whole_rss_bytes=_rss_bytes() - rss_after)
+            result.update(
+                load_whole_rows=compare_rows,
+                load_whole_s=time.perf_counter() - start,
+                load_whole_rss_bytes=_rss_bytes() - rss_after,
+            )
             del loaded
         return result
 

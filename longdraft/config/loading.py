@@ -172,8 +172,9 @@ class _Builder:
             obj = getattr(obj, name)
         return True
 
-    def _set_leaf(self, obj: Any, f: dataclasses.Field, tp: Any, key: str, value: Any, origin: str,
-                  base_dir: Path | None) -> None:
+    def _set_leaf(
+        self, obj: Any, f: dataclasses.Field, tp: Any, key: str, value: Any, origin: str, base_dir: Path | None
+    ) -> None:
         if f.metadata.get("required"):
             tp = tp | None  # None means "not given"; checked in validate()
         out = _coerce(value, tp)
@@ -196,8 +197,9 @@ def _split_override(item: str) -> tuple[str, Any]:
     return key, _parse_scalar(text)
 
 
-def config_from_dict(tree: dict[str, Any], *, base_dir: str | Path | None = None,
-                     overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def config_from_dict(
+    tree: dict[str, Any], *, base_dir: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Build and validate a Config from a nested dict (paths resolve against `base_dir` or CWD)."""
     b = _Builder()
     b.set_tree(tree, {}, "<dict>", Path(base_dir or Path.cwd()).resolve())

@@ -22,14 +22,26 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
         for f in dataclasses.fields(section):
             name = f.name
             if f.metadata.get("required") and getattr(section, name) in (None, ""):
-                raise ConfigError(f"{section_name}.{name} is required but was not set (set it in the YAML "
-                                  f"file or pass '{section_name}.{name}=...')")
+                raise ConfigError(
+                    f"{section_name}.{name} is required but was not set (set it in the YAML "
+                    f"file or pass '{section_name}.{name}=...')"
+                )
 
     t = cfg.training
     for key, minimum in [
-        ("max_seq_length", 1), ("ttt_length", 1), ("batch_size", 1), ("micro_batch_size", 1),
-        ("num_steps", 1), ("warmup_steps", 0), ("save_every", 0), ("eval_every", 0), ("log_every", 1),
-        ("num_trainers", 1), ("sp_ulysses_size", 1), ("sp_ring_size", 1), ("loss_chunk_size", 1),
+        ("max_seq_length", 1),
+        ("ttt_length", 1),
+        ("batch_size", 1),
+        ("micro_batch_size", 1),
+        ("num_steps", 1),
+        ("warmup_steps", 0),
+        ("save_every", 0),
+        ("eval_every", 0),
+        ("log_every", 1),
+        ("num_trainers", 1),
+        ("sp_ulysses_size", 1),
+        ("sp_ring_size", 1),
+        ("loss_chunk_size", 1),
         ("min_loss_tokens", 0),
     ]:
         if getattr(t, key) < minimum:
@@ -44,23 +56,28 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
 
     sp = cfg.sp_size
     if t.num_trainers % sp:
-        fail("training.num_trainers", t.num_trainers,
-             f"a multiple of sp_ulysses_size*sp_ring_size = {t.sp_ulysses_size}*{t.sp_ring_size} = {sp}")
+        fail(
+            "training.num_trainers",
+            t.num_trainers,
+            f"a multiple of sp_ulysses_size*sp_ring_size = {t.sp_ulysses_size}*{t.sp_ring_size} = {sp}",
+        )
     try:
         choose_attention_backend(t.attention_backend, sp)
     except ValueError as exc:
         fail("training.attention_backend", t.attention_backend, str(exc))
     per_step = t.micro_batch_size * cfg.dp_size
     if t.batch_size % per_step:
-        fail("training.batch_size", t.batch_size,
-             f"a multiple of micro_batch_size*dp = {t.micro_batch_size}*{cfg.dp_size} = {per_step} "
-             f"(dp = num_trainers / sp = {t.num_trainers}/{sp})")
+        fail(
+            "training.batch_size",
+            t.batch_size,
+            f"a multiple of micro_batch_size*dp = {t.micro_batch_size}*{cfg.dp_size} = {per_step} "
+            f"(dp = num_trainers / sp = {t.num_trainers}/{sp})",
+        )
 
     m = cfg.model
     if m.draft_vocab_size is not None and m.draft_vocab_size < 1:
         fail("model.draft_vocab_size", m.draft_vocab_size, "an integer >= 1 or null (= target vocab)")
-    if m.aux_layers is not None and (len(m.aux_layers) != 3 or len(set(m.aux_layers)) != 3
-                                     or min(m.aux_layers) < 0):
+    if m.aux_layers is not None and (len(m.aux_layers) != 3 or len(set(m.aux_layers)) != 3 or min(m.aux_layers) < 0):
         fail("model.aux_layers", m.aux_layers, "3 distinct layer ids >= 0, or null for [1, N/2-1, N-4]")
 
     if cfg.data.max_rows is not None and cfg.data.max_rows < 1:
@@ -79,8 +96,11 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
             fail(f"inference.{key}", getattr(cfg.inference, key), "an integer >= 1 or null (auto)")
     f = cfg.inference.gpus_per_producer
     if f is not None and not (f == 0 or 0 < f < 0.5 or (f >= 1 and f == int(f))):
-        fail("inference.gpus_per_producer", f, "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) "
-             "or a whole number >= 1")
+        fail(
+            "inference.gpus_per_producer",
+            f,
+            "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) or a whole number >= 1",
+        )
     c = cfg.cluster
     if c.cpus_per_actor is not None and c.cpus_per_actor <= 0:
         fail("cluster.cpus_per_actor", c.cpus_per_actor, "a number > 0 or null")
@@ -99,8 +119,11 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
     if cfg.store.max_inflight_mb is not None and cfg.store.max_inflight_mb < 1:
         fail("store.max_inflight_mb", cfg.store.max_inflight_mb, "an integer >= 1 (MiB) or null")
     if t.num_trainers > 1 and t.micro_batch_size != 1:
-        fail("training.micro_batch_size", t.micro_batch_size,
-             "1 when training.num_trainers > 1 (each sequence has its own shard layout)")
+        fail(
+            "training.micro_batch_size",
+            t.micro_batch_size,
+            "1 when training.num_trainers > 1 (each sequence has its own shard layout)",
+        )
     for key in ("max_new_tokens", "num_prompts"):
         if getattr(cfg.eval, key) < 1:
             fail(f"eval.{key}", getattr(cfg.eval, key), "an integer >= 1")

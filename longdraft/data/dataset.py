@@ -46,9 +46,11 @@ class DataReport:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        s = (f"{self.path}: {self.num_samples} samples from {self.num_rows} rows, {self.num_tokens} tokens "
-             f"({self.num_loss_tokens} with loss), {self.num_truncated} truncated, "
-             f"{self.num_without_loss_tokens} without loss tokens")
+        s = (
+            f"{self.path}: {self.num_samples} samples from {self.num_rows} rows, {self.num_tokens} tokens "
+            f"({self.num_loss_tokens} with loss), {self.num_truncated} truncated, "
+            f"{self.num_without_loss_tokens} without loss tokens"
+        )
         if self.skipped:
             s += ", skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
         return s
@@ -65,8 +67,14 @@ def check_sample_options(path: str | Path, max_seq_length: int, on_bad_row: str)
     return p
 
 
-def sample_from_row(location: str, row: Row | DataError, tokenizer: Any, max_seq_length: int,
-                    on_bad_row: Literal["error", "skip"], report: DataReport) -> Sample | None:
+def sample_from_row(
+    location: str,
+    row: Row | DataError,
+    tokenizer: Any,
+    max_seq_length: int,
+    on_bad_row: Literal["error", "skip"],
+    report: DataReport,
+) -> Sample | None:
     """Tokenise and mask one row, counting it in ``report``. A bad row raises ``DataError``
     ("file:line: reason") unless ``on_bad_row == "skip"``: then it is counted and None returned."""
     report.num_rows += 1
@@ -89,13 +97,20 @@ def sample_from_row(location: str, row: Row | DataError, tokenizer: Any, max_seq
     return Sample(location, tok.input_ids, pack_loss_mask(tok.loss_mask), n_loss)
 
 
-def iter_samples(path: str | Path, tokenizer: Any, max_seq_length: int, on_bad_row: Literal["error", "skip"] = "error",
-                 max_rows: int | None = None, report: DataReport | None = None) -> Iterator[Sample]:
+def iter_samples(
+    path: str | Path,
+    tokenizer: Any,
+    max_seq_length: int,
+    on_bad_row: Literal["error", "skip"] = "error",
+    max_rows: int | None = None,
+    report: DataReport | None = None,
+) -> Iterator[Sample]:
     """The samples of a JSONL file in file order, one at a time (at most ``max_rows`` samples)."""
     p = check_sample_options(path, max_seq_length, on_bad_row)
     report = report if report is not None else DataReport(path=str(p))
-    rows = tqdm(iter_jsonl(p), desc=f"tokenizing {p.name}", unit=" rows",
-                disable=p.stat().st_size < _PROGRESS_MIN_BYTES)
+    rows = tqdm(
+        iter_jsonl(p), desc=f"tokenizing {p.name}", unit=" rows", disable=p.stat().st_size < _PROGRESS_MIN_BYTES
+    )
     for location, row in rows:
         if max_rows is not None and report.num_samples >= max_rows:
             break

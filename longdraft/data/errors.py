@@ -24,6 +24,6 @@ class DataError(UserError, ValueError):
         self.location = location
         super().__init__(f"{location}: {reason}" if location else reason)
 
-    def at(self, location: str) -> "DataError":
+    def at(self, location: str) -> DataError:
         """The same error, attributed to a row."""
         return DataError(self.kind, self.reason, location)

@@ -60,8 +60,9 @@ def count_loss_tokens(packed: Sequence[int] | str) -> int:
     return int(sum(runs[1::2]))
 
 
-def unpack_loss_mask(packed: Sequence[int] | str, length: int | None = None,
-                     dtype: torch.dtype = torch.long) -> torch.Tensor:
+def unpack_loss_mask(
+    packed: Sequence[int] | str, length: int | None = None, dtype: torch.dtype = torch.long
+) -> torch.Tensor:
     """Expand a packed mask to a 1-D tensor; with `length`, truncate or zero-pad to it."""
     runs = parse_loss_mask(packed) if isinstance(packed, str) else [int(n) for n in packed]
     _check_runs(runs)

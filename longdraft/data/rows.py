@@ -56,12 +56,14 @@ def _normalise_message(i: int, msg: object) -> dict[str, str]:
     if not isinstance(role, str):
         raise DataError(E.BAD_FIELD_TYPE, f"message {i} field '{role_key}' is {role!r}, expected a string")
     if not isinstance(content, str):
-        raise DataError(E.BAD_FIELD_TYPE, f"message {i} field '{content_key}' is {type(content).__name__}, "
-                                          "expected a string")
+        raise DataError(
+            E.BAD_FIELD_TYPE, f"message {i} field '{content_key}' is {type(content).__name__}, expected a string"
+        )
     normal = ROLE_ALIASES.get(role.strip().lower())
     if normal is None:
-        raise DataError(E.UNKNOWN_ROLE, f"message {i} has unknown role {role!r}; expected one of "
-                                        f"{sorted(ROLE_ALIASES)}")
+        raise DataError(
+            E.UNKNOWN_ROLE, f"message {i} has unknown role {role!r}; expected one of {sorted(ROLE_ALIASES)}"
+        )
     return {"role": normal, "content": content}
 
 
@@ -82,8 +84,9 @@ def parse_row(obj: object) -> Row:
         if not isinstance(text, str):
             raise DataError(E.BAD_FIELD_TYPE, f"'text' is {type(text).__name__}, expected a string")
         return PlainText(text)
-    raise DataError(E.MISSING_FIELD, f"row has none of the fields 'conversations', 'messages', 'text' "
-                                     f"(keys: {sorted(obj)})")
+    raise DataError(
+        E.MISSING_FIELD, f"row has none of the fields 'conversations', 'messages', 'text' (keys: {sorted(obj)})"
+    )
 
 
 def parse_line(location: str, line: str) -> Row | DataError:

@@ -32,9 +32,17 @@ def _window_order(n: int, seed: int, epoch: int, window: int) -> list[int]:
 
 
 class SampleStream:
-    def __init__(self, path: str | Path, tokenizer: Any, max_seq_length: int, seed: int,
-                 on_bad_row: Literal["error", "skip"] = "error", max_rows: int | None = None,
-                 window: int = DEFAULT_WINDOW, position: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Any,
+        max_seq_length: int,
+        seed: int,
+        on_bad_row: Literal["error", "skip"] = "error",
+        max_rows: int | None = None,
+        window: int = DEFAULT_WINDOW,
+        position: int = 0,
+    ):
         self.path = check_sample_options(path, max_seq_length, on_bad_row)
         if window < 1:
             raise ValueError(f"window={window}: expected >= 1")
@@ -77,7 +85,7 @@ class SampleStream:
             self.rows_per_epoch = rows_this_epoch
             epoch += 1
 
-    def __iter__(self) -> "SampleStream":
+    def __iter__(self) -> SampleStream:
         return self
 
     def __next__(self) -> Sample:
@@ -85,14 +93,17 @@ class SampleStream:
         while True:
             self.epoch, location, line = next(self._rows)
             self.position += 1
-            sample = sample_from_row(location, parse_line(location, line), self.tokenizer, self.max_seq_length,
-                                     self.on_bad_row, self.report)
+            sample = sample_from_row(
+                location, parse_line(location, line), self.tokenizer, self.max_seq_length, self.on_bad_row, self.report
+            )
             if sample is not None:
                 return sample
             tried += 1
             if self.rows_per_epoch is not None and tried > self.rows_per_epoch:  # a whole pass without a sample
-                raise NoUsableRows(f"{self.path}: every one of its {self.rows_per_epoch} rows is bad and was skipped "
-                                   f"({dict(self.report.skipped)}); nothing to train on")
+                raise NoUsableRows(
+                    f"{self.path}: every one of its {self.rows_per_epoch} rows is bad and was skipped "
+                    f"({dict(self.report.skipped)}); nothing to train on"
+                )
 
     def take(self, count: int) -> list[Sample]:
         return [next(self) for _ in range(count)]

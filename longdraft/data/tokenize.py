@@ -61,8 +61,11 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
             continue
         full = render_chat(tokenizer, messages[: i + 1])
         if not text.startswith(full):
-            raise DataError(E.TEMPLATE_MISMATCH, f"chat template is not prefix-stable: the rendering up to "
-                                                 f"message {i} is not a prefix of the whole conversation")
+            raise DataError(
+                E.TEMPLATE_MISMATCH,
+                f"chat template is not prefix-stable: the rendering up to "
+                f"message {i} is not a prefix of the whole conversation",
+            )
         gen = _render_prefix(tokenizer, messages[:i], add_generation_prompt=True)
         if not full.startswith(gen):
             gen = _render_prefix(tokenizer, messages[:i], add_generation_prompt=False)
@@ -71,8 +74,11 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         content = msg["content"].strip()
         start = full.find(content, len(gen))
         if start < 0:
-            raise DataError(E.TEMPLATE_MISMATCH, f"assistant message {i} content was not found in the "
-                                                 "rendered chat template (does the template rewrite it?)")
+            raise DataError(
+                E.TEMPLATE_MISMATCH,
+                f"assistant message {i} content was not found in the "
+                "rendered chat template (does the template rewrite it?)",
+            )
         end = len(full.rstrip())
         if end > start:
             spans.append((start, end))

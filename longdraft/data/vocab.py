@@ -34,8 +34,9 @@ class VocabMapping:
         return self.draft_vocab_size == self.target_vocab_size
 
     @classmethod
-    def from_draft_to_target(cls, draft_to_target: torch.Tensor, target_vocab_size: int,
-                             token_counts: torch.Tensor | None = None) -> "VocabMapping":
+    def from_draft_to_target(
+        cls, draft_to_target: torch.Tensor, target_vocab_size: int, token_counts: torch.Tensor | None = None
+    ) -> VocabMapping:
         ids = draft_to_target.to(torch.long)
         if ids.numel() and (bool((ids[1:] <= ids[:-1]).any()) or ids[0] < 0 or ids[-1] >= target_vocab_size):
             raise ValueError("draft_to_target must be strictly ascending target ids in [0, target_vocab)")
@@ -44,7 +45,7 @@ class VocabMapping:
         return cls(ids, ids - torch.arange(ids.numel()), t2d, token_counts)
 
     @classmethod
-    def identity(cls, vocab_size: int) -> "VocabMapping":
+    def identity(cls, vocab_size: int) -> VocabMapping:
         return cls.from_draft_to_target(torch.arange(vocab_size), vocab_size)
 
 
@@ -57,8 +58,9 @@ def count_loss_tokens(samples: Iterable, target_vocab_size: int) -> torch.Tensor
         picked = ids[mask]
         if picked.numel() and (picked.min() < 0 or picked.max() >= target_vocab_size):
             bad = picked[(picked < 0) | (picked >= target_vocab_size)][0].item()
-            raise ValueError(f"sample {s.sample_id}: token id {bad} is outside the target vocab "
-                             f"[0, {target_vocab_size})")
+            raise ValueError(
+                f"sample {s.sample_id}: token id {bad} is outside the target vocab [0, {target_vocab_size})"
+            )
         counts += torch.bincount(picked, minlength=target_vocab_size)
     return counts
 
@@ -68,8 +70,10 @@ def build_vocab_mapping(samples: Iterable, target_vocab_size: int, draft_vocab_s
     if draft_vocab_size is None or draft_vocab_size == target_vocab_size:
         return VocabMapping.identity(target_vocab_size)
     if not 1 <= draft_vocab_size < target_vocab_size:
-        raise ValueError(f"draft_vocab_size={draft_vocab_size}: expected 1 <= draft_vocab_size <= "
-                         f"target vocab size {target_vocab_size}")
+        raise ValueError(
+            f"draft_vocab_size={draft_vocab_size}: expected 1 <= draft_vocab_size <= "
+            f"target vocab size {target_vocab_size}"
+        )
     counts = count_loss_tokens(samples, target_vocab_size)
     # Stable sort on -count keeps ids ascending among equal counts, so ties go to the lower id
     # and never-seen ids are taken lowest-first.

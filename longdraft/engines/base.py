@@ -49,8 +49,10 @@ class WrittenSample:
 
 def tensor_specs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """(shapes, dtype names) of a sample's tensors, as `WrittenSample` and `SampleMeta` carry them."""
-    return ({n: tuple(t.shape) for n, t in tensors.items()},
-            {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()})
+    return (
+        {n: tuple(t.shape) for n, t in tensors.items()},
+        {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
+    )
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -63,8 +65,10 @@ def resolve_aux_layers(aux_layers: Sequence[int] | None, num_layers: int) -> lis
     if aux_layers is None:
         layers = default_aux_layers(num_layers)
         if len(set(layers)) != 3 or min(layers) < 0:
-            raise ValueError(f"the default aux layers [1, N/2-1, N-4] = {layers} are not 3 distinct valid layers "
-                             f"for a target with N={num_layers} layers; set model.aux_layers explicitly")
+            raise ValueError(
+                f"the default aux layers [1, N/2-1, N-4] = {layers} are not 3 distinct valid layers "
+                f"for a target with N={num_layers} layers; set model.aux_layers explicitly"
+            )
         return sorted(layers)
     layers = [int(x) for x in aux_layers]
     if len(layers) != 3:
@@ -73,8 +77,9 @@ def resolve_aux_layers(aux_layers: Sequence[int] | None, num_layers: int) -> lis
         raise ValueError(f"aux_layers={layers}: expected 3 distinct layer ids")
     bad = [x for x in layers if not 0 <= x < num_layers]
     if bad:
-        raise ValueError(f"aux_layers={layers}: ids {bad} are outside [0, {num_layers}) for a target with "
-                         f"{num_layers} layers")
+        raise ValueError(
+            f"aux_layers={layers}: ids {bad} are outside [0, {num_layers}) for a target with {num_layers} layers"
+        )
     return sorted(layers)
 
 

@@ -25,7 +25,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
     if not single.is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
     with safe_open(str(single), "pt") as f:
-        return {name: single for name in f.keys()}
+        return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
 
 
 def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None:
@@ -41,8 +41,10 @@ def read_target_config(target_path: str | Path) -> tuple[dict, dict]:
     else the whole), read as plain JSON so no model class is needed."""
     path = Path(target_path) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"target model directory {path.parent} has no config.json (only local checkpoints "
-                                "are loaded, never downloads)")
+        raise FileNotFoundError(
+            f"target model directory {path.parent} has no config.json (only local checkpoints "
+            "are loaded, never downloads)"
+        )
     config = json.loads(path.read_text())
     return config, config.get("text_config") or config
 

@@ -29,8 +29,9 @@ def load_causal_lm(path: str | Path, device: torch.device, dtype: str | torch.dt
 
     p = Path(path)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"target model directory {p} has no config.json (only local checkpoints "
-                                "are loaded, never downloads)")
+        raise FileNotFoundError(
+            f"target model directory {p} has no config.json (only local checkpoints are loaded, never downloads)"
+        )
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype")
@@ -105,8 +106,9 @@ class HFTargetEngine(TargetEngine):
             raise ValueError(f"token id {bad[0].item()} is outside the target vocab [0, {self.vocab_size})")
         self._captured.clear()
         try:
-            self._decoder(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                          use_cache=False)
+            self._decoder(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
+            )
             aux = torch.cat([self._captured[i] for i in self._aux_layers], dim=-1)
             last = self._captured["norm"]
         finally:

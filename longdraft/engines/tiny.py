@@ -128,7 +128,9 @@ def build_tiny_target(
     raw = _train_tokenizer(vocab_size)
     bos_id = raw.token_to_id(BOS)
     if chat_template == "llama3":  # Llama-3 tokenizers prepend BOS to plain text; ChatML ones do not.
-        raw.post_processor = TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
+        raw.post_processor = TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+        )
     eos = END_OF_TURN[chat_template]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,

@@ -49,7 +49,7 @@ class CapturePlan:
     layout: dict | None = None  # ShardLayout fields, for store mode
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "CapturePlan | None":
+    def from_params(cls, params: dict | None) -> CapturePlan | None:
         plan = (params or {}).get(PLAN_KEY)
         return cls(**plan) if plan else None
 
@@ -151,8 +151,10 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         self._writes = get_tensor_model_parallel_rank() == 0
         names = list(get_layers_from_vllm_config(self._vllm_config, CacheOnlyAttentionLayer, list(kv_caches)))
         if len(names) != 1:
-            raise RuntimeError(f"expected one hidden-state cache layer, found {names}: is the speculative "
-                               "method 'extract_hidden_states'?")
+            raise RuntimeError(
+                f"expected one hidden-state cache layer, found {names}: is the speculative "
+                "method 'extract_hidden_states'?"
+            )
         self._cache = kv_caches[names[0]]  # [blocks, captured ids, block_size, hidden]
 
     def start_load_kv(self, forward_context, **kwargs: Any) -> None:
@@ -214,9 +216,14 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         shards = split_sample(features, ShardLayout(**plan.layout))
         handle = self._writer().put_sample(plan.key, shards)
         shapes, dtypes = tensor_specs(features)
-        return {"ok": True, "length": len(save.token_ids), "shard_nbytes": list(handle.shard_nbytes),
-                "bytes_put": sum(shard_nbytes(s) for s in shards),
-                "shapes": shapes, "dtypes": dtypes}
+        return {
+            "ok": True,
+            "length": len(save.token_ids),
+            "shard_nbytes": list(handle.shard_nbytes),
+            "bytes_put": sum(shard_nbytes(s) for s in shards),
+            "shapes": shapes,
+            "dtypes": dtypes,
+        }
 
     def _features(self, save: _Save) -> dict[str, torch.Tensor]:
         assert self._cache is not None
@@ -228,8 +235,11 @@ class LongdraftCaptureConnector(KVConnectorBase_V1, SupportsHMA):
         weight, eps = self._final_norm()
         aux = rows[:, self._aux_rows].reshape(n, -1).contiguous()
         last = rms_norm(rows[:, self._last_row], weight, eps).contiguous()
-        return {"input_ids": torch.tensor(save.token_ids, dtype=torch.int64), "aux_hidden": aux.cpu(),
-                "last_hidden": last.cpu()}
+        return {
+            "input_ids": torch.tensor(save.token_ids, dtype=torch.int64),
+            "aux_hidden": aux.cpu(),
+            "last_hidden": last.cpu(),
+        }
 
     def _final_norm(self) -> tuple[torch.Tensor, float]:
         if self._norm is None:

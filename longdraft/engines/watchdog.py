@@ -44,8 +44,9 @@ def dead(processes: list[tuple[Any, str]]) -> list[str]:
     return gone
 
 
-def call_watched(fn: Callable[[], Any], processes: list[tuple[Any, str]], poll_s: float = 0.5,
-                 grace_s: float = 5.0) -> Any:
+def call_watched(
+    fn: Callable[[], Any], processes: list[tuple[Any, str]], poll_s: float = 0.5, grace_s: float = 5.0
+) -> Any:
     """``fn()``, or `ProcessDied` once one of ``processes`` is gone and ``fn`` has not returned
     within ``grace_s`` after (it may still raise its own, better error in that time)."""
     box: dict[str, Any] = {}

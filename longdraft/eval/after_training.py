@@ -26,8 +26,12 @@ def _last_eval_metrics(output_dir: Path, last_eval: dict | None) -> dict | None:
 
     for record in reversed(read_metrics(output_dir)):
         if "eval_sim_acc_len" in record:
-            return {"sim_acc_len": record["eval_sim_acc_len"], "acc_k": record.get("eval_acc_k"),
-                    "chain_acc_len": record.get("eval_chain_acc_len"), "step": record["step"]}
+            return {
+                "sim_acc_len": record["eval_sim_acc_len"],
+                "acc_k": record.get("eval_acc_k"),
+                "chain_acc_len": record.get("eval_chain_acc_len"),
+                "step": record["step"],
+            }
     return None
 
 
@@ -74,10 +78,16 @@ def final_evaluation(cfg: Config, train_result) -> dict:
     held_out = cfg.data.eval_path is not None
     data_path = cfg.data.eval_path if held_out else cfg.data.train_path
     real = run_speculative_eval(
-        cfg.model.target_path, train_result.final_dir, data_path,
-        num_prompts=cfg.eval.num_prompts, max_new_tokens=cfg.eval.max_new_tokens,
-        num_draft_tokens=cfg.training.ttt_length, aux_layers=cfg.model.aux_layers,
-        device=cfg.training.device, dtype=cfg.model.target_dtype, check_greedy=True,
+        cfg.model.target_path,
+        train_result.final_dir,
+        data_path,
+        num_prompts=cfg.eval.num_prompts,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        num_draft_tokens=cfg.training.ttt_length,
+        aux_layers=cfg.model.aux_layers,
+        device=cfg.training.device,
+        dtype=cfg.model.target_dtype,
+        check_greedy=True,
     )
     simulated = simulated_summary(_last_eval_metrics(output_dir, train_result.last_eval))
     result = {
@@ -108,8 +118,12 @@ def check_context_eval(cfg: Config) -> None:
 
     _, text = read_target_config(cfg.model.target_path)
     try:
-        check_context_fits(cfg.eval.context_lengths, cfg.eval.max_new_tokens, cfg.training.ttt_length,
-                           text.get("max_position_embeddings"))
+        check_context_fits(
+            cfg.eval.context_lengths,
+            cfg.eval.max_new_tokens,
+            cfg.training.ttt_length,
+            text.get("max_position_embeddings"),
+        )
     except ValueError as e:
         raise UserError(f"eval.context_lengths: {e}") from None
 
@@ -119,10 +133,19 @@ def context_evaluation(cfg: Config, output_dir: Path, final_dir: Path, data_path
     from longdraft.eval.context import format_context_table, plot_context, run_context_eval
     from longdraft.train.plot import PlotUnavailable
 
-    report = run_context_eval(cfg.model.target_path, final_dir, data_path, cfg.eval.context_lengths,
-                              num_prompts=cfg.eval.num_prompts, max_new_tokens=cfg.eval.max_new_tokens,
-                              num_draft_tokens=cfg.training.ttt_length, aux_layers=cfg.model.aux_layers,
-                              device=cfg.training.device, dtype=cfg.model.target_dtype, check_greedy=True)
+    report = run_context_eval(
+        cfg.model.target_path,
+        final_dir,
+        data_path,
+        cfg.eval.context_lengths,
+        num_prompts=cfg.eval.num_prompts,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        num_draft_tokens=cfg.training.ttt_length,
+        aux_layers=cfg.model.aux_layers,
+        device=cfg.training.device,
+        dtype=cfg.model.target_dtype,
+        check_greedy=True,
+    )
     (output_dir / "eval_context.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_context_table(report))
     if cfg.output.plot:

@@ -14,7 +14,8 @@ def _aux_layers(text: str) -> list[int]:
         return [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--aux-layers={text!r}: expected comma-separated layer ids, e.g. 1,3,4") from None
+            f"--aux-layers={text!r}: expected comma-separated layer ids, e.g. 1,3,4"
+        ) from None
 
 
 def _lengths(text: str) -> list[int]:
@@ -23,8 +24,9 @@ def _lengths(text: str) -> list[int]:
     except ValueError:
         lengths = []
     if not lengths or min(lengths) < 2:
-        raise argparse.ArgumentTypeError(f"--context-lengths={text!r}: expected comma-separated token counts >= 2, "
-                                         "e.g. 256,1024,2048")
+        raise argparse.ArgumentTypeError(
+            f"--context-lengths={text!r}: expected comma-separated token counts >= 2, e.g. 256,1024,2048"
+        )
     return lengths
 
 
@@ -35,26 +37,46 @@ def build_parser() -> argparse.ArgumentParser:
         "reports the acceptance length tau (tokens per target verification step, bonus included).",
     )
     p.add_argument("--target", required=True, help="local HF target model directory")
-    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
-                   help="hf: our evaluator (default); vllm: serve the draft with vLLM's EAGLE-3 speculative decoding "
-                   "and report vLLM's own counters (the export's layer ids are used; --aux-layers and --device are "
-                   "not)")
+    p.add_argument(
+        "--engine",
+        default="hf",
+        choices=["hf", "vllm"],
+        help="hf: our evaluator (default); vllm: serve the draft with vLLM's EAGLE-3 speculative decoding "
+        "and report vLLM's own counters (the export's layer ids are used; --aux-layers and --device are "
+        "not)",
+    )
     p.add_argument("--draft", required=True, help="exported draft directory (config.json + model.safetensors)")
-    p.add_argument("--data", required=True, help="JSONL file: conversations (prompt = turns before the first "
-                   "assistant turn) or text rows (prompt = first half of the tokens)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="JSONL file: conversations (prompt = turns before the first "
+        "assistant turn) or text rows (prompt = first half of the tokens)",
+    )
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-steps", type=int, default=7, help="draft tokens per verification step K (default 7)")
     p.add_argument("--max-text-prompt-tokens", type=int, default=128)
-    p.add_argument("--aux-layers", type=_aux_layers, default=None, help="target aux layers (default: those the export says it was trained on, else 1,N/2-1,N-4)")
+    p.add_argument(
+        "--aux-layers",
+        type=_aux_layers,
+        default=None,
+        help="target aux layers (default: those the export says it was trained on, else 1,N/2-1,N-4)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="target dtype")
     p.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens tokens")
-    p.add_argument("--check-greedy", action="store_true",
-                   help="also run plain greedy decoding and report whether the outputs are equal")
-    p.add_argument("--context-lengths", type=_lengths, default=None,
-                   help="acceptance by context length instead: prompts of exactly these many tokens cut from the "
-                   "documents of --data, e.g. 256,1024,2048,4096 (hf engine)")
+    p.add_argument(
+        "--check-greedy",
+        action="store_true",
+        help="also run plain greedy decoding and report whether the outputs are equal",
+    )
+    p.add_argument(
+        "--context-lengths",
+        type=_lengths,
+        default=None,
+        help="acceptance by context length instead: prompts of exactly these many tokens cut from the "
+        "documents of --data, e.g. 256,1024,2048,4096 (hf engine)",
+    )
     p.add_argument("--plot", type=Path, default=None, help="with --context-lengths: also draw tau against context")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
@@ -75,16 +97,29 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.context_lengths is not None:
         return _context(args)
-    common = dict(num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_steps,
-                  dtype=args.dtype, check_greedy=args.check_greedy, ignore_eos=args.ignore_eos,
-                  max_text_prompt_tokens=args.max_text_prompt_tokens)
+    common = dict(
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        num_draft_tokens=args.num_steps,
+        dtype=args.dtype,
+        check_greedy=args.check_greedy,
+        ignore_eos=args.ignore_eos,
+        max_text_prompt_tokens=args.max_text_prompt_tokens,
+    )
     if args.engine == "vllm":
         from longdraft.eval.vllm_serve import serve_with_vllm
 
         report = serve_with_vllm(args.target, args.draft, args.data, **common)
     else:
-        report = run_speculative_eval(args.target, args.draft, args.data, aux_layers=args.aux_layers,
-                                      device=args.device, progress=not args.json, **common)
+        report = run_speculative_eval(
+            args.target,
+            args.draft,
+            args.data,
+            aux_layers=args.aux_layers,
+            device=args.device,
+            progress=not args.json,
+            **common,
+        )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -101,10 +136,20 @@ def _context(args) -> int:
     if args.engine != "hf":
         print("longdraft eval: --context-lengths runs with --engine hf", file=sys.stderr)
         return 2
-    report = run_context_eval(args.target, args.draft, args.data, args.context_lengths, num_prompts=args.num_prompts,
-                              max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_steps,
-                              aux_layers=args.aux_layers, device=args.device, dtype=args.dtype,
-                              check_greedy=args.check_greedy, progress=not args.json)
+    report = run_context_eval(
+        args.target,
+        args.draft,
+        args.data,
+        args.context_lengths,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        num_draft_tokens=args.num_steps,
+        aux_layers=args.aux_layers,
+        device=args.device,
+        dtype=args.dtype,
+        check_greedy=args.check_greedy,
+        progress=not args.json,
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

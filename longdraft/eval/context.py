@@ -19,16 +19,19 @@ from longdraft.eval.evaluate import load_for_eval, run_prompts
 from longdraft.eval.report import summarize
 
 
-def check_context_fits(context_lengths: Sequence[int], max_new_tokens: int, num_draft_tokens: int,
-                       max_positions: int | None) -> None:
+def check_context_fits(
+    context_lengths: Sequence[int], max_new_tokens: int, num_draft_tokens: int, max_positions: int | None
+) -> None:
     if max_positions is None:
         return
     for n in context_lengths:
         need = n + max_new_tokens + num_draft_tokens
         if need > max_positions:
-            raise ValueError(f"context length {n}: {n} prompt + {max_new_tokens} new + {num_draft_tokens} draft "
-                             f"tokens = {need} positions, more than the target's max_position_embeddings "
-                             f"= {max_positions}")
+            raise ValueError(
+                f"context length {n}: {n} prompt + {max_new_tokens} new + {num_draft_tokens} draft "
+                f"tokens = {need} positions, more than the target's max_position_embeddings "
+                f"= {max_positions}"
+            )
 
 
 def run_context_eval(
@@ -57,20 +60,30 @@ def run_context_eval(
         for n in lengths:
             prompts = context_prompts(docs, n, num_prompts, max_new_tokens, tokenizer.bos_token_id)
             with torch.no_grad():
-                outcomes = run_prompts(target, proposer, prompts, max_new_tokens, num_draft_tokens, stop_ids,
-                                       check_greedy, progress)
+                outcomes = run_prompts(
+                    target, proposer, prompts, max_new_tokens, num_draft_tokens, stop_ids, check_greedy, progress
+                )
             report = summarize(outcomes, num_draft_tokens)
             by_length.append({"context_length": n, **{k: v for k, v in report.items() if k != "per_prompt"}})
     finally:
         target.close()
-    return {"context_lengths": lengths, "by_length": by_length, "target": str(target_dir), "draft": str(draft_dir),
-            "data": str(data_path), "max_new_tokens": max_new_tokens, "wall_s": time.perf_counter() - started}
+    return {
+        "context_lengths": lengths,
+        "by_length": by_length,
+        "target": str(target_dir),
+        "draft": str(draft_dir),
+        "data": str(data_path),
+        "max_new_tokens": max_new_tokens,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def format_context_table(report: dict) -> str:
     k = report["by_length"][0]["num_draft_tokens"] if report["by_length"] else 0
-    lines = [f"acceptance by context length ({report['max_new_tokens']} new tokens, {k} draft tokens per step)",
-             "context  prompts    tau   " + " ".join(f"pos{j + 1:<3d}" for j in range(k))]
+    lines = [
+        f"acceptance by context length ({report['max_new_tokens']} new tokens, {k} draft tokens per step)",
+        "context  prompts    tau   " + " ".join(f"pos{j + 1:<3d}" for j in range(k)),
+    ]
     for r in report["by_length"]:
         rates = " ".join(f"{x:6.3f}" if x is not None else "     -" for x in r["accept_rate_per_position"])
         tau = "-" if r["acceptance_length"] is None else f"{r['acceptance_length']:.3f}"

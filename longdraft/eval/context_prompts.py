@@ -43,8 +43,9 @@ def cut_points(n: int, length: int, tail: int, count: int) -> list[int]:
     return sorted({length + round(i * step) for i in range(count)})
 
 
-def context_prompts(docs: list[tuple[str, list[int]]], length: int, num_prompts: int, tail: int,
-                    bos_id: int | None) -> list[Prompt]:
+def context_prompts(
+    docs: list[tuple[str, list[int]]], length: int, num_prompts: int, tail: int, bos_id: int | None
+) -> list[Prompt]:
     """``num_prompts`` prompts of exactly ``length`` tokens (fewer when the documents have fewer cut
     points); ValueError when no document is long enough."""
     if length < 2:
@@ -52,8 +53,10 @@ def context_prompts(docs: list[tuple[str, list[int]]], length: int, num_prompts:
     eligible = [(loc, ids) for loc, ids in docs if len(ids) >= length + tail]
     if not eligible:
         longest = max((len(ids) for _, ids in docs), default=0)
-        raise ValueError(f"no document has the {length} + {tail} tokens a context length of {length} needs "
-                         f"(context + generated tokens; the longest has {longest})")
+        raise ValueError(
+            f"no document has the {length} + {tail} tokens a context length of {length} needs "
+            f"(context + generated tokens; the longest has {longest})"
+        )
     per_doc = -(-num_prompts // len(eligible))
     cuts = [[(loc, ids, c) for c in cut_points(len(ids), length, tail, per_doc)] for loc, ids in eligible]
     prompts: list[Prompt] = []
@@ -61,7 +64,7 @@ def context_prompts(docs: list[tuple[str, list[int]]], length: int, num_prompts:
         for doc_cuts in cuts:
             if round_ < len(doc_cuts) and len(prompts) < num_prompts:
                 loc, ids, c = doc_cuts[round_]
-                window = ids[c - length:c]
+                window = ids[c - length : c]
                 if bos_id is not None and ids[0] == bos_id and window[0] != bos_id:
                     window = [bos_id] + window[1:]
                 prompts.append(Prompt(f"{loc}@{c}", "context", window))

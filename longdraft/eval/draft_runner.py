@@ -87,8 +87,10 @@ class DraftRunner:
         if self.chain:
             raise RuntimeError("extend() with an open draft chain; call discard_chain() first")
         if tokens.ndim != 1 or aux.ndim != 2 or tokens.shape[0] != aux.shape[0] or tokens.shape[0] == 0:
-            raise ValueError(f"extend() needs tokens [T] and aux [T, 3H] with T >= 1, got {tuple(tokens.shape)} "
-                             f"and {tuple(aux.shape)}")
+            raise ValueError(
+                f"extend() needs tokens [T] and aux [T, 3H] with T >= 1, got {tuple(tokens.shape)} "
+                f"and {tuple(aux.shape)}"
+            )
         feature = self.model.fc(aux.to(self.device, self.model.fc.weight.dtype))
         prenorm = self._run(tokens, feature, self.committed)
         self.committed += tokens.shape[0]

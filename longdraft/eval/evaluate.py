@@ -40,8 +40,10 @@ def run_prompts(
 def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) -> None:
     path = draft_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"draft directory {draft_dir} has no config.json (expected an export: "
-                                "<output_dir>/final or `longdraft export`)")
+        raise FileNotFoundError(
+            f"draft directory {draft_dir} has no config.json (expected an export: "
+            "<output_dir>/final or `longdraft export`)"
+        )
     cfg = json.loads(path.read_text())
     if cfg.get("vocab_size") != vocab_size:
         raise ValueError(f"{path}: vocab_size={cfg.get('vocab_size')}, but the target vocab has {vocab_size} tokens")
@@ -50,8 +52,13 @@ def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) 
         raise ValueError(f"{path}: target_hidden_size={target_hidden}, but the target's hidden size is {hidden_size}")
 
 
-def load_for_eval(target_dir: str | Path, draft_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                  aux_layers: Sequence[int] | None = None):
+def load_for_eval(
+    target_dir: str | Path,
+    draft_dir: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    aux_layers: Sequence[int] | None = None,
+):
     """(target runner, proposer, tokenizer, stop ids) for speculative decoding with an export; the
     target layers are the caller's, else the ones the export says it was trained on."""
     from transformers import AutoTokenizer
@@ -63,7 +70,9 @@ def load_for_eval(target_dir: str | Path, draft_dir: str | Path, device: str = "
     device = resolve_device(device)
     model = load_causal_lm(target_dir, device, dtype)
     embedding = model.get_input_embeddings().weight
-    check_draft_fits_target(Path(draft_dir), int(model.get_output_embeddings().weight.shape[0]), int(embedding.shape[1]))
+    check_draft_fits_target(
+        Path(draft_dir), int(model.get_output_embeddings().weight.shape[0]), int(embedding.shape[1])
+    )
     draft = load_exported_draft(draft_dir, embedding.detach().float().cpu()).to(device)
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     target = TargetRunner(model, aux_layers if aux_layers is not None else draft.config.aux_layers)
@@ -91,11 +100,26 @@ def run_speculative_eval(
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
     try:
         with torch.no_grad():
-            outcomes = run_prompts(target, proposer, prompts, max_new_tokens, num_draft_tokens,
-                                   set() if ignore_eos else stop_ids, check_greedy, progress)
+            outcomes = run_prompts(
+                target,
+                proposer,
+                prompts,
+                max_new_tokens,
+                num_draft_tokens,
+                set() if ignore_eos else stop_ids,
+                check_greedy,
+                progress,
+            )
     finally:
         target.close()
     report = summarize(outcomes, num_draft_tokens)
-    report.update(target=str(target_dir), draft=str(draft_dir), data=str(data_path), max_new_tokens=max_new_tokens,
-                  stop_at_eos=not ignore_eos, device=str(target.device), wall_s=time.perf_counter() - started)
+    report.update(
+        target=str(target_dir),
+        draft=str(draft_dir),
+        data=str(data_path),
+        max_new_tokens=max_new_tokens,
+        stop_at_eos=not ignore_eos,
+        device=str(target.device),
+        wall_s=time.perf_counter() - started,
+    )
     return report

@@ -39,9 +39,7 @@ def text_prompt(tokenizer: Any, text: str, max_text_prompt_tokens: int) -> list[
     return ids[: max(1, min(len(ids) // 2, max_text_prompt_tokens))]
 
 
-def load_prompts(
-    path: str | Path, tokenizer: Any, num_prompts: int, max_text_prompt_tokens: int = 128
-) -> list[Prompt]:
+def load_prompts(path: str | Path, tokenizer: Any, num_prompts: int, max_text_prompt_tokens: int = 128) -> list[Prompt]:
     """The first ``num_prompts`` prompts of a JSONL file; a bad row raises ``DataError`` naming file:line."""
     p = Path(path)
     if not p.is_file():

@@ -38,8 +38,10 @@ class Eagle3Proposer:
         runner.discard_chain()
         n = runner.committed
         if aux.shape[0] != len(tokens) - 1 or len(tokens) - 1 <= n:
-            raise ValueError(f"propose() got {len(tokens)} tokens and {aux.shape[0]} aux rows with {n} positions "
-                             "already committed; expected len(tokens) - 1 aux rows and new verified tokens")
+            raise ValueError(
+                f"propose() got {len(tokens)} tokens and {aux.shape[0]} aux rows with {n} positions "
+                "already committed; expected len(tokens) - 1 aux rows and new verified tokens"
+            )
         # Entry t reads token x[t+1] and aux[t]: the new entries n .. len-2 read tokens n+1 .. len-1.
         prenorm = runner.extend(torch.tensor(tokens[n + 1 :]), aux[n:])[-1]
         drafts = [runner.draft_token(prenorm)]

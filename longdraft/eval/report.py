@@ -82,6 +82,8 @@ def format_table(report: dict, per_prompt: bool = True) -> str:
         width = max([len("prompt")] + [len(p["id"]) for p in report["per_prompt"]])
         lines.append(f"{'prompt':<{width}}  kind  prompt_tok  out_tok  steps    tau")
         for p in report["per_prompt"]:
-            lines.append(f"{p['id']:<{width}}  {p['kind']:<4}  {p['prompt_tokens']:>10d}  {p['output_tokens']:>7d}  "
-                         f"{p['verify_steps']:>5d}  {_fmt(p['acceptance_length']):>5s}")
+            lines.append(
+                f"{p['id']:<{width}}  {p['kind']:<4}  {p['prompt_tokens']:>10d}  {p['output_tokens']:>7d}  "
+                f"{p['verify_steps']:>5d}  {_fmt(p['acceptance_length']):>5s}"
+            )
     return "\n".join(lines)

@@ -51,8 +51,10 @@ def _check_budget(target: TargetRunner, prompt_ids: list[int], max_new_tokens: i
         raise ValueError("empty prompt")
     needed = len(prompt_ids) + max_new_tokens + k
     if needed > target.max_positions:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} + {k} drafts needs "
-                         f"{needed} positions, more than the target's max_position_embeddings={target.max_positions}")
+        raise ValueError(
+            f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} + {k} drafts needs "
+            f"{needed} positions, more than the target's max_position_embeddings={target.max_positions}"
+        )
 
 
 def speculative_generate(

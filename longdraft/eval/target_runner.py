@@ -84,8 +84,10 @@ class TargetRunner:
         if not ids:
             raise ValueError("TargetRunner.forward() needs at least one token")
         if self.length + len(ids) > self.max_positions:
-            raise ValueError(f"sequence of {self.length + len(ids)} tokens exceeds the target's "
-                             f"max_position_embeddings={self.max_positions}")
+            raise ValueError(
+                f"sequence of {self.length + len(ids)} tokens exceeds the target's "
+                f"max_position_embeddings={self.max_positions}"
+            )
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         self._captured.clear()
         try:

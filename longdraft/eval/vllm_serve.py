@@ -15,6 +15,7 @@ from longdraft.engines.head_weights import read_target_config
 from longdraft.engines.vllm_engine import default_kv_cache_bytes, dtype_bytes, vllm_dtype
 from longdraft.errors import UserError
 
+
 def _metric(metrics: dict, name: str):
     if name not in metrics:
         raise RuntimeError(f"vLLM reported no {name!r} (was speculative decoding enabled?)")
@@ -55,9 +56,17 @@ def serve_with_vllm(
     max_model_len = max(needed, int(text.get("max_position_embeddings") or 0))
     served_dtype = vllm_dtype(dtype, config)
     kv_bytes = default_kv_cache_bytes(text, 0, dtype_bytes(served_dtype), max(len(prompts) * needed, max_model_len))
-    llm = LLM(model=str(target_dir), tokenizer=str(target_dir), dtype=served_dtype, enforce_eager=True, seed=0,
-              max_model_len=max_model_len, kv_cache_memory_bytes=kv_bytes, disable_log_stats=False,
-              speculative_config={"method": "eagle3", "model": str(draft_dir), "num_speculative_tokens": num_draft_tokens})
+    llm = LLM(
+        model=str(target_dir),
+        tokenizer=str(target_dir),
+        dtype=served_dtype,
+        enforce_eager=True,
+        seed=0,
+        max_model_len=max_model_len,
+        kv_cache_memory_bytes=kv_bytes,
+        disable_log_stats=False,
+        speculative_config={"method": "eagle3", "model": str(draft_dir), "num_speculative_tokens": num_draft_tokens},
+    )
     try:
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, ignore_eos=ignore_eos)
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p.input_ids) for p in prompts], params, use_tqdm=False)
@@ -68,18 +77,27 @@ def serve_with_vllm(
     accepted = _metric(metrics, "vllm:spec_decode_num_accepted_tokens")
     per_position = _metric(metrics, "vllm:spec_decode_num_accepted_tokens_per_pos")
     tokens = [list(o.outputs[0].token_ids) for o in outputs]
-    ratio = (lambda num, den: num / den if den else None)
+    ratio = lambda num, den: num / den if den else None
     report = {
         "engine": "vllm",
         "acceptance_length": ratio(steps + accepted, steps),
         "accept_rate_per_position": [ratio(n, steps) for n in per_position],
-        "accept_rate_conditional": [ratio(n, steps if j == 0 else per_position[j - 1]) for j, n in enumerate(per_position)],
-        "verify_steps": int(steps), "new_tokens": int(steps + accepted), "num_prompts": len(prompts),
-        "num_draft_tokens": num_draft_tokens, "prompt_tokens": sum(len(p.input_ids) for p in prompts),
+        "accept_rate_conditional": [
+            ratio(n, steps if j == 0 else per_position[j - 1]) for j, n in enumerate(per_position)
+        ],
+        "verify_steps": int(steps),
+        "new_tokens": int(steps + accepted),
+        "num_prompts": len(prompts),
+        "num_draft_tokens": num_draft_tokens,
+        "prompt_tokens": sum(len(p.input_ids) for p in prompts),
         "output_tokens": sum(map(len, tokens)),
         "matches_greedy": _matches_greedy(target_dir, prompts, tokens, max_new_tokens, dtype, ignore_eos)
-        if check_greedy else None,
-        "target": str(target_dir), "draft": str(draft_dir), "data": str(data_path), "max_new_tokens": max_new_tokens,
+        if check_greedy
+        else None,
+        "target": str(target_dir),
+        "draft": str(draft_dir),
+        "data": str(data_path),
+        "max_new_tokens": max_new_tokens,
         "wall_s": time.perf_counter() - started,
     }
     return report
@@ -98,7 +116,9 @@ def _matches_greedy(target_dir, prompts, outputs, max_new_tokens: int, dtype: st
     stop_ids = set() if ignore_eos else stop_token_ids(model)
     try:
         with torch.no_grad():
-            return all(greedy_generate(target, p.input_ids, max_new_tokens, stop_ids) == out
-                       for p, out in zip(prompts, outputs))
+            return all(
+                greedy_generate(target, p.input_ids, max_new_tokens, stop_ids) == out
+                for p, out in zip(prompts, outputs)
+            )
     finally:
         target.close()

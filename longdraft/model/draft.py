@@ -73,11 +73,15 @@ class Eagle3Draft(nn.Module):
         self.rotary = LlamaRotaryEmbedding(config)
         vocab, draft_vocab = config.vocab_size, config.draft_vocab_size
         self.register_buffer("d2t", torch.zeros(draft_vocab, dtype=torch.int64))
-        self.register_buffer("t2d", torch.ones(vocab, dtype=torch.bool) if vocab == draft_vocab else torch.zeros(vocab, dtype=torch.bool))
+        self.register_buffer(
+            "t2d", torch.ones(vocab, dtype=torch.bool) if vocab == draft_vocab else torch.zeros(vocab, dtype=torch.bool)
+        )
 
     def set_vocab_mapping(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
         if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
-            raise ValueError(f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match the draft's {tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}")
+            raise ValueError(
+                f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match the draft's {tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}"
+            )
         self.d2t.copy_(d2t)
         self.t2d.copy_(t2d)
 

@@ -25,8 +25,9 @@ def _rope_settings(target: PretrainedConfig) -> tuple[float, dict | None]:
     return float(theta), copy.deepcopy(scaling)
 
 
-def draft_config_from_target(target: PretrainedConfig, draft_vocab_size: int | None = None,
-                             aux_layers: Sequence[int] | None = None) -> LlamaConfig:
+def draft_config_from_target(
+    target: PretrainedConfig, draft_vocab_size: int | None = None, aux_layers: Sequence[int] | None = None
+) -> LlamaConfig:
     """A one-layer Llama config matching the target's width, heads, norms and RoPE; ``aux_layers``
     (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on."""
     text = target.get_text_config() if hasattr(target, "get_text_config") else target

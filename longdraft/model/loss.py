@@ -42,8 +42,9 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
         with phase(times, "loss_s", weight.device):
-            return _StepsSoftCrossEntropy._forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps,
-                                                   *xs_and_rows)
+            return _StepsSoftCrossEntropy._forward(
+                ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows
+            )
 
     @staticmethod
     def _forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
@@ -117,8 +118,9 @@ def soft_cross_entropy_steps(
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
     if len(xs) != len(target_rows):
         raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
-    sums, *agrees = _StepsSoftCrossEntropy.apply(weight, target_hidden, target_weight, chunk_size, times, len(xs),
-                                                 *xs, *target_rows)
+    sums, *agrees = _StepsSoftCrossEntropy.apply(
+        weight, target_hidden, target_weight, chunk_size, times, len(xs), *xs, *target_rows
+    )
     return sums, agrees
 
 

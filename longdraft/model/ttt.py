@@ -104,8 +104,13 @@ def ttt_unroll(
         rows_used.append(target_row[valid[k]] + k + 1)  # step k scores query t against target row t+k+1
     # One loss over all steps: each target distribution is computed once, not once per step.
     sums, agrees = soft_cross_entropy_steps(
-        normed, rows_used, model.lm_head.weight, batch.last_hidden.reshape(-1, batch.last_hidden.shape[-1]),
-        target_lm_head_draft_rows, loss_chunk_size, times,
+        normed,
+        rows_used,
+        model.lm_head.weight,
+        batch.last_hidden.reshape(-1, batch.last_hidden.shape[-1]),
+        target_lm_head_draft_rows,
+        loss_chunk_size,
+        times,
     )
     weights = torch.tensor([STEP_WEIGHT_DECAY**k for k in range(ttt_length)], device=sums.device)
     loss = (weights * sums / normalisers).sum()

@@ -18,8 +18,9 @@ import queue
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -122,12 +123,11 @@ def _collect(procs: list, results: Any, world_size: int, timeout_s: float) -> li
             rank, ok, payload = results.get(timeout=min(remaining, 0.5))
         except queue.Empty:
             dead = [
-                r for r, p in enumerate(procs)
-                if r not in values and not p.is_alive() and p.exitcode not in (0, None)
+                r for r, p in enumerate(procs) if r not in values and not p.is_alive() and p.exitcode not in (0, None)
             ]
             if dead and results.empty():
                 codes = {r: procs[r].exitcode for r in dead}
-                raise RankFailed(f"ranks {dead} exited without a result (exit codes {codes})")
+                raise RankFailed(f"ranks {dead} exited without a result (exit codes {codes})") from None
             continue
         if not ok:
             raise RankFailed(f"rank {rank} of {world_size} failed:\n{payload}")

@@ -74,9 +74,7 @@ def validate_usp_sizes(
     if num_kv_heads is None:
         return
     if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"num_key_value_heads={num_kv_heads} must be >= 1 and divide num_attention_heads={num_heads}"
-        )
+        raise ValueError(f"num_key_value_heads={num_kv_heads} must be >= 1 and divide num_attention_heads={num_heads}")
 
 
 @dataclass
@@ -123,7 +121,7 @@ class USPMesh:
         num_heads: int | None = None,
         num_kv_heads: int | None = None,
         timeout: timedelta | None = None,
-    ) -> "USPMesh":
+    ) -> USPMesh:
         """Validate the sizes, then create every group (all ranks create all groups, same order).
 
         Uses the backend of the default process group (gloo on CPU, NCCL on CUDA). ``timeout``

@@ -14,7 +14,6 @@ from dataclasses import replace
 
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PromptItem, SampleMeta
 
-
 RESTART_WAIT_S = 600.0  # how long a restarting producer may keep refusing calls
 
 _STAGE = {"new": 0, "prefilling": 1, "produced": 2, "dispatched": 3, "trained": 4, "skipped": 4}
@@ -29,9 +28,18 @@ class Controller:
     """``held_out`` (None: the run does not evaluate) is produced and dispatched first, followed by
     ``EndOfHeldOut`` in every queue; held-out sample ``i`` goes to DP replica ``i % dp``."""
 
-    def __init__(self, feed_args: tuple, producers: list, queues: list[list], batch_size: int,
-                 pool_size: int, producer_batch: int, held_out: list[PromptItem] | None = None,
-                 max_inflight_bytes: int | None = None, sizes=None):
+    def __init__(
+        self,
+        feed_args: tuple,
+        producers: list,
+        queues: list[list],
+        batch_size: int,
+        pool_size: int,
+        producer_batch: int,
+        held_out: list[PromptItem] | None = None,
+        max_inflight_bytes: int | None = None,
+        sizes=None,
+    ):
         from longdraft.pipeline.prompt_feed import PromptFeed
 
         self.feed = PromptFeed(*feed_args)  # (cfg, start_step, start_position): the stream is read here
@@ -146,8 +154,10 @@ class Controller:
         except ray.exceptions.RayActorError as exc:
             self.producer_failures += 1
             if self.producer_failures > self.max_producer_failures:
-                raise RuntimeError(f"producers died {self.producer_failures} times (last: producer {producer}, "
-                                   f"{type(exc).__name__}); giving up") from exc
+                raise RuntimeError(
+                    f"producers died {self.producer_failures} times (last: producer {producer}, "
+                    f"{type(exc).__name__}); giving up"
+                ) from exc
         # The batch goes again under new store keys (a half-finished attempt may have written some).
         self.reissued += len(items)
         retry.append((first, [replace(item, attempt=item.attempt + 1) for item in items]))
@@ -209,13 +219,20 @@ class Controller:
         skipped = sum(n for s, n in states.items() if s.startswith("skipped:"))
         produced = trained + skipped + states.get("dispatched", 0) + states.get("produced", 0)
         return {
-            "prompts": self.feed.total, "held_out": len(self.held_out or []), "produced": produced,
-            "trained": trained, "skipped": skipped, "skipped_by_reason": dict(self.skip_reasons),
-            "lost": self.feed.total - trained - skipped, "stream": self.feed.stream.report.summary(),
+            "prompts": self.feed.total,
+            "held_out": len(self.held_out or []),
+            "produced": produced,
+            "trained": trained,
+            "skipped": skipped,
+            "skipped_by_reason": dict(self.skip_reasons),
+            "lost": self.feed.total - trained - skipped,
+            "stream": self.feed.stream.report.summary(),
             "bad_rows": dict(self.feed.stream.report.skipped),
             "duplicated": sum(n - 1 for n in self.dispatched.values() if n > 1),
-            "producer_failures": self.producer_failures, "reissued": self.reissued,
-            "max_inflight_bytes": self.max_inflight_bytes, "peak_inflight_bytes": self.peak_inflight_bytes,
+            "producer_failures": self.producer_failures,
+            "reissued": self.reissued,
+            "max_inflight_bytes": self.max_inflight_bytes,
+            "peak_inflight_bytes": self.peak_inflight_bytes,
             "budget_waits": self.budget_waits,
             "dispatch_wait_s": self.dispatch_wait_s,
         }

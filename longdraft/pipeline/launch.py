@@ -52,8 +52,9 @@ def _stop(actors: list) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def stalled_rank(progress: dict[int, tuple[int, float]], world: int, stall_timeout_s: float,
-                 since_start: float) -> str | None:
+def stalled_rank(
+    progress: dict[int, tuple[int, float]], world: int, stall_timeout_s: float, since_start: float
+) -> str | None:
     """The first trainer rank with no finished step for ``stall_timeout_s``, described, or None.
 
     ``progress``: rank -> (last finished step, seconds since); a rank not in it has finished none
@@ -62,8 +63,10 @@ def stalled_rank(progress: dict[int, tuple[int, float]], world: int, stall_timeo
         step, idle_s = progress.get(rank, (0, since_start))
         if idle_s > stall_timeout_s:
             others = {r: s for r, (s, _) in progress.items() if r != rank}
-            return (f"trainer rank {rank} finished no step for {idle_s:.0f} s (cluster.stall_timeout_s = "
-                    f"{stall_timeout_s:.0f}); its last step was {step}, the other ranks reached {others}")
+            return (
+                f"trainer rank {rank} finished no step for {idle_s:.0f} s (cluster.stall_timeout_s = "
+                f"{stall_timeout_s:.0f}); its last step was {step}, the other ranks reached {others}"
+            )
     return None
 
 
@@ -90,8 +93,10 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float, liveness=None
                 raise RuntimeError(f"{name} failed; the run was stopped: {type(cause).__name__}: {cause}") from exc
         if deadline is not None and time.monotonic() > deadline:
             _stop(actors)
-            raise TimeoutError(f"run did not finish within {timeout_s:.0f} s (cluster.run_timeout_s); still waiting "
-                               f"for {sorted(pending.values())}")
+            raise TimeoutError(
+                f"run did not finish within {timeout_s:.0f} s (cluster.run_timeout_s); still waiting "
+                f"for {sorted(pending.values())}"
+            )
         if liveness is not None and pending and time.monotonic() > next_check:
             next_check = time.monotonic() + LIVENESS_EVERY_S
             reason = liveness()
@@ -125,32 +130,59 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         actors.append(owner)
         store = StoreService(cfg, owner, sizes)
         world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
-        queues = [[Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)]
+        queues = [
+            [Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)
+        ]
         run_key = uuid.uuid4().hex[:8]
-        producers = [producer_actor(placement.producer_options()).remote(i, cfg, store.producer_factory(), run_key)
-                     for i in range(cfg.inference.num_producers)]
-        controller = controller_actor().remote((cfg, start_step, start_position), producers, queues, t.batch_size,
-                                               pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
-                                               producer_batch=cfg.inference.batch_size,
-                                               held_out=_held_out(cfg, held_out),
-                                               max_inflight_bytes=_inflight_budget(cfg, store), sizes=sizes)
+        producers = [
+            producer_actor(placement.producer_options()).remote(i, cfg, store.producer_factory(), run_key)
+            for i in range(cfg.inference.num_producers)
+        ]
+        controller = controller_actor().remote(
+            (cfg, start_step, start_position),
+            producers,
+            queues,
+            t.batch_size,
+            pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
+            producer_batch=cfg.inference.batch_size,
+            held_out=_held_out(cfg, held_out),
+            max_inflight_bytes=_inflight_budget(cfg, store),
+            sizes=sizes,
+        )
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
-                rank, world, cfg, queues[rank // sp][rank % sp], controller, store.trainer_factory(),
-                vocab.draft_to_target, start_position, str(checkpoint) if checkpoint else None)
+                rank,
+                world,
+                cfg,
+                queues[rank // sp][rank % sp],
+                controller,
+                store.trainer_factory(),
+                vocab.draft_to_target,
+                start_position,
+                str(checkpoint) if checkpoint else None,
+            )
             for rank in range(world)
         ]
         actors += [*producers, controller, *trainers]
-        init_method = _wait_all({trainers[0].rendezvous_address.remote(): "trainer rank 0 (rendezvous)"}, actors,
-                                c.placement_timeout_s)["trainer rank 0 (rendezvous)"]
-        _wait_all({trainer.setup.remote(init_method): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)},
-                  actors, c.placement_timeout_s + c.collective_timeout_s)
+        init_method = _wait_all(
+            {trainers[0].rendezvous_address.remote(): "trainer rank 0 (rendezvous)"}, actors, c.placement_timeout_s
+        )["trainer rank 0 (rendezvous)"]
+        _wait_all(
+            {trainer.setup.remote(init_method): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)},
+            actors,
+            c.placement_timeout_s + c.collective_timeout_s,
+        )
         futures = {controller.run.remote(): "controller"}
         futures.update({trainer.train.remote(): f"trainer rank {r}" for r, trainer in enumerate(trainers)})
         started = time.monotonic()
-        results = _wait_all(futures, actors, c.run_timeout_s,
-                            liveness=lambda: stalled_rank(ray.get(controller.progress.remote(), timeout=60), world,
-                                                          c.stall_timeout_s, time.monotonic() - started))
+        results = _wait_all(
+            futures,
+            actors,
+            c.run_timeout_s,
+            liveness=lambda: stalled_rank(
+                ray.get(controller.progress.remote(), timeout=60), world, c.stall_timeout_s, time.monotonic() - started
+            ),
+        )
         summary = ray.get(controller.summary.remote())
         producer_reports = ray.get([p.report.remote() for p in producers])
         # Before the trainers close (their segments hold the pool); after a producer death, long
@@ -160,14 +192,19 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         ray.get([p.close.remote() for p in producers], timeout=120)
         loop: LoopResult = results["trainer rank 0"]["loop"]
         print(summary["stream"])
-        summary.update(producers=producer_reports, keys_left=keys_left,
-                       samples_skipped={**{f"bad_row:{k}": v for k, v in summary.pop("bad_rows").items()}, **loop.skipped},
-                       data=[summary.pop("stream"), *([held_out_report.summary()] if held_out_report else [])],
-                       ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)])
+        summary.update(
+            producers=producer_reports,
+            keys_left=keys_left,
+            samples_skipped={**{f"bad_row:{k}": v for k, v in summary.pop("bad_rows").items()}, **loop.skipped},
+            data=[summary.pop("stream"), *([held_out_report.summary()] if held_out_report else [])],
+            ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)],
+        )
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if summary["lost"] or summary["duplicated"]:
-            raise RuntimeError(f"{summary['lost']} samples were lost and {summary['duplicated']} trained twice between "
-                               f"producers and trainers: {summary}")
+            raise RuntimeError(
+                f"{summary['lost']} samples were lost and {summary['duplicated']} trained twice between "
+                f"producers and trainers: {summary}"
+            )
         return loop
     finally:
         _stop(actors)

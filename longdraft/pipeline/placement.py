@@ -56,8 +56,10 @@ def trainer_groups(cfg: Config, per_node_capacity: int) -> list[list[int]]:
     sp, u = cfg.sp_size, t.sp_ulysses_size
     size = sp if per_node_capacity >= sp else u
     if per_node_capacity < u:
-        raise PlacementError(f"a Ulysses group of {u} trainer ranks must sit on one node, but the largest node "
-                             f"holds {per_node_capacity} of them")
+        raise PlacementError(
+            f"a Ulysses group of {u} trainer ranks must sit on one node, but the largest node "
+            f"holds {per_node_capacity} of them"
+        )
     return [list(range(start, start + size)) for start in range(0, t.num_trainers, size)]
 
 
@@ -89,15 +91,21 @@ def place(cfg: Config, cpus: float) -> Placement:
         pg = placement_group([dict(bundle) for _ in ranks], strategy="STRICT_PACK")
         placement.groups_ready.append(pg)
         for index, rank in enumerate(ranks):
-            options[rank] = {"num_cpus": cpus, "num_gpus": trainer_gpu if use_gpu else 0,
-                             "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
-    ready, _ = ray.wait([pg.ready() for pg in placement.groups_ready], num_returns=len(groups),
-                        timeout=cfg.cluster.placement_timeout_s)
+            options[rank] = {
+                "num_cpus": cpus,
+                "num_gpus": trainer_gpu if use_gpu else 0,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+            }
+    ready, _ = ray.wait(
+        [pg.ready() for pg in placement.groups_ready], num_returns=len(groups), timeout=cfg.cluster.placement_timeout_s
+    )
     if len(ready) < len(groups):
         release(placement)
-        raise PlacementError(f"the cluster did not grant {len(groups)} groups of {len(groups[0])} x {bundle} on one "
-                             f"node each within {cfg.cluster.placement_timeout_s:.0f} s; cluster resources: "
-                             f"{ray.cluster_resources()}")
+        raise PlacementError(
+            f"the cluster did not grant {len(groups)} groups of {len(groups[0])} x {bundle} on one "
+            f"node each within {cfg.cluster.placement_timeout_s:.0f} s; cluster resources: "
+            f"{ray.cluster_resources()}"
+        )
     placement.trainer_options = [options[r] for r in range(cfg.training.num_trainers)]
     return placement
 
@@ -113,4 +121,3 @@ def release(placement: Placement) -> None:
 def rank_coordinates(cfg: Config, rank: int) -> dict:
     c = grid_coords(rank, cfg.training.sp_ulysses_size, cfg.training.sp_ring_size)
     return {"dp": c.dp, "ring": c.ring, "ulysses": c.ulysses}
-

@@ -41,9 +41,18 @@ class Producer:
             written = [self._put(req, feat) for req, feat in zip(requests, features)]
         metas = [
             SampleMeta(
-                seq=item.seq, sample_id=item.sample_id, key=req.key, packed_loss_mask=item.packed_loss_mask,
-                shapes=w.shapes, dtypes=w.dtypes, layout=req.layout, handle=w.handle, held_out=item.held_out,
-                stream_position=item.stream_position, epoch=item.epoch, produced_by=self.producer_id,
+                seq=item.seq,
+                sample_id=item.sample_id,
+                key=req.key,
+                packed_loss_mask=item.packed_loss_mask,
+                shapes=w.shapes,
+                dtypes=w.dtypes,
+                layout=req.layout,
+                handle=w.handle,
+                held_out=item.held_out,
+                stream_position=item.stream_position,
+                epoch=item.epoch,
+                produced_by=self.producer_id,
             )
             for item, req, w in zip(items, requests, written)
         ]
@@ -66,10 +75,17 @@ class Producer:
         return f"{stem}a{attempt}" if attempt else stem
 
     def report(self) -> dict:
-        per_s = (lambda n: n / self.busy_s if self.busy_s else 0.0)
-        return {"producer": self.producer_id, "samples": self.samples, "tokens": self.tokens,
-                "written_by_engine": self.written_by_engine, "busy_s": self.busy_s,
-                "samples_per_s": per_s(self.samples), "tokens_per_s": per_s(self.tokens), "store": self.store.stats()}
+        per_s = lambda n: n / self.busy_s if self.busy_s else 0.0
+        return {
+            "producer": self.producer_id,
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "written_by_engine": self.written_by_engine,
+            "busy_s": self.busy_s,
+            "samples_per_s": per_s(self.samples),
+            "tokens_per_s": per_s(self.tokens),
+            "store": self.store.stats(),
+        }
 
     def close(self) -> None:
         """Shut the engine down (a vLLM engine's processes and shared memory) and the store client."""

@@ -28,8 +28,16 @@ class PromptFeed:
             samples = self.stream.take(self.batch_size)
             position, epoch = self.stream.position, self.stream.epoch  # after the whole batch: a step's resume point
             for s in samples:
-                self._ready.append(PromptItem(self._next_seq, s.sample_id, s.input_ids, s.packed_loss_mask,
-                                              stream_position=position, epoch=epoch))
+                self._ready.append(
+                    PromptItem(
+                        self._next_seq,
+                        s.sample_id,
+                        s.input_ids,
+                        s.packed_loss_mask,
+                        stream_position=position,
+                        epoch=epoch,
+                    )
+                )
                 self._next_seq += 1
             self._drawn += len(samples)
         return [self._ready.popleft() for _ in range(min(count, len(self._ready)))]

@@ -28,8 +28,13 @@ def start_ray(cfg: Config) -> bool:
     if address:
         ray.init(address=address, configure_logging=False)
     else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+        )
     return True
 
 

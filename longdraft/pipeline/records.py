@@ -44,7 +44,7 @@ class SampleMeta:
         """L after truncation."""
         return self.layout.length
 
-    def for_rank(self, r: int) -> "SampleMeta":
+    def for_rank(self, r: int) -> SampleMeta:
         """The copy for SP rank ``r``: its store handle references only shard ``r``."""
         return replace(self, handle=self.handle.for_rank(r))
 

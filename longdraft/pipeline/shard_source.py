@@ -24,8 +24,18 @@ from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
 
 class ShardSource:
-    def __init__(self, cfg: Config, rank: int, sp_rank: int, queue, controller, store, device: torch.device,
-                 start_position: int, report: dict):
+    def __init__(
+        self,
+        cfg: Config,
+        rank: int,
+        sp_rank: int,
+        queue,
+        controller,
+        store,
+        device: torch.device,
+        start_position: int,
+        report: dict,
+    ):
         self.cfg, self.rank, self.sp_rank = cfg, rank, sp_rank
         self.queue, self.controller, self.store, self.device = queue, controller, store, device
         self.position = start_position  # the controller's stream starts here
@@ -40,8 +50,10 @@ class ShardSource:
     # -- the BatchSource interface ---------------------------------------------------------------
     def resume_at(self, stream_position: int) -> None:
         if stream_position != self.position:
-            raise RuntimeError(f"trainer rank {self.rank}: the checkpoint continues the stream at row {stream_position} "
-                               f"but the controller's stream starts at row {self.position}")
+            raise RuntimeError(
+                f"trainer rank {self.rank}: the checkpoint continues the stream at row {stream_position} "
+                f"but the controller's stream starts at row {self.position}"
+            )
 
     @property
     def stream_position(self) -> int:
@@ -91,8 +103,10 @@ class ShardSource:
         try:
             return self.queue.get(block=True, timeout=self.timeout_s)
         except Empty:
-            raise TimeoutError(f"trainer rank {self.rank}: no sample arrived on its queue within {self.timeout_s:.0f} s "
-                               "(cluster.data_timeout_s): are the producers alive?") from None
+            raise TimeoutError(
+                f"trainer rank {self.rank}: no sample arrived on its queue within {self.timeout_s:.0f} s "
+                "(cluster.data_timeout_s): are the producers alive?"
+            ) from None
 
     def _prefetch(self) -> None:
         try:
@@ -109,23 +123,30 @@ class ShardSource:
         try:
             item = self._prefetched.get(timeout=self.timeout_s)
         except local_queue.Empty:
-            raise TimeoutError(f"trainer rank {self.rank}: its prefetch thread delivered nothing within "
-                               f"{self.timeout_s:.0f} s (cluster.data_timeout_s)") from None
+            raise TimeoutError(
+                f"trainer rank {self.rank}: its prefetch thread delivered nothing within "
+                f"{self.timeout_s:.0f} s (cluster.data_timeout_s)"
+            ) from None
         if isinstance(item, BaseException):
-            raise RuntimeError(f"trainer rank {self.rank}: data loading failed: {type(item).__name__}: {item}") from item
+            raise RuntimeError(
+                f"trainer rank {self.rank}: data loading failed: {type(item).__name__}: {item}"
+            ) from item
         return item
 
     def _load(self, meta: SampleMeta) -> tuple[SampleMeta, ShardBatch | None]:
         if meta.layout != self.grid.for_length(meta.length):
-            raise ShardMismatchError(f"sample {meta.sample_id}: written as {meta.layout}, but this rank trains "
-                                     f"{self.grid.for_length(meta.length)}")
+            raise ShardMismatchError(
+                f"sample {meta.sample_id}: written as {meta.layout}, but this rank trains "
+                f"{self.grid.for_length(meta.length)}"
+            )
         shard = self.store.get_shard(meta.handle, self.sp_rank, delete=True)
         r = self.report
         r["samples_read"] += 1
         r["keys_deleted"] += 1
         r["bytes_read"] += sum(t.numel() * t.element_size() for t in shard.values())
-        r["full_sample_bytes"] += sum(math.prod(shape) * getattr(torch, meta.dtypes[name]).itemsize
-                                      for name, shape in meta.shapes.items())
+        r["full_sample_bytes"] += sum(
+            math.prod(shape) * getattr(torch, meta.dtypes[name]).itemsize for name, shape in meta.shapes.items()
+        )
         r["rows_read"] += int(shard["input_ids"].shape[0])
         r["sample_rows"] += meta.length
         if not meta.held_out and should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):

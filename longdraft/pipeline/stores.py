@@ -29,8 +29,9 @@ def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> Te
 
     from longdraft.store.mooncake_store import MooncakeStoreOptions, MooncakeTensorStore
 
-    options = MooncakeStoreOptions.from_config(mooncake_cfg, master_address,
-                                               local_hostname=ray.util.get_node_ip_address())
+    options = MooncakeStoreOptions.from_config(
+        mooncake_cfg, master_address, local_hostname=ray.util.get_node_ip_address()
+    )
     if not lend_segment:  # the shards live in the lenders' segments; the others only write or read
         options = replace(options, global_segment_size=0)
     return MooncakeTensorStore(options)
@@ -58,15 +59,19 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
     shard, sample = sizes.shard_bytes(t.max_seq_length), sizes.sample_bytes(t.max_seq_length)
     where = f"at training.max_seq_length={t.max_seq_length}, S={cfg.sp_size}"
     if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb << 20 < shard:
-        raise StoreCapacityError(f"store.mooncake.local_buffer_size_mb = {mc.local_buffer_size_mb} cannot hold one shard "
-                                 f"of the longest sample ({shard} bytes {where}): set it to at least {mib(shard)}")
+        raise StoreCapacityError(
+            f"store.mooncake.local_buffer_size_mb = {mc.local_buffer_size_mb} cannot hold one shard "
+            f"of the longest sample ({shard} bytes {where}): set it to at least {mib(shard)}"
+        )
     if mc.global_segment_size_mb is not None:
         pool = count * (mc.global_segment_size_mb << 20) * POOL_SHARE
         if pool < sample:
             need = mib(int(sample / POOL_SHARE / count)) + 1
-            raise StoreCapacityError(f"the Mooncake pool ({count} {who} x "
-                                     f"store.mooncake.global_segment_size_mb = {mc.global_segment_size_mb}) cannot hold "
-                                     f"one sample of {sample} bytes {where}: set global_segment_size_mb to at least {need}")
+            raise StoreCapacityError(
+                f"the Mooncake pool ({count} {who} x "
+                f"store.mooncake.global_segment_size_mb = {mc.global_segment_size_mb}) cannot hold "
+                f"one sample of {sample} bytes {where}: set global_segment_size_mb to at least {need}"
+            )
         segment = mc.global_segment_size_mb
     else:
         segment = max(64, mib(int(2 * t.batch_size * sample / POOL_SHARE / count)))

@@ -16,22 +16,32 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from longdraft.attention.comm_stats import CommStats
+from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
-from longdraft.attention.comm_stats import CommStats
 from longdraft.phase_times import PhaseTimes
-from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.reduction import SumReducer
-from longdraft.train.step import resolve_precision
 from longdraft.train.setup import build_train_parts, target_text_config
+from longdraft.train.step import resolve_precision
 
 
 class TrainerRank:
-    def __init__(self, rank: int, world_size: int, cfg: Config, queue, controller,
-                 store_factory, vocab_ids: torch.Tensor, start_position: int, checkpoint: str | None):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        cfg: Config,
+        queue,
+        controller,
+        store_factory,
+        vocab_ids: torch.Tensor,
+        start_position: int,
+        checkpoint: str | None,
+    ):
         import ray
 
         torch.set_num_threads(1)
@@ -45,11 +55,24 @@ class TrainerRank:
         self.vocab_ids = vocab_ids
         self.start_position = start_position
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.report = {"rank": rank, "sp_rank": self.sp_rank, **rank_coordinates(cfg, rank), "node_ip": self.node_ip,
-                       "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "samples_read": 0, "samples_skipped": 0,
-                       "bytes_read": 0, "full_sample_bytes": 0, "rows_read": 0, "sample_rows": 0, "keys_deleted": 0,
-                       "data_wait_s": 0.0, "step_s": 0.0, "peak_mem_bytes": []}
+        self.report = {
+            "rank": rank,
+            "sp_rank": self.sp_rank,
+            **rank_coordinates(cfg, rank),
+            "node_ip": self.node_ip,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "samples_read": 0,
+            "samples_skipped": 0,
+            "bytes_read": 0,
+            "full_sample_bytes": 0,
+            "rows_read": 0,
+            "sample_rows": 0,
+            "keys_deleted": 0,
+            "data_wait_s": 0.0,
+            "step_s": 0.0,
+            "peak_mem_bytes": [],
+        }
 
     def rendezvous_address(self) -> str:
         """Rank 0: ``tcp://<this node's IP>:<a free port there>`` for every rank's process group."""
@@ -68,7 +91,10 @@ class TrainerRank:
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.report["rendezvous"] = init_method
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo", init_method=init_method, rank=self.rank, world_size=self.world_size,
+            "nccl" if use_cuda else "gloo",
+            init_method=init_method,
+            rank=self.rank,
+            world_size=self.world_size,
             timeout=timedelta(seconds=self.cfg.cluster.collective_timeout_s),
         )
         text_config = target_text_config(self.cfg)
@@ -77,23 +103,50 @@ class TrainerRank:
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
-        self.report["ring_mode"] = ring_mode = ring_mode_for(t, text_config, self.device,
-                                                                    resolve_precision(t.precision, self.device))
+        self.report["ring_mode"] = ring_mode = ring_mode_for(
+            t, text_config, self.device, resolve_precision(t.precision, self.device)
+        )
         self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
         self.phase_times = PhaseTimes(enabled=self.device.type != "cuda")  # timing would synchronise a GPU
-        self.backend = make_attention_backend(self.cfg.attention_backend, mesh=self.mesh, num_heads=heads,
-                                              num_kv_heads=kv_heads, layout=t.ring_layout, ring_mode=ring_mode,
-                                              stats=self.comm_stats, times=self.phase_times)
+        self.backend = make_attention_backend(
+            self.cfg.attention_backend,
+            mesh=self.mesh,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            layout=t.ring_layout,
+            ring_mode=ring_mode,
+            stats=self.comm_stats,
+            times=self.phase_times,
+        )
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
-        self.source = ShardSource(self.cfg, self.rank, self.sp_rank, self.queue, self.controller, self.store,
-                                  self.device, self.start_position, self.report)
+        self.source = ShardSource(
+            self.cfg,
+            self.rank,
+            self.sp_rank,
+            self.queue,
+            self.controller,
+            self.store,
+            self.device,
+            self.start_position,
+            self.report,
+        )
 
     def train(self) -> dict:
-        result: LoopResult = train_loop(self.cfg, self.parts, self.source, self.backend, self.reducer, rank=self.rank,
-                                        sp_size=self.cfg.sp_size, checkpoint=self.checkpoint, progress_bar=False,
-                                        on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
-                                        comm_stats=self.comm_stats, phase_times=self.phase_times)
+        result: LoopResult = train_loop(
+            self.cfg,
+            self.parts,
+            self.source,
+            self.backend,
+            self.reducer,
+            rank=self.rank,
+            sp_size=self.cfg.sp_size,
+            checkpoint=self.checkpoint,
+            progress_bar=False,
+            on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
+            comm_stats=self.comm_stats,
+            phase_times=self.phase_times,
+        )
         self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
         self.report["time_s_per_step"] = result.rank_time_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes

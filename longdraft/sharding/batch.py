@@ -24,7 +24,7 @@ class ShardBatch:
     is_real: torch.Tensor
     positions: torch.Tensor
 
-    def to(self, device) -> "ShardBatch":
+    def to(self, device) -> ShardBatch:
         return ShardBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     @property
@@ -49,7 +49,10 @@ def stack_batches(batches: list[ShardBatch]) -> ShardBatch:
         out[:, :, : x.shape[2]] = x
         return out
 
-    stacked = {f.name: torch.cat([pad(getattr(b, f.name)) for b in batches]) for f in fields(ShardBatch)
-               if f.name != "positions"}
+    stacked = {
+        f.name: torch.cat([pad(getattr(b, f.name)) for b in batches])
+        for f in fields(ShardBatch)
+        if f.name != "positions"
+    }
     positions = max((b.positions for b in batches), key=lambda p: p.numel())
     return ShardBatch(positions=positions, **stacked)

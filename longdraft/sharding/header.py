@@ -35,34 +35,55 @@ class ShardHeader:
 
     def to_tensor(self) -> torch.Tensor:
         """int64 [8 + 2*n_seg]: travels with the shard's tensors through any store."""
-        head = [self.length, self.sp_size, self.ulysses, self.ring, self.ttt_length, self.rank,
-                _LAYOUT_CODE[self.layout], len(self.starts)]
+        head = [
+            self.length,
+            self.sp_size,
+            self.ulysses,
+            self.ring,
+            self.ttt_length,
+            self.rank,
+            _LAYOUT_CODE[self.layout],
+            len(self.starts),
+        ]
         return torch.tensor(head + list(self.starts) + list(self.valids), dtype=torch.int64)
 
     @classmethod
-    def from_tensor(cls, t: torch.Tensor, key: str = "?") -> "ShardHeader":
+    def from_tensor(cls, t: torch.Tensor, key: str = "?") -> ShardHeader:
         v = [int(x) for x in t.flatten().tolist()]
         if len(v) < 8 or len(v) != 8 + 2 * v[7] or not 0 <= v[6] < len(LAYOUTS):
             raise ShardMismatchError(f"shard {key}: '{HEADER_KEY}' tensor {v} is not a valid shard header")
         n = v[7]
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], tuple(v[8:8 + n]), tuple(v[8 + n:8 + 2 * n]),
-                   LAYOUTS[v[6]])
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], tuple(v[8 : 8 + n]), tuple(v[8 + n : 8 + 2 * n]), LAYOUTS[v[6]])
 
 
 def expected_header(layout: ShardLayout, r: int) -> ShardHeader:
     segs = layout.segments(r)
-    return ShardHeader(layout.length, layout.sp_size, layout.ulysses, layout.ring, layout.ttt_length, r,
-                       tuple(s.start for s in segs), tuple(s.valid for s in segs), layout.layout)
+    return ShardHeader(
+        layout.length,
+        layout.sp_size,
+        layout.ulysses,
+        layout.ring,
+        layout.ttt_length,
+        r,
+        tuple(s.start for s in segs),
+        tuple(s.valid for s in segs),
+        layout.layout,
+    )
 
 
 def check_header(actual: ShardHeader, expected: ShardHeader, key: str = "?") -> None:
     """Refuse a shard written under a different contract; the error names both headers."""
     if actual == expected:
         return
-    diff = [f"{f.name}={getattr(actual, f.name)} (expected {getattr(expected, f.name)})"
-            for f in fields(ShardHeader) if getattr(actual, f.name) != getattr(expected, f.name)]
-    raise ShardMismatchError(f"shard {key}: header {actual} does not match the reader's expected header "
-                             f"{expected}; differing: {', '.join(diff)}")
+    diff = [
+        f"{f.name}={getattr(actual, f.name)} (expected {getattr(expected, f.name)})"
+        for f in fields(ShardHeader)
+        if getattr(actual, f.name) != getattr(expected, f.name)
+    ]
+    raise ShardMismatchError(
+        f"shard {key}: header {actual} does not match the reader's expected header "
+        f"{expected}; differing: {', '.join(diff)}"
+    )
 
 
 def check_shard(shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, key: str = "?") -> None:
@@ -72,5 +93,7 @@ def check_shard(shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, 
     check_header(ShardHeader.from_tensor(shard[HEADER_KEY], key), expected_header(layout, r), key)
     for name, t in shard.items():
         if name != HEADER_KEY and (t.dim() == 0 or t.shape[0] != layout.local_length):
-            raise ShardMismatchError(f"shard {key}: tensor '{name}' has shape {tuple(t.shape)}; expected "
-                                     f"{layout.local_length} rows (local length for {layout})")
+            raise ShardMismatchError(
+                f"shard {key}: tensor '{name}' has shape {tuple(t.shape)}; expected "
+                f"{layout.local_length} rows (local length for {layout})"
+            )

@@ -146,7 +146,7 @@ class ShardGrid:
     layout: str = "contiguous"
 
     @classmethod
-    def from_training(cls, training) -> "ShardGrid":
+    def from_training(cls, training) -> ShardGrid:
         t = training
         return cls(t.sp_ulysses_size, t.sp_ring_size, t.ttt_length, t.ring_layout)
 

@@ -19,8 +19,9 @@ from longdraft.sharding.layout import ShardLayout
 from longdraft.sharding.split import split_sample, split_tensor
 
 
-def local_loss_mask(packed: Sequence[int] | str, layout: ShardLayout, r: int,
-                    dtype: torch.dtype = torch.long) -> torch.Tensor:
+def local_loss_mask(
+    packed: Sequence[int] | str, layout: ShardLayout, r: int, dtype: torch.dtype = torch.long
+) -> torch.Tensor:
     """Rank ``r``'s slice of the global run-length packed loss mask, [local_length]; the global
     mask is first truncated or zero-padded to L, exactly as the writer sliced the tokens."""
     return split_tensor(unpack_loss_mask(packed, layout.length, dtype=dtype), layout, r)
@@ -33,8 +34,9 @@ def should_skip(packed: Sequence[int] | str, min_loss_tokens: int, length: int) 
     return int(unpack_loss_mask(runs, length).sum()) < max(1, min_loss_tokens)
 
 
-def read_shard(shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, packed_loss_mask: Sequence[int],
-               key: str = "?") -> ShardBatch:
+def read_shard(
+    shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, packed_loss_mask: Sequence[int], key: str = "?"
+) -> ShardBatch:
     """Rank ``r``'s ``ShardBatch`` (batch of one) from its shard; the header must match ``layout``."""
     check_shard(shard, layout, r, key=key)
     n_seg, seg = layout.num_segments, layout.segment_length
@@ -52,8 +54,9 @@ def read_shard(shard: Mapping[str, torch.Tensor], layout: ShardLayout, r: int, p
     )
 
 
-def full_sequence_batch(samples: Sequence[Mapping[str, torch.Tensor]], packed_loss_masks: Sequence[Sequence[int]],
-                        ttt_length: int) -> ShardBatch:
+def full_sequence_batch(
+    samples: Sequence[Mapping[str, torch.Tensor]], packed_loss_masks: Sequence[Sequence[int]], ttt_length: int
+) -> ShardBatch:
     """Whole sequences on one device: each sample (``input_ids`` [L], ``aux_hidden`` [L, 3H],
     ``last_hidden`` [L, H]) goes through the contract with ``S = 1``, then the batch is stacked."""
     if not samples:

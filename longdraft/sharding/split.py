@@ -18,7 +18,7 @@ def split_tensor(x: torch.Tensor, layout: ShardLayout, r: int) -> torch.Tensor:
     out = x.new_zeros((layout.local_length, *x.shape[1:]))
     for i, seg in enumerate(layout.segments(r)):
         off = i * layout.segment_length
-        out[off:off + seg.valid] = x[seg.start:seg.start + seg.valid]
+        out[off : off + seg.valid] = x[seg.start : seg.start + seg.valid]
     return out
 
 

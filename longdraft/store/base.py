@@ -29,7 +29,7 @@ class SampleHandle:
     shard_nbytes: tuple[int, ...]
     refs: list[Any] | None = None  # backend-specific per-shard references (Ray ObjectRefs), else None
 
-    def for_rank(self, r: int) -> "SampleHandle":
+    def for_rank(self, r: int) -> SampleHandle:
         """A copy that keeps only shard ``r``'s reference, for the queue of SP rank ``r``: no
         trainer then holds (and keeps alive) another rank's shard."""
         check_rank(self, r)
@@ -70,8 +70,10 @@ class StoreStats:
 
     def as_dict(self) -> dict[str, int]:
         with self._lock:
-            d = {k: getattr(self, k) for k in ("keys_put", "keys_read", "keys_deleted", "bytes_put", "bytes_read",
-                                             "full_waits")}
+            d = {
+                k: getattr(self, k)
+                for k in ("keys_put", "keys_read", "keys_deleted", "bytes_put", "bytes_read", "full_waits")
+            }
         d["keys_alive"] = d["keys_put"] - d["keys_deleted"]
         return d
 
@@ -119,7 +121,7 @@ class TensorStore(ABC):
     def close(self) -> None:
         """Release client resources; the store object is unusable afterwards."""
 
-    def __enter__(self) -> "TensorStore":
+    def __enter__(self) -> TensorStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

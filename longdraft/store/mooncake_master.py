@@ -36,8 +36,10 @@ def find_master_binary() -> str:
         pass
     found = shutil.which("mooncake_master")
     if found is None:
-        raise MooncakeMasterError("mooncake_master not found: install it with "
-                                  "`pip install mooncake-transfer-engine-non-cuda` (needs Debian libibverbs1)")
+        raise MooncakeMasterError(
+            "mooncake_master not found: install it with "
+            "`pip install mooncake-transfer-engine-non-cuda` (needs Debian libibverbs1)"
+        )
     return found
 
 
@@ -58,8 +60,15 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 class MooncakeMaster:
     """A ``mooncake_master`` child process on 127.0.0.1. Use as a context manager or start/stop."""
 
-    def __init__(self, host: str = "127.0.0.1", rpc_port: int | None = None, metrics_port: int | None = None,
-                 rpc_threads: int = 4, extra_args: tuple[str, ...] = (), log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        rpc_port: int | None = None,
+        metrics_port: int | None = None,
+        rpc_threads: int = 4,
+        extra_args: tuple[str, ...] = (),
+        log_path: str | None = None,
+    ) -> None:
         self.host = host
         self.rpc_port = rpc_port
         self.metrics_port = metrics_port
@@ -78,7 +87,7 @@ class MooncakeMaster:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> "MooncakeMaster":
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> MooncakeMaster:
         if self.running:
             return self
         fixed = self.rpc_port is not None
@@ -101,26 +110,38 @@ class MooncakeMaster:
             fd, self.log_path = tempfile.mkstemp(prefix="mooncake_master_", suffix=".log")
             os.close(fd)
             self._own_log = True
-        cmd = [find_master_binary(), f"--rpc_address={self.host}", f"--rpc_port={self.rpc_port}",
-               f"--metrics_host={self.host}", f"--metrics_port={self.metrics_port}",
-               f"--rpc_thread_num={self.rpc_threads}", "--enable_http_metadata_server=false", *self.extra_args]
-        env = dict(os.environ, GLOG_minloglevel=os.environ.get("GLOG_minloglevel", "1"))  # warnings and up
+        cmd = [
+            find_master_binary(),
+            f"--rpc_address={self.host}",
+            f"--rpc_port={self.rpc_port}",
+            f"--metrics_host={self.host}",
+            f"--metrics_port={self.metrics_port}",
+            f"--rpc_thread_num={self.rpc_threads}",
+            "--enable_http_metadata_server=false",
+            *self.extra_args,
+        ]
+        env = dict(os.environ, GLOG_minloglevel=os.environ.get("GLOG_minloglevel", "1"))  # noqa: SIM112 (glog's own spelling)  # warnings and up
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 rc = self._proc.returncode
                 self._proc = None
-                raise MooncakeMasterError(f"mooncake_master exited with code {rc} while starting "
-                                          f"({' '.join(cmd)}); log {self.log_path}:\n{self._log_tail()}")
+                raise MooncakeMasterError(
+                    f"mooncake_master exited with code {rc} while starting "
+                    f"({' '.join(cmd)}); log {self.log_path}:\n{self._log_tail()}"
+                )
             if port_open(self.host, self.rpc_port) and self._metrics_ready():
                 return
             time.sleep(0.05)
         self.stop()
-        raise MooncakeMasterError(f"mooncake_master did not accept connections on {self.address} within "
-                                  f"{timeout_s:.0f} s; log {self.log_path}:\n{self._log_tail()}")
+        raise MooncakeMasterError(
+            f"mooncake_master did not accept connections on {self.address} within "
+            f"{timeout_s:.0f} s; log {self.log_path}:\n{self._log_tail()}"
+        )
 
     def _metrics_ready(self) -> bool:
         try:
@@ -160,7 +181,7 @@ class MooncakeMaster:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "MooncakeMaster":
+    def __enter__(self) -> MooncakeMaster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

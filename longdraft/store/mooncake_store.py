@@ -37,13 +37,24 @@ MIN_SEGMENT_BYTES = 16 * 1024 * 1024  # the client refuses to mount a smaller gl
 # Mooncake ErrorCode values (mooncake-store types.h) that this store handles by name.
 NO_AVAILABLE_HANDLE = -200  # no space left in any mounted segment
 OBJECT_NOT_FOUND = -704
-_ERROR_NAMES = {-1: "INTERNAL_ERROR", -10: "BUFFER_OVERFLOW", -200: "NO_AVAILABLE_HANDLE (pool full)",
-                -600: "INVALID_PARAMS", -704: "OBJECT_NOT_FOUND", -705: "OBJECT_ALREADY_EXISTS",
-                -706: "OBJECT_HAS_LEASE", -707: "LEASE_EXPIRED", -800: "TRANSFER_FAIL", -900: "RPC_FAIL"}
+_ERROR_NAMES = {
+    -1: "INTERNAL_ERROR",
+    -10: "BUFFER_OVERFLOW",
+    -200: "NO_AVAILABLE_HANDLE (pool full)",
+    -600: "INVALID_PARAMS",
+    -704: "OBJECT_NOT_FOUND",
+    -705: "OBJECT_ALREADY_EXISTS",
+    -706: "OBJECT_HAS_LEASE",
+    -707: "LEASE_EXPIRED",
+    -800: "TRANSFER_FAIL",
+    -900: "RPC_FAIL",
+}
 
-START_HINT = ("start one with `mooncake_master --rpc_address=127.0.0.1 --rpc_port=PORT` (from the "
-              "mooncake-transfer-engine-non-cuda wheel), or leave store.mooncake.master_address unset "
-              "so that longdraft starts a local master")
+START_HINT = (
+    "start one with `mooncake_master --rpc_address=127.0.0.1 --rpc_port=PORT` (from the "
+    "mooncake-transfer-engine-non-cuda wheel), or leave store.mooncake.master_address unset "
+    "so that longdraft starts a local master"
+)
 
 
 def error_name(rc: int) -> str:
@@ -67,14 +78,22 @@ class MooncakeStoreOptions:
     connect_timeout_s: float = 2.0
 
     @classmethod
-    def from_config(cls, mc: Any, master_address: str, **overrides: Any) -> "MooncakeStoreOptions":
+    def from_config(cls, mc: Any, master_address: str, **overrides: Any) -> MooncakeStoreOptions:
         """From a `longdraft.config.MooncakeConfig` (sizes in MiB) and the resolved master address."""
-        return cls(master_address=master_address, metadata_server=mc.metadata_server, protocol=mc.protocol,
-                   device_name=mc.device_name, global_segment_size=mc.global_segment_size_mb << 20,
-                   local_buffer_size=mc.local_buffer_size_mb << 20, put_timeout_s=mc.put_timeout_s, **overrides)
+        return cls(
+            master_address=master_address,
+            metadata_server=mc.metadata_server,
+            protocol=mc.protocol,
+            device_name=mc.device_name,
+            global_segment_size=mc.global_segment_size_mb << 20,
+            local_buffer_size=mc.local_buffer_size_mb << 20,
+            put_timeout_s=mc.put_timeout_s,
+            **overrides,
+        )
 
 
 # --- serialization ---------------------------------------------------------------------------
+
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
@@ -103,21 +122,24 @@ def decode_shard(buf: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
     raw = bytes(buf[: len(MAGIC) + 8].numpy())
     if len(raw) < len(MAGIC) + 8 or raw[: len(MAGIC)] != MAGIC:
         raise StoreError(f"Mooncake object {key!r} is not a longdraft shard (bad magic {raw[:8]!r})")
-    (meta_len,) = struct.unpack("<Q", raw[len(MAGIC):])
+    (meta_len,) = struct.unpack("<Q", raw[len(MAGIC) :])
     head_len = len(MAGIC) + 8 + meta_len
-    entries = json.loads(bytes(buf[len(MAGIC) + 8: head_len].numpy()))
+    entries = json.loads(bytes(buf[len(MAGIC) + 8 : head_len].numpy()))
     out = {}
     for name, dtype_name, shape, off, nbytes in entries:
         dtype = getattr(torch, dtype_name, None)
         start = _align(head_len) + off
         if not isinstance(dtype, torch.dtype) or start + nbytes > buf.numel():
-            raise StoreError(f"Mooncake object {key!r}: tensor {name!r} ({dtype_name}, {shape}, bytes "
-                             f"[{start}, {start + nbytes})) does not fit the {buf.numel()}-byte object")
-        out[name] = buf[start:start + nbytes].view(dtype).reshape(shape)
+            raise StoreError(
+                f"Mooncake object {key!r}: tensor {name!r} ({dtype_name}, {shape}, bytes "
+                f"[{start}, {start + nbytes})) does not fit the {buf.numel()}-byte object"
+            )
+        out[name] = buf[start : start + nbytes].view(dtype).reshape(shape)
     return out
 
 
 # --- the store -------------------------------------------------------------------------------
+
 
 class MooncakeTensorStore(TensorStore):
     def __init__(self, options: MooncakeStoreOptions) -> None:
@@ -126,26 +148,41 @@ class MooncakeTensorStore(TensorStore):
         try:
             from mooncake.store import MooncakeDistributedStore, ReplicateConfig
         except ImportError as e:
-            raise StoreError("the Mooncake store needs `pip install mooncake-transfer-engine-non-cuda` "
-                             f"(and Debian package libibverbs1): {e}") from e
+            raise StoreError(
+                "the Mooncake store needs `pip install mooncake-transfer-engine-non-cuda` "
+                f"(and Debian package libibverbs1): {e}"
+            ) from e
         o = options
         if 0 < o.global_segment_size < MIN_SEGMENT_BYTES:
-            raise StoreError(f"Mooncake global_segment_size={o.global_segment_size} bytes; expected 0 or "
-                             f">= {MIN_SEGMENT_BYTES} (16 MiB)")
+            raise StoreError(
+                f"Mooncake global_segment_size={o.global_segment_size} bytes; expected 0 or "
+                f">= {MIN_SEGMENT_BYTES} (16 MiB)"
+            )
         host, _, port = o.master_address.rpartition(":")
         if not host or not port.isdigit():
             raise StoreError(f"Mooncake master address {o.master_address!r} is not of the form host:port")
         # setup() itself retries an absent master for ~90 s; fail fast with a useful message instead
         if not port_open(host, int(port), o.connect_timeout_s):
-            raise StoreError(f"cannot reach the Mooncake master at {o.master_address} (nothing accepts "
-                             f"connections there); {START_HINT}")
+            raise StoreError(
+                f"cannot reach the Mooncake master at {o.master_address} (nothing accepts "
+                f"connections there); {START_HINT}"
+            )
         self._client = MooncakeDistributedStore()
-        rc = self._client.setup(o.local_hostname, o.metadata_server, o.global_segment_size,
-                                o.local_buffer_size, o.protocol, o.device_name, o.master_address)
+        rc = self._client.setup(
+            o.local_hostname,
+            o.metadata_server,
+            o.global_segment_size,
+            o.local_buffer_size,
+            o.protocol,
+            o.device_name,
+            o.master_address,
+        )
         if rc != 0:
-            raise StoreError(f"Mooncake client setup failed with {error_name(rc)} (master {o.master_address}, "
-                             f"metadata {o.metadata_server!r}, protocol {o.protocol!r}, global segment "
-                             f"{o.global_segment_size} B, local buffer {o.local_buffer_size} B)")
+            raise StoreError(
+                f"Mooncake client setup failed with {error_name(rc)} (master {o.master_address}, "
+                f"metadata {o.metadata_server!r}, protocol {o.protocol!r}, global segment "
+                f"{o.global_segment_size} B, local buffer {o.local_buffer_size} B)"
+            )
         self._pin = ReplicateConfig()
         self._pin.with_hard_pin = True  # never evicted: removed only by the reader
 
@@ -158,8 +195,10 @@ class MooncakeTensorStore(TensorStore):
         # Mooncake answers a put on an existing key with success and keeps the OLD bytes: refuse it
         taken = [k for k, rc in zip(keys, self._client.batch_is_exist(keys)) if rc != 0]
         if taken:
-            raise StoreError(f"Mooncake objects {taken} already exist (a sample key used twice, or shards of an "
-                             "earlier run never read); refusing to put sample " + repr(key))
+            raise StoreError(
+                f"Mooncake objects {taken} already exist (a sample key used twice, or shards of an "
+                "earlier run never read); refusing to put sample " + repr(key)
+            )
         sizes = []
         for r, shard in enumerate(shards):
             try:
@@ -175,8 +214,10 @@ class MooncakeTensorStore(TensorStore):
         parts, size = encode_shard(shard)
         o = self.options
         if size > o.local_buffer_size:
-            raise StoreError(f"Mooncake object {k!r} is {size} bytes, larger than the local buffer "
-                             f"({o.local_buffer_size} bytes): raise store.mooncake.local_buffer_size_mb")
+            raise StoreError(
+                f"Mooncake object {k!r} is {size} bytes, larger than the local buffer "
+                f"({o.local_buffer_size} bytes): raise store.mooncake.local_buffer_size_mb"
+            )
         delay, attempt, deadline = o.retry_backoff_s, 0, time.monotonic() + o.put_timeout_s
         while True:
             rc = self._client.put_parts(k, *parts, config=self._pin)
@@ -192,10 +233,12 @@ class MooncakeTensorStore(TensorStore):
             time.sleep(delay)  # readers free space as they consume shards
             delay = min(2 * delay, 2.0)
         waited = f"{attempt} retries" if o.put_retries is not None else f"{o.put_timeout_s:.0f} s"
-        raise StoreError(f"Mooncake pool full: could not put {k!r} ({size} bytes) after {waited} "
-                         f"with backoff; this client lends {o.global_segment_size} bytes to the pool "
-                         "(store.mooncake.global_segment_size_mb; the master keeps ~10% of it free): raise it, "
-                         "or let trainers drain the store")
+        raise StoreError(
+            f"Mooncake pool full: could not put {k!r} ({size} bytes) after {waited} "
+            f"with backoff; this client lends {o.global_segment_size} bytes to the pool "
+            "(store.mooncake.global_segment_size_mb; the master keeps ~10% of it free): raise it, "
+            "or let trainers drain the store"
+        )
 
     def worker_spec(self) -> dict:
         return asdict(replace(self.options, global_segment_size=0))
@@ -206,8 +249,10 @@ class MooncakeTensorStore(TensorStore):
         k = self._key(handle, r)
         buf_handle = self._client.get_buffer(k)
         if buf_handle is None:
-            raise StoreError(f"Mooncake object {k!r} not found (never written, already read and deleted, or the "
-                             "client that lent the segment holding it has closed)")
+            raise StoreError(
+                f"Mooncake object {k!r} not found (never written, already read and deleted, or the "
+                "client that lent the segment holding it has closed)"
+            )
         size = buf_handle.size()
         buf = torch.empty(size, dtype=torch.uint8)
         ctypes.memmove(buf.data_ptr(), buf_handle.ptr(), size)

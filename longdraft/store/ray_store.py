@@ -44,8 +44,9 @@ class RayTensorStore(TensorStore):
         try:
             shard = ray.get(ref)
         except ray.exceptions.RayError as e:
-            raise StoreError(f"sample {handle.key!r} shard {r}: Ray could not fetch the object "
-                             f"({type(e).__name__}: {e})") from e
+            raise StoreError(
+                f"sample {handle.key!r} shard {r}: Ray could not fetch the object ({type(e).__name__}: {e})"
+            ) from e
         self._stats.add(keys_read=1, bytes_read=shard_nbytes(shard))
         if delete:
             self.delete(handle, r)
@@ -67,15 +68,18 @@ class RayTensorStore(TensorStore):
         handle = self._handle(handle)
         check_rank(handle, r)
         if handle.refs[r] is None:
-            raise StoreError(f"sample {handle.key!r} shard {r}: this handle holds no reference to it "
-                             "(already read and deleted, or a handle narrowed to another rank by for_rank)")
+            raise StoreError(
+                f"sample {handle.key!r} shard {r}: this handle holds no reference to it "
+                "(already read and deleted, or a handle narrowed to another rank by for_rank)"
+            )
         return handle.refs[r]
 
     @staticmethod
     def _handle(handle: SampleHandle | str) -> SampleHandle:
         if not isinstance(handle, SampleHandle) or handle.refs is None:
-            raise StoreError(f"the Ray store needs the SampleHandle returned by put_sample (it holds the "
-                             f"ObjectRefs); got {handle!r}")
+            raise StoreError(
+                f"the Ray store needs the SampleHandle returned by put_sample (it holds the ObjectRefs); got {handle!r}"
+            )
         return handle
 
 

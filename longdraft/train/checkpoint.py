@@ -35,8 +35,10 @@ def _split(tree, prefix: str, tensors: dict[str, torch.Tensor]):
         tensors[prefix] = tree.detach().cpu().contiguous()
         return {_TENSOR_REF: prefix}
     if isinstance(tree, dict):
-        return {"__keys__": [_split(k, f"{prefix}.k{i}", tensors) for i, k in enumerate(tree)],
-                "__values__": [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree.values())]}
+        return {
+            "__keys__": [_split(k, f"{prefix}.k{i}", tensors) for i, k in enumerate(tree)],
+            "__values__": [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree.values())],
+        }
     if isinstance(tree, (list, tuple)):
         kind = "__tuple__" if isinstance(tree, tuple) else "__list__"
         return {kind: [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree)]}
@@ -63,8 +65,11 @@ def _join(tree, tensors: dict[str, torch.Tensor]):
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], np_state[1], *[x.item() if hasattr(x, "item") else x for x in np_state[2:]])}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1], *[x.item() if hasattr(x, "item") else x for x in np_state[2:]]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -84,10 +89,14 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
-    state = {"step": step, "model": _split(model.state_dict(), "model", tensors),
-             "optimizer": _split(optimizer.state_dict(), "optimizer", tensors),
-             "scheduler": _split(scheduler.state_dict(), "scheduler", tensors),
-             "rng": _split(rng_state(), "rng", tensors), "extra": _split(extra, "extra", tensors)}
+    state = {
+        "step": step,
+        "model": _split(model.state_dict(), "model", tensors),
+        "optimizer": _split(optimizer.state_dict(), "optimizer", tensors),
+        "scheduler": _split(scheduler.state_dict(), "scheduler", tensors),
+        "rng": _split(rng_state(), "rng", tensors),
+        "extra": _split(extra, "extra", tensors),
+    }
     save_file(tensors, str(tmp / TENSORS))
     (tmp / STATE).write_text(json.dumps(state) + "\n")
     if path.exists():
@@ -116,10 +125,14 @@ def read_checkpoint(path: str | Path) -> dict:
     if not (path / STATE).is_file() or not (path / TENSORS).is_file():
         pickled = sorted(p.name for p in path.glob("*.pt")) if path.is_dir() else []
         if pickled:
-            raise CheckpointError(f"{path}: {', '.join(pickled)} is a pickle file, which longdraft never loads "
-                                  f"(it could run code); expected {STATE} and {TENSORS}")
-        raise CheckpointError(f"{path}: not a checkpoint (expected {STATE} and {TENSORS}; pass a directory "
-                              "like <output_dir>/checkpoints/step_<N>)")
+            raise CheckpointError(
+                f"{path}: {', '.join(pickled)} is a pickle file, which longdraft never loads "
+                f"(it could run code); expected {STATE} and {TENSORS}"
+            )
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected {STATE} and {TENSORS}; pass a directory "
+            "like <output_dir>/checkpoints/step_<N>)"
+        )
     try:
         state = json.loads((path / STATE).read_text())
     except json.JSONDecodeError as exc:

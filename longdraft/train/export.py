@@ -58,14 +58,17 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
     return out
 
 
-def export_draft(model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype = torch.float32,
-                 trained_length: int | None = None) -> Path:
+def export_draft(
+    model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype = torch.float32, trained_length: int | None = None
+) -> Path:
     """Write the export; refuses one whose ``max_position_embeddings`` is below ``trained_length``
     (vLLM and SGLang would clamp the positions the draft was trained on)."""
     limit = model.config.max_position_embeddings
     if trained_length is not None and limit < trained_length:
-        raise ValueError(f"the draft was trained on sequences of {trained_length} tokens but its config says "
-                         f"max_position_embeddings = {limit}: a serving engine would clamp positions past {limit}")
+        raise ValueError(
+            f"the draft was trained on sequences of {trained_length} tokens but its config says "
+            f"max_position_embeddings = {limit}: a serving engine would clamp positions past {limit}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -118,7 +121,9 @@ def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) 
     path = Path(export_dir)
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("architectures") != ["LlamaForCausalLMEagle3"]:
-        raise ValueError(f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']")
+        raise ValueError(
+            f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']"
+        )
     model = Eagle3Draft(draft_config_from_export(cfg), target_embedding.float())
     tensors = load_file(str(path / "model.safetensors"))
     model.set_vocab_mapping(tensors.pop("d2t"), tensors.pop("t2d"))

@@ -54,7 +54,9 @@ class BucketedGradientSum:
             return  # an earlier micro-batch: its gradient is still being accumulated
         bucket = self.buckets[self._bucket_of[id(param)]]
         bucket.ready.add(id(param))
-        while self._next < len(self.buckets) and len(self.buckets[self._next].ready) == len(self.buckets[self._next].params):
+        while self._next < len(self.buckets) and len(self.buckets[self._next].ready) == len(
+            self.buckets[self._next].params
+        ):
             self._start(self.buckets[self._next])
             self.started_in_backward += 1
 

@@ -19,8 +19,10 @@ from longdraft.train.batch_source import StepBatches
 def prefill_batch(samples: list[Sample], engine: TargetEngine, ttt_length: int, device) -> ShardBatch:
     """Prefill the target on ``samples`` and collate them as one single-device micro-batch."""
     features = engine.prefill([s.input_ids for s in samples])
-    tensors = [{"input_ids": torch.tensor(s.input_ids), "aux_hidden": f.aux_hidden, "last_hidden": f.last_hidden}
-               for s, f in zip(samples, features)]
+    tensors = [
+        {"input_ids": torch.tensor(s.input_ids), "aux_hidden": f.aux_hidden, "last_hidden": f.last_hidden}
+        for s, f in zip(samples, features)
+    ]
     return full_sequence_batch(tensors, [s.packed_loss_mask for s in samples], ttt_length).to(device)
 
 
@@ -30,8 +32,10 @@ class LocalSource:
 
     def resume_at(self, stream_position: int) -> None:
         if stream_position != self.stream.position:
-            raise RuntimeError(f"the checkpoint continues the sample stream at row {stream_position}, but the "
-                               f"stream was opened at row {self.stream.position}")
+            raise RuntimeError(
+                f"the checkpoint continues the sample stream at row {stream_position}, but the "
+                f"stream was opened at row {self.stream.position}"
+            )
 
     @property
     def stream_position(self) -> int:

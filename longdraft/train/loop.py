@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from longdraft.attention.comm_stats import CommStats
-from longdraft.phase_times import PhaseTimes
 from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
+from longdraft.phase_times import PhaseTimes
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, BatchSource
 from longdraft.train.checkpoint import load_checkpoint, save_checkpoint
 from longdraft.train.export import export_config_dict, export_draft
@@ -46,10 +46,21 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or bool(every and step % every == 0)
 
 
-def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: AttentionBackend, reducer: SumReducer,
-               *, rank: int = 0, sp_size: int = 1, checkpoint: Path | None = None, progress_bar: bool = True,
-               on_step: Callable[[int], None] | None = None, comm_stats: CommStats | None = None,
-               phase_times: PhaseTimes | None = None) -> LoopResult:
+def train_loop(
+    cfg: Config,
+    parts: TrainParts,
+    source: BatchSource,
+    backend: AttentionBackend,
+    reducer: SumReducer,
+    *,
+    rank: int = 0,
+    sp_size: int = 1,
+    checkpoint: Path | None = None,
+    progress_bar: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    comm_stats: CommStats | None = None,
+    phase_times: PhaseTimes | None = None,
+) -> LoopResult:
     """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
     ``comm_stats`` and ``phase_times`` (the attention backend's) add each step's communication bytes
     and waits, and its attention and loss time."""
@@ -63,13 +74,24 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
         skipped.update(state["skipped"])
         source.resume_at(state["stream_position"])
         if is_root:
-            print(f"resumed from {checkpoint} (step {start_step}, row {state['stream_position']} of the stream)", flush=True)
-    log = MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard) if is_root else None
+            print(
+                f"resumed from {checkpoint} (step {start_step}, row {state['stream_position']} of the stream)",
+                flush=True,
+            )
+    log = (
+        MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard)
+        if is_root
+        else None
+    )
     eval_batches = source.eval_batches()  # before the first step: the same on every rank
     started = time.perf_counter() - elapsed_before
     history, last_eval, data_wait_s, busy_s, own_peaks, own_times = [], None, 0.0, 0.0, [], []
     steps = range(start_step, t.num_steps)
-    bar = tqdm(steps, initial=start_step, total=t.num_steps, desc="train", unit="step") if is_root and progress_bar else None
+    bar = (
+        tqdm(steps, initial=start_step, total=t.num_steps, desc="train", unit="step")
+        if is_root and progress_bar
+        else None
+    )
     try:
         for step in steps:
             data = source.next_step()
@@ -81,8 +103,17 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
                 comm_stats.reset()
             if phase_times is not None:
                 phase_times.reset()
-            metrics = train_step(parts.model, data.batches, backend, parts.target_head, parts.optimizer,
-                                 parts.scheduler, settings, reducer, phase_times)
+            metrics = train_step(
+                parts.model,
+                data.batches,
+                backend,
+                parts.target_head,
+                parts.optimizer,
+                parts.scheduler,
+                settings,
+                reducer,
+                phase_times,
+            )
             own_times.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
             step_s = time.perf_counter() - step_start
             busy_s += step_s
@@ -94,10 +125,18 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
             # Every SP rank counts the sample once and its own shard's tokens.
             samples, skipped_now = int(totals[0]) // sp_size, int(totals[1]) // sp_size
             skipped[SKIP_TOO_FEW_LOSS_TOKENS] += skipped_now
-            metrics.update(step=step + 1, samples=samples, samples_skipped=skipped_now, tokens=int(totals[2]),
-                           tokens_per_s=int(totals[2]) / step_s, data_wait_s=data.data_wait_s,
-                           elapsed_s=time.perf_counter() - started, peak_mem_bytes=int(peak[0]),
-                           peak_mem_kind=mem_kind, epoch=source.epoch)
+            metrics.update(
+                step=step + 1,
+                samples=samples,
+                samples_skipped=skipped_now,
+                tokens=int(totals[2]),
+                tokens_per_s=int(totals[2]) / step_s,
+                data_wait_s=data.data_wait_s,
+                elapsed_s=time.perf_counter() - started,
+                peak_mem_bytes=int(peak[0]),
+                peak_mem_kind=mem_kind,
+                epoch=source.epoch,
+            )
             if comm_stats is not None:  # rank 0's own view: its sends and its waits, per collective kind
                 metrics.update(comm_bytes=dict(comm_stats.bytes), comm_wait_s=dict(comm_stats.seconds))
             if cfg.evaluates_during_training and _due(step + 1, t.eval_every, t.num_steps):
@@ -111,14 +150,24 @@ def train_loop(cfg: Config, parts: TrainParts, source: BatchSource, backend: Att
             log.write(metrics)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc0=f"{metrics['acc_k'][0]:.3f}",
-                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.3f}",
+                    acc0=f"{metrics['acc_k'][0]:.3f}",
+                    tok_s=f"{metrics['tokens_per_s']:.0f}",
+                )
             elif _due(step + 1, t.log_every, t.num_steps):  # a rank actor's output reaches the driver as lines
-                print(f"step {step + 1}/{t.num_steps} loss {metrics['loss']:.3f} acc0 {metrics['acc_k'][0]:.3f} "
-                      f"{metrics['tokens_per_s']:.0f} tok/s", flush=True)
+                print(
+                    f"step {step + 1}/{t.num_steps} loss {metrics['loss']:.3f} acc0 {metrics['acc_k'][0]:.3f} "
+                    f"{metrics['tokens_per_s']:.0f} tok/s",
+                    flush=True,
+                )
             if _due(step + 1, t.save_every, t.num_steps):
-                extra = {"stream_position": source.stream_position, "elapsed_s": metrics["elapsed_s"],
-                         "skipped": dict(skipped), "draft_config": export_config_dict(parts.model.config, torch.float32)}
+                extra = {
+                    "stream_position": source.stream_position,
+                    "elapsed_s": metrics["elapsed_s"],
+                    "skipped": dict(skipped),
+                    "draft_config": export_config_dict(parts.model.config, torch.float32),
+                }
                 save_checkpoint(out, step + 1, parts.model, parts.optimizer, parts.scheduler, extra)
         source.finish()
     finally:

@@ -23,14 +23,20 @@ class MetricsLog:
         if resume_after_step is None:
             self.path.write_text("")
         elif self.path.exists():  # drop records of steps the resumed run will redo
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_after_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_after_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("training.tensorboard=true needs the 'tensorboard' package: pip install tensorboard") from exc
+                raise RuntimeError(
+                    "training.tensorboard=true needs the 'tensorboard' package: pip install tensorboard"
+                ) from exc
             self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
     def write(self, record: dict) -> None:

@@ -70,12 +70,20 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
         pts = [r for r in evals if "eval_sim_acc_len" in r]
         ax_sim = axes[0][2]
         if pts:
-            ax_sim.plot([r["step"] for r in pts], [r["eval_sim_acc_len"] for r in pts], "o-",
-                        label="simulated (independent steps)")
+            ax_sim.plot(
+                [r["step"] for r in pts],
+                [r["eval_sim_acc_len"] for r in pts],
+                "o-",
+                label="simulated (independent steps)",
+            )
         chain = [r for r in evals if r.get("eval_chain_acc_len") is not None]
         if chain:
-            ax_sim.plot([r["step"] for r in chain], [r["eval_chain_acc_len"] for r in chain], "s-",
-                        label="chain estimate (steps in a row)")
+            ax_sim.plot(
+                [r["step"] for r in chain],
+                [r["eval_chain_acc_len"] for r in chain],
+                "s-",
+                label="chain estimate (steps in a row)",
+            )
         if real_tau is not None:  # τ counts the bonus token, the simulated value does not
             ax_sim.axhline(real_tau - 1.0, color="tab:red", linestyle="--", label="real τ − 1 (final eval)")
         ax_sim.set(xlabel="step", ylabel="accepted drafts per verification", title="held-out acceptance length")

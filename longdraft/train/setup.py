@@ -12,11 +12,11 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from longdraft.config import Config
-from longdraft.errors import UserError
 from longdraft.data.dataset import DataReport, Sample, iter_samples, load_samples
 from longdraft.data.stream import SampleStream
 from longdraft.data.vocab import VocabMapping, build_vocab_mapping
 from longdraft.engines.head_weights import head_rows, load_embedding_and_head
+from longdraft.errors import UserError
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
 from longdraft.train.optim import build_optimizer, build_scheduler
@@ -25,8 +25,16 @@ from longdraft.train.optim import build_optimizer, build_scheduler
 def training_stream(cfg: Config, tokenizer, position: int = 0) -> SampleStream:
     """The training samples in their seeded epoch order, from row ``position`` of the stream on."""
     d = cfg.data
-    return SampleStream(d.train_path, tokenizer, cfg.training.max_seq_length, cfg.training.seed, d.on_bad_row,
-                        d.max_rows, d.shuffle_window, position)
+    return SampleStream(
+        d.train_path,
+        tokenizer,
+        cfg.training.max_seq_length,
+        cfg.training.seed,
+        d.on_bad_row,
+        d.max_rows,
+        d.shuffle_window,
+        position,
+    )
 
 
 def load_held_out(cfg: Config, tokenizer) -> tuple[list[Sample], DataReport | None]:
@@ -34,8 +42,9 @@ def load_held_out(cfg: Config, tokenizer) -> tuple[list[Sample], DataReport | No
     few loss tokens are left out."""
     if not cfg.data.eval_path:
         return [], None
-    held_out, report = load_samples(cfg.data.eval_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row,
-                                    cfg.eval.num_prompts * 4)
+    held_out, report = load_samples(
+        cfg.data.eval_path, tokenizer, cfg.training.max_seq_length, cfg.data.on_bad_row, cfg.eval.num_prompts * 4
+    )
     return [s for s in held_out if s.num_loss_tokens >= cfg.training.min_loss_tokens], report
 
 
@@ -47,13 +56,19 @@ def vocab_for(cfg: Config, tokenizer) -> VocabMapping:
     """The draft vocab: the most frequent loss tokens of the first ``data.vocab_rows`` training
     samples (streamed, so a large file costs neither memory nor more start-up time)."""
     d = cfg.data
-    samples = iter_samples(d.train_path, tokenizer, cfg.training.max_seq_length, d.on_bad_row,
-                           min(d.vocab_rows, d.max_rows or d.vocab_rows))
+    samples = iter_samples(
+        d.train_path,
+        tokenizer,
+        cfg.training.max_seq_length,
+        d.on_bad_row,
+        min(d.vocab_rows, d.max_rows or d.vocab_rows),
+    )
     return build_vocab_mapping(samples, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
 
 
-def build_draft(target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int,
-                aux_layers=None) -> Eagle3Draft:
+def build_draft(
+    target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int, aux_layers=None
+) -> Eagle3Draft:
     """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike."""
     config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers)
     torch.manual_seed(seed)
@@ -82,9 +97,11 @@ def check_training_length(cfg: Config) -> None:
     engines need) would make vLLM and SGLang clamp the positions the draft was trained on."""
     limit = getattr(target_text_config(cfg), "max_position_embeddings", None)
     if limit is not None and cfg.training.max_seq_length > limit:
-        raise UserError(f"training.max_seq_length = {cfg.training.max_seq_length} is longer than the target's "
-                        f"max_position_embeddings = {limit} ({cfg.model.target_path}/config.json): lower it to at "
-                        f"most {limit}, or extend the target's context first")
+        raise UserError(
+            f"training.max_seq_length = {cfg.training.max_seq_length} is longer than the target's "
+            f"max_position_embeddings = {limit} ({cfg.model.target_path}/config.json): lower it to at "
+            f"most {limit}, or extend the target's context first"
+        )
 
 
 def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:

@@ -28,10 +28,16 @@ class StepSettings:
     grad_bucket_mb: float = 25.0
 
     @classmethod
-    def from_config(cls, cfg: Config, device: torch.device) -> "StepSettings":
+    def from_config(cls, cfg: Config, device: torch.device) -> StepSettings:
         t = cfg.training
-        return cls(t.ttt_length, t.loss_chunk_size, t.activation_checkpointing, t.max_grad_norm,
-                   resolve_precision(t.precision, device), t.grad_bucket_mb)
+        return cls(
+            t.ttt_length,
+            t.loss_chunk_size,
+            t.activation_checkpointing,
+            t.max_grad_norm,
+            resolve_precision(t.precision, device),
+            t.grad_bucket_mb,
+        )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -63,7 +69,7 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
         running *= acc
         sim_acc_len += running
     return {
-        "loss": sum(w * l for w, l in zip(weights, loss_k)),
+        "loss": sum(w * loss for w, loss in zip(weights, loss_k)),
         "loss_k": loss_k,
         "acc_k": acc_k,
         "sim_acc_len": sim_acc_len,
@@ -132,8 +138,15 @@ def train_step(
     for i, (batch, valid) in enumerate(zip(batches, masks)):
         with autocast_for(settings.precision, device):
             result = ttt_unroll(
-                model, batch, valid, normalisers, draft_rows, backend,
-                settings.loss_chunk_size, settings.activation_checkpointing, times,
+                model,
+                batch,
+                valid,
+                normalisers,
+                draft_rows,
+                backend,
+                settings.loss_chunk_size,
+                settings.activation_checkpointing,
+                times,
             )
         timer.lap("forward_s")
         if buckets is not None and i == len(batches) - 1:
@@ -163,7 +176,9 @@ def train_step(
     if times is not None:
         timer.laps.update(times.seconds)
     grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
-    metrics.update(lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps, grad_sum_bytes=grad_bytes)
+    metrics.update(
+        lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps, grad_sum_bytes=grad_bytes
+    )
     return metrics
 
 

@@ -59,9 +59,15 @@ def _worker(rank, world):
     alone_flat = [p.grad.clone() for p in params]
     buckets.close()
     err = lambda a, b: max(((x - y).abs().max() / y.abs().max().clamp(min=1)).item() for x, y in zip(a, b))  # noqa: E731
-    return {"err": err(bucketed, flat), "err_alone": err(alone, alone_flat), "buckets": len(buckets.buckets),
-            "in_backward": in_backward, "started_before_fc": started_before_fc,
-            "first_bucket": [tuple(p.shape) for p in buckets.buckets[0].params], "lm_head": tuple(model.lm_head.weight.shape)}
+    return {
+        "err": err(bucketed, flat),
+        "err_alone": err(alone, alone_flat),
+        "buckets": len(buckets.buckets),
+        "in_backward": in_backward,
+        "started_before_fc": started_before_fc,
+        "first_bucket": [tuple(p.shape) for p in buckets.buckets[0].params],
+        "lm_head": tuple(model.lm_head.weight.shape),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests import layout_positions as shard_layout
-from tests.rank_runs import cached_run_ranks
+from longdraft.attention.usp import USPAttentionBackend
 from longdraft.parallel.mesh import (
     USPMesh,
     grid_coords,
@@ -15,7 +14,8 @@ from longdraft.parallel.mesh import (
     kv_replication_factor,
     validate_usp_sizes,
 )
-from longdraft.attention.usp import USPAttentionBackend
+from tests import layout_positions as shard_layout
+from tests.rank_runs import cached_run_ranks
 
 # --- sizes and coordinates (pure) ------------------------------------------------------------
 
@@ -144,8 +144,18 @@ def test_layout_rejects_bad_input() -> None:
 
 GRIDS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 4)]
 _COLLECTIVES = (
-    "new_group", "all_reduce", "all_gather", "all_gather_object", "broadcast", "barrier",
-    "all_to_all_single", "batch_isend_irecv", "isend", "irecv", "send", "recv",
+    "new_group",
+    "all_reduce",
+    "all_gather",
+    "all_gather_object",
+    "broadcast",
+    "barrier",
+    "all_to_all_single",
+    "batch_isend_irecv",
+    "isend",
+    "irecv",
+    "send",
+    "recv",
 )
 
 
@@ -164,6 +174,7 @@ def _bad_sizes_issue_no_collective(mesh_ok: USPMesh) -> tuple[list[str], list[st
         def record(*args, **kwargs):
             calls.append(name)
             raise RuntimeError(f"collective {name} issued during size validation")
+
         return record
 
     messages = []

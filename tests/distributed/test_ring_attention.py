@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 
 from longdraft.attention.heads import repeat_kv
-from tests import layout_positions as shard_layout
-from tests.rank_runs import cached_run_ranks
-from longdraft.parallel.mesh import USPMesh
 from longdraft.attention.ring import RingComm, block_plan, ring_attention_backward, ring_attention_forward
 from longdraft.attention.usp import USPAttentionBackend
+from longdraft.parallel.mesh import USPMesh
+from tests import layout_positions as shard_layout
+from tests.rank_runs import cached_run_ranks
 
 # --- the block plan (pure) -------------------------------------------------------------------
 

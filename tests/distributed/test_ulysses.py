@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests import layout_positions as shard_layout
-from tests.rank_runs import cached_run_ranks
-from longdraft.parallel.mesh import USPMesh
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.attention.usp import USPAttentionBackend
+from longdraft.parallel.mesh import USPMesh
+from tests import layout_positions as shard_layout
+from tests.rank_runs import cached_run_ranks
 
 GRIDS = [(4, 1), (2, 2), (2, 1)]  # (2, 1) on 4 ranks: two DP replicas
 B, H, L, D = 2, 8, 11, 3

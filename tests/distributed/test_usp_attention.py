@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.reference import ttt_attention_reference
-from tests import layout_positions as shard_layout
 from longdraft.attention.factory import make_attention_backend
-from tests.rank_runs import cached_run_ranks
-from longdraft.parallel.mesh import USPMesh
+from longdraft.attention.reference import ttt_attention_reference
 from longdraft.attention.usp import USPAttentionBackend
+from longdraft.parallel.mesh import USPMesh
+from tests import layout_positions as shard_layout
+from tests.rank_runs import cached_run_ranks
 
 FP32_TOL = 1e-5
 # bf16: each rounding to bf16 has relative error <= u = 2^-8. The reference rounds once (its output or the
@@ -139,7 +139,9 @@ def _run_attention_case(mesh: USPMesh, case: Case, seed: int) -> dict:
         values.append(vv)
         out = backend.finish(backend.attend(q, keys, values))
         if out.dtype != dtype or out.shape != loc_q[k].shape:
-            raise AssertionError(f"finish() returned {out.dtype} {tuple(out.shape)}, expected {dtype} {tuple(loc_q[k].shape)}")
+            raise AssertionError(
+                f"finish() returned {out.dtype} {tuple(out.shape)}, expected {dtype} {tuple(loc_q[k].shape)}"
+            )
         err = _max_err(out[:, :, valid], shard(ref_out[k])[:, :, valid])
         result["out"] = max(result["out"], err)
         result["out_rel"] = max(result["out_rel"], err / _scale(ref_out[k]))
@@ -194,7 +196,9 @@ class TinyDraftAttention(torch.nn.Module):
         return outs
 
 
-def _masked_loss(outs: list[torch.Tensor], weights: list[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _masked_loss(
+    outs: list[torch.Tensor], weights: list[torch.Tensor], mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over the masked positions (local), and the number of them."""
     total = outs[0].new_zeros(())
     for k, (out, w) in enumerate(zip(outs, weights)):
@@ -245,7 +249,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     total = loss.detach().clone()
     dist.all_reduce(total)
     grad_err = 0.0
-    for (name, p), ref_p in zip(model.named_parameters(), ref_model.parameters()):
+    for p, ref_p in zip(model.parameters(), ref_model.parameters()):
         g = p.grad.clone()
         dist.all_reduce(g)  # the gradient of the sample is the SUM over SP
         grad_err = max(grad_err, _max_err(g, ref_p.grad))

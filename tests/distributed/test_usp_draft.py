@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 
 from longdraft.attention.factory import make_attention_backend
+from longdraft.attention.usp import USPAttentionBackend
 from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
-from longdraft.sharding.batch import ShardBatch
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
-from longdraft.attention.usp import USPAttentionBackend
+from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.layout import ShardLayout
 from longdraft.sharding.split import split_tensor
 from longdraft.train.reduction import SumReducer
@@ -32,8 +32,16 @@ def _unroll(model, head, batch, backend, reducer, checkpointing, bucketed=False)
     valid = step_valid_masks(batch, target_ok(batch, head, model.t2d, 4), K)
     counts = reducer.sum_(torch.stack([v.sum() for v in valid]))
     model.zero_grad(set_to_none=True)
-    result = ttt_unroll(model, batch, valid, counts.clamp(min=1).float(), head[model.draft_to_target], backend,
-                        loss_chunk_size=4, activation_checkpointing=checkpointing)
+    result = ttt_unroll(
+        model,
+        batch,
+        valid,
+        counts.clamp(min=1).float(),
+        head[model.draft_to_target],
+        backend,
+        loss_chunk_size=4,
+        activation_checkpointing=checkpointing,
+    )
     # Bucketed: 1 KiB buckets, so the gradient all-reduces run during the backward's own collectives.
     buckets = reducer.bucketed(list(model.parameters()), 1 / 1024) if bucketed else None
     if buckets is not None:
@@ -51,9 +59,14 @@ def _unroll(model, head, batch, backend, reducer, checkpointing, bucketed=False)
 def _shard(sample, layout, r):
     n_seg, seg = layout.num_segments, layout.segment_length
     part = lambda x: split_tensor(x, layout, r).reshape(1, n_seg, seg, *x.shape[1:])  # noqa: E731
-    return ShardBatch(part(sample["input_ids"]), part(sample["aux_hidden"]), part(sample["last_hidden"]),
-                      part(sample["loss_mask"]), layout.valid_mask(r).reshape(1, n_seg, seg),
-                      layout.query_positions(r))
+    return ShardBatch(
+        part(sample["input_ids"]),
+        part(sample["aux_hidden"]),
+        part(sample["last_hidden"]),
+        part(sample["loss_mask"]),
+        layout.valid_mask(r).reshape(1, n_seg, seg),
+        layout.query_positions(r),
+    )
 
 
 def _worker(rank, world):
@@ -64,15 +77,29 @@ def _worker(rank, world):
         sample["loss_mask"][: length // 2] = False  # the first shard(s) carry no loss tokens
         mesh = USPMesh.build(u, r, 4, 2)
         layout = ShardLayout(length, u, r, K, layout_name)
-        ref_loss, ref_grads = _unroll(model, head, batch_of([sample], K), make_attention_backend("reference"), SumReducer(None), False)
+        ref_loss, ref_grads = _unroll(
+            model, head, batch_of([sample], K), make_attention_backend("reference"), SumReducer(None), False
+        )
         for ring_mode in ("ring", "gather"):
             backend = USPAttentionBackend(mesh, 4, 2, layout_name, ring_mode=ring_mode)
             for checkpointing, bucketed in ((False, False), (True, False), (False, True)):
-                loss, grads = _unroll(model, head, _shard(sample, layout, rank), backend, SumReducer(dist.group.WORLD),
-                                      checkpointing, bucketed)
+                loss, grads = _unroll(
+                    model,
+                    head,
+                    _shard(sample, layout, rank),
+                    backend,
+                    SumReducer(dist.group.WORLD),
+                    checkpointing,
+                    bucketed,
+                )
                 worst = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
-                out.append({"case": (u, r, layout_name, length, ring_mode, checkpointing, bucketed), "loss": (loss, ref_loss),
-                            "grad_err": worst})
+                out.append(
+                    {
+                        "case": (u, r, layout_name, length, ring_mode, checkpointing, bucketed),
+                        "loss": (loss, ref_loss),
+                        "grad_err": worst,
+                    }
+                )
     return out
 
 

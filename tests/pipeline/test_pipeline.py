@@ -6,14 +6,15 @@ metadata out; each trainer rank reads only its own shard. Real Ray actors, gloo 
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from longdraft.config import config_from_dict
+from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
 from longdraft.pipeline.launch import run_pipeline
 from longdraft.run import run_training
 from longdraft.train.checkpoint import latest_checkpoint
-from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
 from longdraft.train.metrics_log import read_metrics
 
 K = 3
@@ -26,7 +27,9 @@ def data_dir(tmp_path_factory):
     build_tiny_target(root / "target", initializer_range=0.3, seed=2)
     rows = tiny_rows(num_conversations=12, num_texts=3, seed=3)
     # Loss tokens only at the very end: on SP > 1 every shard but the last has none.
-    rows.insert(1, {"conversations": [{"role": "user", "content": "word " * 6}, {"role": "assistant", "content": "ok"}]})
+    rows.insert(
+        1, {"conversations": [{"role": "user", "content": "word " * 6}, {"role": "assistant", "content": "ok"}]}
+    )
     # No loss tokens at all: every rank of the group must skip it together.
     rows.insert(2, {"conversations": [{"role": "user", "content": "only a question here"}]})
     write_tiny_jsonl(root / "train.jsonl", rows)
@@ -36,17 +39,30 @@ def data_dir(tmp_path_factory):
 
 def _config(root, out, dp, u, r, store, run_timeout_s=240, **training):
     # No attention_backend key: "auto" must choose USP whenever a sequence spans ranks.
-    return config_from_dict({
-        "data": {"train_path": str(root / "train.jsonl")},
-        "model": {"target_path": str(root / "target"), "draft_vocab_size": 200},
-        "training": {"max_seq_length": 40, "ttt_length": K, "batch_size": 4, "micro_batch_size": 1,
-                     "num_steps": 4, "lr": 3e-3, "seed": 0, "num_trainers": dp * u * r,
-                     "sp_ulysses_size": u, "sp_ring_size": r, "device": "cpu", **training},
-        "inference": {"batch_size": 4},
-        "store": {"backend": store, "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
-        "output": {"dir": str(out), "plot": False},
-        "cluster": {"run_timeout_s": run_timeout_s},
-    })
+    return config_from_dict(
+        {
+            "data": {"train_path": str(root / "train.jsonl")},
+            "model": {"target_path": str(root / "target"), "draft_vocab_size": 200},
+            "training": {
+                "max_seq_length": 40,
+                "ttt_length": K,
+                "batch_size": 4,
+                "micro_batch_size": 1,
+                "num_steps": 4,
+                "lr": 3e-3,
+                "seed": 0,
+                "num_trainers": dp * u * r,
+                "sp_ulysses_size": u,
+                "sp_ring_size": r,
+                "device": "cpu",
+                **training,
+            },
+            "inference": {"batch_size": 4},
+            "store": {"backend": store, "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
+            "output": {"dir": str(out), "plot": False},
+            "cluster": {"run_timeout_s": run_timeout_s},
+        }
+    )
 
 
 def _run(ray_session, root, tmp_path, dp, u, r, store):
@@ -102,7 +118,10 @@ def test_unreachable_store_stops_the_run_naming_the_rank(ray_session, data_dir, 
 
     cfg = _config(data_dir, tmp_path / "fail", 1, 2, 1, "mooncake", run_timeout_s=150)
     cfg.store.mooncake.master_address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    with pytest.raises(RuntimeError, match=r"trainer rank \d \(setup\) failed; the run was stopped: StoreError: cannot reach the Mooncake master"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"trainer rank \d \(setup\) failed; the run was stopped: StoreError: cannot reach the Mooncake master",
+    ):
         run_pipeline(cfg, None)
 
 
@@ -154,7 +173,7 @@ def _actor_pids(title: str) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
             if cmdline.startswith(f"ray::{title}"):
@@ -202,8 +221,9 @@ def test_a_killed_producer_does_not_end_the_run(ray_session, data_dir, tmp_path,
     # The restarted producer is a new process that wrote only the rest of the stream.
     assert victim not in _producer_pids()
     assert 0 < summary["producers"][0]["samples"] < total
-    _assert_steps_equal(read_metrics(tmp_path / "kill"), read_metrics(tmp_path / "local"), 1e-5,
-                        ("loss", "loss_k", "acc_k", "count_k"))
+    _assert_steps_equal(
+        read_metrics(tmp_path / "kill"), read_metrics(tmp_path / "local"), 1e-5, ("loss", "loss_k", "acc_k", "count_k")
+    )
     print({k: summary[k] for k in ("producer_failures", "reissued", "lost", "duplicated")})
 
 
@@ -236,8 +256,12 @@ def test_a_killed_trainer_stops_the_run_naming_it_and_resume_continues_exactly(r
     assert not (tmp_path / "sp2" / "final").exists()
     cfg.training.resume = True
     run_training(cfg)
-    _assert_steps_equal(read_metrics(tmp_path / "sp2"), read_metrics(tmp_path / "local"), 1e-5,
-                        ("loss", "loss_k", "acc_k", "count_k", "grad_norm"))
+    _assert_steps_equal(
+        read_metrics(tmp_path / "sp2"),
+        read_metrics(tmp_path / "local"),
+        1e-5,
+        ("loss", "loss_k", "acc_k", "count_k", "grad_norm"),
+    )
 
 
 @pytest.mark.timeout(300)
@@ -246,8 +270,18 @@ def test_a_store_smaller_than_the_window_slows_the_run_but_never_fails_it(ray_se
     than the pool: the run never fails, every sample trains, no key is left. (Trainers read their
     shards eagerly, so here the pool drains as fast as it fills; a put's wait on a full pool is
     tested against a real master in test_store_mooncake.py.)"""
-    cfg = _config(data_dir, tmp_path / "full", 1, 2, 1, "mooncake", num_steps=5, max_seq_length=4000,
-                  ttt_length=7, activation_checkpointing=True)  # slow trainers: the producer runs ahead
+    cfg = _config(
+        data_dir,
+        tmp_path / "full",
+        1,
+        2,
+        1,
+        "mooncake",
+        num_steps=5,
+        max_seq_length=4000,
+        ttt_length=7,
+        activation_checkpointing=True,
+    )  # slow trainers: the producer runs ahead
     cfg.data.train_path = str(_long_rows(tmp_path / "long.jsonl", 5000))
     cfg.store.max_inflight_mb = 1024  # the controller alone would put far more in flight than the pool holds
     cfg.store.mooncake.put_timeout_s = 120
@@ -263,8 +297,9 @@ def _long_rows(path, words_per_row: int, rows: int = 10):
 
     rng = random.Random(0)
     words = ["thou", "art", "more", "lovely", "and", "temperate", "rough", "winds", "do", "shake"]
-    return write_tiny_jsonl(path, [{"text": " ".join(rng.choice(words) for _ in range(words_per_row))}
-                                   for _ in range(rows)])
+    return write_tiny_jsonl(
+        path, [{"text": " ".join(rng.choice(words) for _ in range(words_per_row))} for _ in range(rows)]
+    )
 
 
 @pytest.mark.timeout(300)

@@ -5,10 +5,9 @@ import pickle
 import threading
 import time
 
+import mooncake.store  # noqa: F401,E402  (a broken install must fail, not skip)
 import pytest
 import torch
-
-import mooncake.store  # noqa: F401,E402  (a broken install must fail, not skip)
 
 from longdraft.sharding.header import check_shard
 from longdraft.sharding.layout import ShardLayout
@@ -49,8 +48,11 @@ def no_keys_left_behind(request):
 
 def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-        and torch.equal(a[k].contiguous().view(torch.uint8), b[k].contiguous().view(torch.uint8)) for k in a)
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and torch.equal(a[k].contiguous().view(torch.uint8), b[k].contiguous().view(torch.uint8))
+        for k in a
+    )
 
 
 def read_in_other_process(address: str, keys: list[str], r: int, out: "mp.Queue") -> None:
@@ -84,11 +86,14 @@ def test_unreachable_master_is_named() -> None:
 
 @pytest.mark.timeout(60)
 def test_round_trip_bit_exact(master, store) -> None:
-    cases = [(torch.float32, ShardLayout(13, 2, 2, 3, "contiguous")),  # S=4, L not divisible by S
-             (torch.bfloat16, ShardLayout(13, 2, 2, 3, "zigzag"))]
+    cases = [
+        (torch.float32, ShardLayout(13, 2, 2, 3, "contiguous")),  # S=4, L not divisible by S
+        (torch.bfloat16, ShardLayout(13, 2, 2, 3, "zigzag")),
+    ]
     keys = [f"rt_{layout.layout}" for _, layout in cases]
-    samples = [split_sample(make_sample(layout.length, 8, dtype, seed=i), layout)
-               for i, (dtype, layout) in enumerate(cases)]
+    samples = [
+        split_sample(make_sample(layout.length, 8, dtype, seed=i), layout) for i, (dtype, layout) in enumerate(cases)
+    ]
     before = store.stats()
     handles = [store.put_sample(key, shards) for key, shards in zip(keys, samples)]
     assert master.key_count() == 8

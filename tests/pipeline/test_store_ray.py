@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import ray  # noqa: E402
 import torch
 
 from longdraft.sharding.header import check_shard
@@ -12,16 +13,15 @@ from longdraft.store.base import SampleHandle, StoreError, shard_nbytes
 from longdraft.store.ray_store import RayTensorStore, local_object_store_usage
 from tests.sample_tensors import make_sample
 
-import ray  # noqa: E402
-
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8)
 
 
 def same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                        and torch.equal(bits(a[k]), bits(b[k])) for k in a)
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(bits(a[k]), bits(b[k])) for k in a
+    )
 
 
 @ray.remote(num_cpus=0)

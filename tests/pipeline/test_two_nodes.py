@@ -24,8 +24,16 @@ def _config(root: Path, out: Path, dp: int, u: int, r: int) -> dict:
     return {
         "data": {"train_path": str(root / "train.jsonl")},
         "model": {"target_path": str(root / "target"), "draft_vocab_size": 200},
-        "training": {"max_seq_length": 40, "ttt_length": 3, "batch_size": 4, "num_steps": STEPS, "lr": 3e-3,
-                     "num_trainers": dp * u * r, "sp_ulysses_size": u, "sp_ring_size": r},
+        "training": {
+            "max_seq_length": 40,
+            "ttt_length": 3,
+            "batch_size": 4,
+            "num_steps": STEPS,
+            "lr": 3e-3,
+            "num_trainers": dp * u * r,
+            "sp_ulysses_size": u,
+            "sp_ring_size": r,
+        },
         "inference": {"batch_size": 4},
         "cluster": {"socket_ifname": "lo", "cpus_per_actor": 0.5, "run_timeout_s": 240},
         "output": {"dir": str(out), "plot": False},
@@ -45,8 +53,14 @@ def test_two_node_placement_and_exactness(tmp_path):
             path = tmp_path / f"{out.name}.yaml"
             path.write_text(yaml.safe_dump(_config(tmp_path, out, dp, u, r)))
             env = {**ray_env(), "RAY_ADDRESS": cluster.address}
-            done = subprocess.run([sys.executable, "-m", "longdraft.cli", "train", str(path)], env=env,
-                                  capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+            done = subprocess.run(
+                [sys.executable, "-m", "longdraft.cli", "train", str(path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=os.getcwd(),
+            )
             assert done.returncode == 0, done.stderr[-4000:]
             ranks = [json.loads((out / "ranks" / f"rank{n}.json").read_text()) for n in range(4)]
             places = [(rk["node_ip"], tuple(rk["gpu_ids"])) for rk in ranks]

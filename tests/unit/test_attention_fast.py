@@ -17,7 +17,12 @@ def _run(fn, q, keys, values, grad_out):
 def _inputs(batch, heads, kv_heads, seq, dim, n_blocks, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     make = lambda h: torch.randn(batch, h, seq, dim, generator=gen).to(dtype).requires_grad_()  # noqa: E731
-    return make(heads), [make(kv_heads) for _ in range(n_blocks)], [make(kv_heads) for _ in range(n_blocks)], make(heads).detach()
+    return (
+        make(heads),
+        [make(kv_heads) for _ in range(n_blocks)],
+        [make(kv_heads) for _ in range(n_blocks)],
+        make(heads).detach(),
+    )
 
 
 @pytest.mark.parametrize(

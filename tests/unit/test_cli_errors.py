@@ -18,7 +18,10 @@ def test_bad_value_names_file_line_key_and_expectation(tmp_path, capsys):
     path.write_text("data:\n  train_path: t.jsonl\nmodel:\n  target_path: t\ntraining:\n  lr: -1\noutput:\n  dir: o\n")
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"longdraft: error: {path}:6: training.lr = -1.0 is invalid; expected a number >= 0 (0 measures a frozen draft)"
+    assert (
+        err
+        == f"longdraft: error: {path}:6: training.lr = -1.0 is invalid; expected a number >= 0 (0 measures a frozen draft)"
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -56,13 +56,25 @@ def test_defaults_paths_and_scientific_floats(tmp_path):
 
 def test_overrides_parse_yaml_scalars_and_nested_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(write(tmp_path, BASE_YAML), [
-        "training.lr=3e-4", "training.resume=true", "model.aux_layers=[1, 3, 4]",
-        "store.backend=mooncake", "store.mooncake.protocol=rdma", "store.mooncake.master_address=127.0.0.1:50051",
-        "training.num_trainers=8", "training.sp_ulysses_size=2", "training.sp_ring_size=2",
-        "training.attention_backend=usp", "training.micro_batch_size=1", "training.batch_size=8",
-        "data.eval_path=eval.jsonl", "training.max_grad_norm=1",
-    ])
+    cfg = load_config(
+        write(tmp_path, BASE_YAML),
+        [
+            "training.lr=3e-4",
+            "training.resume=true",
+            "model.aux_layers=[1, 3, 4]",
+            "store.backend=mooncake",
+            "store.mooncake.protocol=rdma",
+            "store.mooncake.master_address=127.0.0.1:50051",
+            "training.num_trainers=8",
+            "training.sp_ulysses_size=2",
+            "training.sp_ring_size=2",
+            "training.attention_backend=usp",
+            "training.micro_batch_size=1",
+            "training.batch_size=8",
+            "data.eval_path=eval.jsonl",
+            "training.max_grad_norm=1",
+        ],
+    )
     assert cfg.training.lr == pytest.approx(3e-4)
     assert cfg.training.resume is True
     assert cfg.model.aux_layers == [1, 3, 4]
@@ -104,37 +116,53 @@ def test_wrong_types_name_key_value_expected_and_line(tmp_path):
     assert "'training' is a section" in msg
 
 
-@pytest.mark.parametrize("override,key,choices", [
-    ("training.precision=fp16", "training.precision", "'auto', 'fp32', 'bf16'"),
-    ("training.attention_backend=flash", "training.attention_backend", "'auto', 'fast', 'reference', 'usp'"),
-    ("inference.engine=sglang", "inference.engine", "'hf'"),
-    ("training.ring_layout=striped", "training.ring_layout", "'contiguous', 'zigzag'"),
-    ("data.on_bad_row=ignore", "data.on_bad_row", "'error', 'skip'"),
-    ("store.backend=redis", "store.backend", "'ray', 'mooncake'"),
-    ("model.target_dtype=fp16", "model.target_dtype", "'auto', 'fp32', 'bf16'"),
-    ("training.device=tpu", "training.device", "'auto', 'cpu', 'cuda'"),
-])
+@pytest.mark.parametrize(
+    "override,key,choices",
+    [
+        ("training.precision=fp16", "training.precision", "'auto', 'fp32', 'bf16'"),
+        ("training.attention_backend=flash", "training.attention_backend", "'auto', 'fast', 'reference', 'usp'"),
+        ("inference.engine=sglang", "inference.engine", "'hf'"),
+        ("training.ring_layout=striped", "training.ring_layout", "'contiguous', 'zigzag'"),
+        ("data.on_bad_row=ignore", "data.on_bad_row", "'error', 'skip'"),
+        ("store.backend=redis", "store.backend", "'ray', 'mooncake'"),
+        ("model.target_dtype=fp16", "model.target_dtype", "'auto', 'fp32', 'bf16'"),
+        ("training.device=tpu", "training.device", "'auto', 'cpu', 'cuda'"),
+    ],
+)
 def test_bad_enums_list_the_valid_choices(tmp_path, override, key, choices):
     msg = error_of(write(tmp_path, BASE_YAML), [override])
     value = override.split("=")[1]
     assert key in msg and repr(value) in msg and choices in msg
 
 
-@pytest.mark.parametrize("overrides,key,fragment", [
-    (["training.num_trainers=3", "training.sp_ulysses_size=2", "training.attention_backend=usp"],
-     "training.num_trainers", "multiple of sp_ulysses_size*sp_ring_size"),
-    (["training.num_trainers=2", "training.sp_ring_size=2", "training.attention_backend=fast"],
-     "training.attention_backend", "'usp' or 'auto' when a sequence spans ranks"),
-    (["training.attention_backend=usp"], "training.attention_backend", "'usp' needs sp_ulysses_size*sp_ring_size > 1"),
-    (["training.batch_size=6", "training.num_trainers=4"], "training.batch_size", "micro_batch_size*dp = 1*4"),
-    (["training.batch_size=3", "training.micro_batch_size=2"], "training.batch_size", "= 2"),
-    (["training.ttt_length=0"], "training.ttt_length", ">= 1"),
-    (["training.lr=-1e-4"], "training.lr", ">= 0"),
-    (["training.min_lr=1e-3"], "training.min_lr", "<= training.lr"),
-    (["model.aux_layers=[1, 1, 2]"], "model.aux_layers", "3 distinct"),
-    (["model.draft_vocab_size=0"], "model.draft_vocab_size", ">= 1"),
-    (["data.max_rows=0"], "data.max_rows", ">= 1"),
-])
+@pytest.mark.parametrize(
+    "overrides,key,fragment",
+    [
+        (
+            ["training.num_trainers=3", "training.sp_ulysses_size=2", "training.attention_backend=usp"],
+            "training.num_trainers",
+            "multiple of sp_ulysses_size*sp_ring_size",
+        ),
+        (
+            ["training.num_trainers=2", "training.sp_ring_size=2", "training.attention_backend=fast"],
+            "training.attention_backend",
+            "'usp' or 'auto' when a sequence spans ranks",
+        ),
+        (
+            ["training.attention_backend=usp"],
+            "training.attention_backend",
+            "'usp' needs sp_ulysses_size*sp_ring_size > 1",
+        ),
+        (["training.batch_size=6", "training.num_trainers=4"], "training.batch_size", "micro_batch_size*dp = 1*4"),
+        (["training.batch_size=3", "training.micro_batch_size=2"], "training.batch_size", "= 2"),
+        (["training.ttt_length=0"], "training.ttt_length", ">= 1"),
+        (["training.lr=-1e-4"], "training.lr", ">= 0"),
+        (["training.min_lr=1e-3"], "training.min_lr", "<= training.lr"),
+        (["model.aux_layers=[1, 1, 2]"], "model.aux_layers", "3 distinct"),
+        (["model.draft_vocab_size=0"], "model.draft_vocab_size", ">= 1"),
+        (["data.max_rows=0"], "data.max_rows", ">= 1"),
+    ],
+)
 def test_impossible_combinations(tmp_path, overrides, key, fragment):
     msg = error_of(write(tmp_path, BASE_YAML), overrides)
     assert key in msg and fragment in msg
@@ -201,11 +229,18 @@ def test_training_longer_than_the_target_positions_is_refused_before_it_starts(t
     from longdraft.run import run_training
 
     target = tiny_target(max_position_embeddings=64)
-    cfg = config_from_dict({"data": {"train_path": str(tmp_path / "unused.jsonl")},
-                            "model": {"target_path": str(target)},
-                            "training": {"max_seq_length": 65, "num_steps": 1, "device": "cpu"},
-                            "output": {"dir": str(tmp_path / "run"), "plot": False}})
-    with pytest.raises(UserError, match=r"training.max_seq_length = 65 is longer than the target's "
-                                        r"max_position_embeddings = 64 .*lower it to at most 64"):
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": str(tmp_path / "unused.jsonl")},
+            "model": {"target_path": str(target)},
+            "training": {"max_seq_length": 65, "num_steps": 1, "device": "cpu"},
+            "output": {"dir": str(tmp_path / "run"), "plot": False},
+        }
+    )
+    with pytest.raises(
+        UserError,
+        match=r"training.max_seq_length = 65 is longer than the target's "
+        r"max_position_embeddings = 64 .*lower it to at most 64",
+    ):
         run_training(cfg)
     assert not (tmp_path / "run").exists()

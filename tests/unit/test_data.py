@@ -67,12 +67,27 @@ def test_unpack_length_truncates_or_pads_and_slice():
 
 
 def test_sharegpt_rows_are_normalised():
-    row = parse_row({"conversations": [
-        {"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]})
-    assert row == Conversation([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
-                                {"role": "assistant", "content": "A"}])
-    same = parse_row({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
-                                   {"role": "assistant", "content": "A", "extra": 1}]})
+    row = parse_row(
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "Q"},
+                {"from": "gpt", "value": "A"},
+            ]
+        }
+    )
+    assert row == Conversation(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    )
+    same = parse_row(
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A", "extra": 1},
+            ]
+        }
+    )
     assert same == row
     assert parse_row({"text": "hi"}) == PlainText("hi")
 
@@ -87,7 +102,7 @@ def test_sharegpt_file_gives_same_samples_as_role_content(tmp_path, tokenizer):
 
 BAD_ROWS = [
     ("{not json", E.BAD_JSON, "invalid JSON"),
-    ('[1, 2]', E.NOT_AN_OBJECT, "expected a JSON object"),
+    ("[1, 2]", E.NOT_AN_OBJECT, "expected a JSON object"),
     ('{"prompt": "x"}', E.MISSING_FIELD, "none of the fields"),
     ('{"conversations": [{"role": "user"}]}', E.MISSING_FIELD, "missing the field 'content'"),
     ('{"conversations": [{"speaker": "user", "text": "x"}]}', E.MISSING_FIELD, "neither 'role'"),
@@ -139,8 +154,12 @@ def test_iter_jsonl_locations(tmp_path):
 
 
 def test_load_samples_masks_truncation_and_counts(tmp_path, tokenizer):
-    convo = {"conversations": [{"role": "user", "content": "Say hello."},
-                               {"role": "assistant", "content": "Hello! How can I help you today?"}]}
+    convo = {
+        "conversations": [
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello! How can I help you today?"},
+        ]
+    }
     no_assistant = {"conversations": [{"role": "user", "content": "Say hello."}]}
     text = {"text": "The quick brown fox jumps over the lazy dog."}
     path = write_tiny_jsonl(tmp_path / "d.jsonl", rows=[convo, no_assistant, text])

@@ -27,10 +27,20 @@ def test_export_layout_and_round_trip(tmp_path):
     out = export_draft(model, tmp_path / "final")
     tensors = load_file(str(out / "model.safetensors"))
     assert set(tensors) == {
-        "fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d",
-        "midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight", "midlayer.post_attention_layernorm.weight",
-        "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_proj.weight", "midlayer.self_attn.v_proj.weight",
-        "midlayer.self_attn.o_proj.weight", "midlayer.mlp.gate_proj.weight", "midlayer.mlp.up_proj.weight",
+        "fc.weight",
+        "norm.weight",
+        "lm_head.weight",
+        "d2t",
+        "t2d",
+        "midlayer.input_layernorm.weight",
+        "midlayer.hidden_norm.weight",
+        "midlayer.post_attention_layernorm.weight",
+        "midlayer.self_attn.q_proj.weight",
+        "midlayer.self_attn.k_proj.weight",
+        "midlayer.self_attn.v_proj.weight",
+        "midlayer.self_attn.o_proj.weight",
+        "midlayer.mlp.gate_proj.weight",
+        "midlayer.mlp.up_proj.weight",
         "midlayer.mlp.down_proj.weight",
     }
     assert tensors["d2t"].dtype == torch.int64 and tensors["t2d"].dtype == torch.bool
@@ -57,9 +67,17 @@ ROPE_VARIANTS = {
     "linear": {"factor": 2.0},
     "dynamic": {"factor": 2.0},
     "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024},
-    "longrope": {"short_factor": [1.0 + 0.1 * i for i in range(4)], "long_factor": [2.0 + 0.5 * i for i in range(4)],
-                 "original_max_position_embeddings": 1024},
-    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 1024},
+    "longrope": {
+        "short_factor": [1.0 + 0.1 * i for i in range(4)],
+        "long_factor": [2.0 + 0.5 * i for i in range(4)],
+        "original_max_position_embeddings": 1024,
+    },
+    "llama3": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 1024,
+    },
     "proportional": {"partial_rotary_factor": 0.5},
 }
 
@@ -100,7 +118,10 @@ def test_export_keeps_the_targets_positions_and_rope_exactly(tmp_path, variant):
 
 def test_an_export_that_would_clamp_the_trained_positions_is_refused(tmp_path):
     model, _ = tiny_draft(max_position_embeddings=2048)
-    with pytest.raises(ValueError, match=r"trained on sequences of 4096 tokens but its config says "
-                                         r"max_position_embeddings = 2048"):
+    with pytest.raises(
+        ValueError,
+        match=r"trained on sequences of 4096 tokens but its config says "
+        r"max_position_embeddings = 2048",
+    ):
         export_draft(model, tmp_path / "clamped", trained_length=4096)
     assert export_draft(model, tmp_path / "fits", trained_length=2048).is_dir()

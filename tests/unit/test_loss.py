@@ -58,7 +58,9 @@ def test_all_steps_at_once_equal_each_step_alone(chunk):
         assert agrees[k].tolist() == ((x @ w.t()).argmax(-1) == (th[r] @ tw.t()).argmax(-1)).tolist()
     for g, e in zip(grads, expected_grads):
         e = torch.zeros_like(g) if e is None else e
-        assert g.shape == e.shape and torch.allclose(g, e, rtol=0, atol=1e-6 * max(1.0, e.abs().amax().item() if e.numel() else 0))
+        assert g.shape == e.shape and torch.allclose(
+            g, e, rtol=0, atol=1e-6 * max(1.0, e.abs().amax().item() if e.numel() else 0)
+        )
 
 
 def test_each_target_distribution_is_computed_once(monkeypatch):
@@ -69,7 +71,9 @@ def test_each_target_distribution_is_computed_once(monkeypatch):
     w = torch.randn(11, 8, generator=gen, requires_grad=True)
     computed = []
     probs = loss_module._target_probs
-    monkeypatch.setattr(loss_module, "_target_probs", lambda h, tw32, r: (computed.append(r.clone()), probs(h, tw32, r))[1])
+    monkeypatch.setattr(
+        loss_module, "_target_probs", lambda h, tw32, r: (computed.append(r.clone()), probs(h, tw32, r))[1]
+    )
     sums, _ = soft_cross_entropy_steps(xs, rows, w, th, tw, 4)
     sums.sum().backward()
     used = torch.unique(torch.cat(rows))

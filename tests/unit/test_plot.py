@@ -2,11 +2,10 @@
 
 import json
 
+import matplotlib  # noqa: F401  (longdraft[plot]; installed by scripts/install.sh)
 import pytest
 
 from longdraft.train.plot import plot_metrics
-
-import matplotlib  # noqa: F401  (longdraft[plot]; installed by scripts/install.sh)
 
 
 def _write_metrics(out_dir, steps=6, eval_every=0, k=3):
@@ -14,8 +13,12 @@ def _write_metrics(out_dir, steps=6, eval_every=0, k=3):
     for step in range(1, steps + 1):
         record = {"step": step, "loss": 5.0 / step, "acc_k": [min(1.0, 0.1 * step / (j + 1)) for j in range(k)]}
         if eval_every and step % eval_every == 0:
-            record.update(eval_loss=6.0 / step, eval_acc_k=[0.05 * step] * k, eval_sim_acc_len=0.1 * step,
-                          eval_chain_acc_len=0.08 * step)
+            record.update(
+                eval_loss=6.0 / step,
+                eval_acc_k=[0.05 * step] * k,
+                eval_sim_acc_len=0.1 * step,
+                eval_chain_acc_len=0.08 * step,
+            )
         lines.append(json.dumps(record))
     (out_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 

@@ -33,9 +33,14 @@ def setup(tmp_path_factory):
 
 
 def _cfg(root, target, on_bad_row="skip"):
-    return config_from_dict({"data": {"train_path": str(root / "train.jsonl"), "on_bad_row": on_bad_row},
-                             "model": {"target_path": str(target)}, "training": {"device": "cpu"},
-                             "output": {"dir": str(root / "out")}})
+    return config_from_dict(
+        {
+            "data": {"train_path": str(root / "train.jsonl"), "on_bad_row": on_bad_row},
+            "model": {"target_path": str(target)},
+            "training": {"device": "cpu"},
+            "output": {"dir": str(root / "out")},
+        }
+    )
 
 
 def _expected(target, rows):
@@ -49,7 +54,7 @@ def _expected(target, rows):
         for row in rows:
             if "text" in row:
                 ids = tok(row["text"])["input_ids"]
-                prompt = ids[:len(ids) // 2]
+                prompt = ids[: len(ids) // 2]
                 new = greedy_generate(runner, prompt, min(NEW, len(ids) - len(prompt)), stops)
                 out.append({"text": tok.decode(prompt + new, skip_special_tokens=True)})
                 continue

@@ -7,7 +7,12 @@ import torch
 
 from longdraft.data.loss_mask import pack_loss_mask, unpack_loss_mask
 from longdraft.sharding.header import (
-    HEADER_KEY, ShardHeader, ShardMismatchError, check_header, check_shard, expected_header,
+    HEADER_KEY,
+    ShardHeader,
+    ShardMismatchError,
+    check_header,
+    check_shard,
+    expected_header,
 )
 from longdraft.sharding.layout import ShardLayout
 from longdraft.sharding.reader import local_loss_mask, should_skip
@@ -17,8 +22,9 @@ from tests.layout_positions import gather_shards
 LENGTHS = [1, 2, 3, 5, 7, 8, 13, 16, 31, 64, 97]
 GRIDS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 3), (2, 3), (4, 2)]  # (U, R)
 LAYOUT_NAMES = ["contiguous", "zigzag"]
-CASES = [ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay
-         in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], LAYOUT_NAMES)]
+CASES = [
+    ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], LAYOUT_NAMES)
+]
 
 
 def _positions_tensor(length: int) -> torch.Tensor:
@@ -47,7 +53,7 @@ def _check_agreement(layout: ShardLayout) -> None:
         want = torch.where((pos < L).unsqueeze(1), x[pos.clamp(max=L - 1)], torch.zeros_like(local))
         assert torch.equal(local, want)
         for i, seg in enumerate(layout.segments(r)):
-            block = local[i * layout.segment_length:(i + 1) * layout.segment_length]
+            block = local[i * layout.segment_length : (i + 1) * layout.segment_length]
             # the K lookahead rows are exactly the next global positions after the queries
             for j in range(K):
                 p = seg.start + n + j
@@ -78,12 +84,12 @@ def _check_ring_positions(layout: ShardLayout) -> None:
         ring = layout.ring_positions(q)
         if layout.layout == "contiguous":
             assert torch.equal(ring, group)  # a plain concatenation over u
-            assert torch.equal(ring, torch.arange(q * U * layout.segment_queries,
-                                                  (q + 1) * U * layout.segment_queries))
+            assert torch.equal(ring, torch.arange(q * U * layout.segment_queries, (q + 1) * U * layout.segment_queries))
         else:
             assert torch.equal(ring.sort().values, group.sort().values)
-            assert torch.equal(ring[: U * layout.segment_queries].diff(), torch.ones(U * layout.segment_queries - 1,
-                                                                                     dtype=torch.int64))
+            assert torch.equal(
+                ring[: U * layout.segment_queries].diff(), torch.ones(U * layout.segment_queries - 1, dtype=torch.int64)
+            )
 
 
 def test_worked_example_and_empty_shard() -> None:

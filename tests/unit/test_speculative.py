@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from longdraft.attention.factory import make_attention_backend
 from longdraft.config import config_from_dict
 from longdraft.data.vocab import VocabMapping
+from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.eval.after_training import final_evaluation
 from longdraft.eval.cli import main as eval_main
 from longdraft.eval.draft_runner import DraftRunner
@@ -19,10 +21,8 @@ from longdraft.eval.proposers import Eagle3Proposer, OracleProposer
 from longdraft.eval.report import summarize
 from longdraft.eval.speculative import greedy_generate, speculative_generate
 from longdraft.eval.target_runner import TargetRunner, stop_token_ids
-from longdraft.attention.factory import make_attention_backend
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
-from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import export_draft, load_exported_draft
 from tests.draft_factory import HIDDEN, VOCAB, tiny_draft
 
@@ -46,8 +46,16 @@ def env(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     prompts = load_prompts(data, tokenizer, num_prompts=6)
     runner = TargetRunner(model)
-    yield SimpleNamespace(root=root, target_dir=target_dir, data=data, model=model, tokenizer=tokenizer,
-                          prompts=prompts, runner=runner, stop=stop_token_ids(model))
+    yield SimpleNamespace(
+        root=root,
+        target_dir=target_dir,
+        data=data,
+        model=model,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        runner=runner,
+        stop=stop_token_ids(model),
+    )
     runner.close()
 
 
@@ -70,7 +78,7 @@ def _plain_greedy(model, prompt, max_new_tokens, stop_ids):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
             if ids[-1] in stop_ids:
                 break
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 class NoisyOracle:
@@ -99,8 +107,15 @@ def test_draft_runner_equals_training_unroll():
         feature, keys, values, per_step = model.fc(aux[:c])[None], [], [], []
         for k in range(steps):
             cos, sin = model.rope(feature, torch.arange(c)[None] + k)
-            feature = model.layer_step(model.embed(x[k + 1 : k + 1 + c])[None], feature, cos, sin, keys, values,
-                                       make_attention_backend("reference"))
+            feature = model.layer_step(
+                model.embed(x[k + 1 : k + 1 + c])[None],
+                feature,
+                cos,
+                sin,
+                keys,
+                values,
+                make_attention_backend("reference"),
+            )
             per_step.append(feature[0])
     runner = DraftRunner(model)
     for t in (0, 4, c - 2):
@@ -180,8 +195,9 @@ def test_report_fields_and_identities(env):
     assert report["num_prompts"] == 3
     assert report["new_tokens"] == sum(p["new_tokens"] for p in report["per_prompt"])
     assert report["verify_steps"] == sum(p["verify_steps"] for p in report["per_prompt"])
-    assert report["new_tokens"] == report["verify_steps"] + sum(o.result.accepted.count(j) * j for o in outcomes
-                                                                for j in range(K + 1))
+    assert report["new_tokens"] == report["verify_steps"] + sum(
+        o.result.accepted.count(j) * j for o in outcomes for j in range(K + 1)
+    )
     conditional = report["accept_rate_conditional"]
     assert conditional[0] == rates[0] and conditional[1] == pytest.approx(rates[1] / rates[0])
 
@@ -192,7 +208,7 @@ def test_prompts_from_conversations_and_text(env):
     assert len(chat) == 4 and len(text) == 2
     generation_prompt = env.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     for p in chat:
-        assert p.input_ids[-len(generation_prompt):] == generation_prompt
+        assert p.input_ids[-len(generation_prompt) :] == generation_prompt
         assert env.tokenizer.decode(p.input_ids).count("<|im_start|>assistant") == 1
     rows = [json.loads(line) for line in env.data.read_text().splitlines()]
     full = env.tokenizer(rows[4]["text"])["input_ids"]
@@ -213,8 +229,23 @@ def test_proposer_with_wrong_count_is_refused(env):
 
 def test_cli_json_and_table(env, capsys):
     export_draft(_draft_for(env.model, seed=0, draft_vocab=200), env.root / "draft")
-    args = ["--target", str(env.target_dir), "--draft", str(env.root / "draft"), "--data", str(env.data),
-            "--num-prompts", "3", "--max-new-tokens", "10", "--num-steps", "3", "--device", "cpu", "--check-greedy"]
+    args = [
+        "--target",
+        str(env.target_dir),
+        "--draft",
+        str(env.root / "draft"),
+        "--data",
+        str(env.data),
+        "--num-prompts",
+        "3",
+        "--max-new-tokens",
+        "10",
+        "--num-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--check-greedy",
+    ]
     assert eval_main(args + ["--json", "--out", str(env.root / "eval_cli.json")]) == 0
     report = json.loads(capsys.readouterr().out)
     for field in ("acceptance_length", "accept_rate_per_position", "num_prompts", "new_tokens", "verify_steps"):
@@ -231,20 +262,32 @@ def test_draft_for_another_target_is_refused(env, tmp_path):
     model, _ = tiny_draft()  # vocab 50, not the target's 384
     export_draft(model, tmp_path / "other")
     with pytest.raises(ValueError, match="config.json: vocab_size=50"):
-        eval_main(["--target", str(env.target_dir), "--draft", str(tmp_path / "other"), "--data", str(env.data),
-                   "--device", "cpu"])
+        eval_main(
+            [
+                "--target",
+                str(env.target_dir),
+                "--draft",
+                str(tmp_path / "other"),
+                "--data",
+                str(env.data),
+                "--device",
+                "cpu",
+            ]
+        )
 
 
 def test_final_evaluation_writes_real_and_simulated(env, tmp_path):
     final_dir = export_draft(_draft_for(env.model, seed=2), tmp_path / "final")
     assert load_exported_draft(final_dir, env.model.get_input_embeddings().weight).config.vocab_size == 384
-    cfg = config_from_dict({
-        "data": {"train_path": str(env.data), "eval_path": str(env.data)},
-        "model": {"target_path": str(env.target_dir)},
-        "training": {"ttt_length": 3, "device": "cpu"},
-        "eval": {"num_prompts": 2, "max_new_tokens": 8},
-        "output": {"dir": str(tmp_path)},
-    })
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": str(env.data), "eval_path": str(env.data)},
+            "model": {"target_path": str(env.target_dir)},
+            "training": {"ttt_length": 3, "device": "cpu"},
+            "eval": {"num_prompts": 2, "max_new_tokens": 8},
+            "output": {"dir": str(tmp_path)},
+        }
+    )
     last_eval = {"sim_acc_len": 0.75, "acc_k": [0.5, 0.5, 0.0]}
     result = final_evaluation(cfg, SimpleNamespace(output_dir=tmp_path, final_dir=final_dir, last_eval=last_eval))
     saved = json.loads((tmp_path / "eval.json").read_text())

@@ -9,11 +9,21 @@ from longdraft.pipeline.stores import StoreCapacityError, mooncake_sizes
 
 
 def _cfg(target, **mooncake):
-    return config_from_dict({
-        "data": {"train_path": "x.jsonl"}, "model": {"target_path": str(target), "target_dtype": "fp32"},
-        "training": {"max_seq_length": 4096, "ttt_length": 7, "num_trainers": 2, "sp_ulysses_size": 2, "batch_size": 8},
-        "store": {"backend": "mooncake", "mooncake": mooncake}, "output": {"dir": "o"},
-    })
+    return config_from_dict(
+        {
+            "data": {"train_path": "x.jsonl"},
+            "model": {"target_path": str(target), "target_dtype": "fp32"},
+            "training": {
+                "max_seq_length": 4096,
+                "ttt_length": 7,
+                "num_trainers": 2,
+                "sp_ulysses_size": 2,
+                "batch_size": 8,
+            },
+            "store": {"backend": "mooncake", "mooncake": mooncake},
+            "output": {"dir": "o"},
+        }
+    )
 
 
 def test_sample_bytes_follow_the_shard_contract(tiny_target):

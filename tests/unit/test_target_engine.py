@@ -40,7 +40,6 @@ def test_engine_properties(engine, reference_model):
     assert engine.aux_layers == [1, 3, 4] == default_aux_layers(8)
 
 
-
 def test_head_weights_read_from_safetensors_equal_the_model(target_dir, reference_model):
     embedding, head = load_embedding_and_head(target_dir)
     assert torch.equal(head, reference_model.lm_head.weight) and not head.requires_grad
@@ -59,7 +58,7 @@ def test_aux_and_last_hidden_match_output_hidden_states(engine, reference_model)
     assert feat.aux_hidden.shape == (13, 3 * H) and feat.last_hidden.shape == (13, H)
     torch.testing.assert_close(feat.aux_hidden, expected_aux, atol=ATOL, rtol=0)
     # the three blocks are in ascending layer order and distinct
-    assert not torch.allclose(feat.aux_hidden[:, :H], feat.aux_hidden[:, H:2 * H])
+    assert not torch.allclose(feat.aux_hidden[:, :H], feat.aux_hidden[:, H : 2 * H])
     # HF's last hidden_states entry is taken after the final norm.
     torch.testing.assert_close(feat.last_hidden, hs[-1][0], atol=ATOL, rtol=0)
     logits = feat.last_hidden @ reference_model.lm_head.weight.T
@@ -71,7 +70,9 @@ def test_last_hidden_is_the_final_norm_output(engine, reference_model):
     ids = batch_of_ids([9], engine.vocab_size, seed=5)[0]
     captured = {}
     layer = reference_model.model.layers[-1]
-    handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("pre", o[0] if isinstance(o, tuple) else o))
+    handle = layer.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("pre", o[0] if isinstance(o, tuple) else o)
+    )
     try:
         reference_model(torch.tensor([ids]))
     finally:

@@ -63,4 +63,4 @@ def test_out_of_vocab_targets_are_dropped():
     argmax = (sample["last_hidden"] @ target_head.t()).argmax(-1)
     assert ok[0, 0, :L].tolist() == model.t2d[argmax].tolist()
     assert not ok[0, 0, L:].any()
-    assert HIDDEN == sample["last_hidden"].shape[1]
+    assert sample["last_hidden"].shape[1] == HIDDEN

@@ -14,8 +14,16 @@ def _run(model, target_head, batch, backend="fast", checkpointing=False, chunk=5
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 3), K)
     counts = torch.stack([v.sum() for v in valid]).clamp(min=1).float()
     model.zero_grad(set_to_none=True)
-    result = ttt_unroll(model, batch, valid, counts, target_head[model.draft_to_target], make_attention_backend(backend),
-                        chunk, checkpointing)
+    result = ttt_unroll(
+        model,
+        batch,
+        valid,
+        counts,
+        target_head[model.draft_to_target],
+        make_attention_backend(backend),
+        chunk,
+        checkpointing,
+    )
     result.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return result, grads
@@ -93,8 +101,9 @@ def test_features_stay_in_their_storage_dtype_until_used():
         s["aux_hidden"], s["last_hidden"] = s["aux_hidden"].bfloat16(), s["last_hidden"].bfloat16()
     stored = batch_of(samples, K)
     assert stored.aux_hidden.dtype == stored.last_hidden.dtype == torch.bfloat16  # no fp32 copy on the trainer
-    upcast = batch_of([{**s, "aux_hidden": s["aux_hidden"].float(), "last_hidden": s["last_hidden"].float()}
-                       for s in samples], K)
+    upcast = batch_of(
+        [{**s, "aux_hidden": s["aux_hidden"].float(), "last_hidden": s["last_hidden"].float()} for s in samples], K
+    )
     a, a_grads = _run(model, head, stored)
     b, b_grads = _run(model, head, upcast)
     assert a.loss.item() == b.loss.item()  # bf16 -> fp32 is exact: casting at use changes nothing
@@ -109,4 +118,3 @@ def test_chain_counts_are_runs_of_right_steps_from_step_zero():
     assert chains[0] == correct[0]  # step 0 alone: the chain is the agreement
     assert all(a >= b for a, b in zip(chains, chains[1:]))  # a chain only ever breaks
     assert all(ch <= min(correct[: k + 1]) for k, ch in enumerate(chains))
-

@@ -7,5 +7,13 @@ import pytest
 def vllm_target(tmp_path_factory):
     from longdraft.engines.tiny import build_tiny_target
 
-    return build_tiny_target(tmp_path_factory.mktemp("vllm_target"), hidden_size=64, num_heads=2, num_kv_heads=1,
-                             intermediate_size=128, max_position_embeddings=512, initializer_range=0.3, seed=2)
+    return build_tiny_target(
+        tmp_path_factory.mktemp("vllm_target"),
+        hidden_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+        seed=2,
+    )

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-
 import vllm  # noqa: F401  (a broken install must fail, not skip)
 
 from longdraft.engines.base import ShardRequest
@@ -45,15 +44,20 @@ def master():
 @pytest.fixture(scope="module")
 def lender(master):
     """The trainers' side: lends the pool its memory and reads the shards back."""
-    with MooncakeTensorStore(MooncakeStoreOptions(master.address, global_segment_size=32 * MiB,
-                                                  local_buffer_size=16 * MiB)) as s:
+    with MooncakeTensorStore(
+        MooncakeStoreOptions(master.address, global_segment_size=32 * MiB, local_buffer_size=16 * MiB)
+    ) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def engine(vllm_target, lender, master):
-    writer = MooncakeTensorStore(MooncakeStoreOptions(master.address, global_segment_size=0, local_buffer_size=16 * MiB))
-    eng = VLLMTargetEngine(vllm_target, AUX, dtype="fp32", max_length=MAX_LENGTH, store=writer, max_num_batched_tokens=32)
+    writer = MooncakeTensorStore(
+        MooncakeStoreOptions(master.address, global_segment_size=0, local_buffer_size=16 * MiB)
+    )
+    eng = VLLMTargetEngine(
+        vllm_target, AUX, dtype="fp32", max_length=MAX_LENGTH, store=writer, max_num_batched_tokens=32
+    )
     yield eng, writer
     eng.close()
     writer.close()
@@ -89,7 +93,11 @@ def test_worker_writes_each_rank_its_own_shard(engine, hf, lender, master):
         L = req.layout.length
         assert w.shapes == {"input_ids": (L,), "aux_hidden": (L, 192), "last_hidden": (L, 64)}
         assert w.dtypes == {"input_ids": "int64", "aux_hidden": "float32", "last_hidden": "float32"}
-        full = {"input_ids": torch.tensor(req.input_ids), "aux_hidden": feat.aux_hidden, "last_hidden": feat.last_hidden}
+        full = {
+            "input_ids": torch.tensor(req.input_ids),
+            "aux_hidden": feat.aux_hidden,
+            "last_hidden": feat.last_hidden,
+        }
         expected = split_sample(full, req.layout)
         assert w.handle.num_shards == req.layout.sp_size
         for r in range(req.layout.sp_size):
@@ -107,12 +115,16 @@ def test_worker_writes_each_rank_its_own_shard(engine, hf, lender, master):
 @pytest.mark.timeout(120)
 def test_prompt_longer_than_the_engine_limit_is_refused(engine):
     eng, _ = engine
-    with pytest.raises(ValueError, match=rf"batch index 1: {MAX_LENGTH + 1} tokens; the vLLM engine takes 1 to {MAX_LENGTH}"):
+    with pytest.raises(
+        ValueError, match=rf"batch index 1: {MAX_LENGTH + 1} tokens; the vLLM engine takes 1 to {MAX_LENGTH}"
+    ):
         eng.prefill([[1, 2], list(range(MAX_LENGTH + 1))])
 
 
 def test_training_length_beyond_the_target_positions_is_refused_before_vllm_starts(vllm_target):
-    with pytest.raises(UserError, match=r"need a vLLM context of 601, more than the target's max_position_embeddings = 512"):
+    with pytest.raises(
+        UserError, match=r"need a vLLM context of 601, more than the target's max_position_embeddings = 512"
+    ):
         VLLMTargetEngine(vllm_target, max_length=600)
 
 
@@ -140,9 +152,15 @@ def test_an_engine_that_dies_fails_the_prefill_with_an_error(engine):
     psutil.wait_procs(cores, timeout=30)
     # Either vLLM has noticed (EngineDeadError), or its client would wait forever on the request
     # and the engine's watch of its processes raises instead.
-    with pytest.raises(EngineError, match=r"vLLM failed during prefill of 2 prompts: (its process .*EngineCore.* "
-                                          r"exited|EngineDeadError)"):
+    with pytest.raises(
+        EngineError,
+        match=r"vLLM failed during prefill of 2 prompts: (its process .*EngineCore.* "
+        r"exited|EngineDeadError)",
+    ):
         eng.prefill([[1, 2, 3], [4, 5]])
-    with pytest.raises(EngineError, match=r"the vLLM engine is dead \((its process .*EngineCore.*|its engine core) "
-                                          r"exited\); start a new one"):
+    with pytest.raises(
+        EngineError,
+        match=r"the vLLM engine is dead \((its process .*EngineCore.*|its engine core) "
+        r"exited\); start a new one",
+    ):
         eng.prefill([[1, 2, 3]])

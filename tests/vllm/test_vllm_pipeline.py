@@ -20,17 +20,29 @@ def train_file(tmp_path_factory):
 
 
 def _run(target, train_file, out, engine, u, r):
-    cfg = config_from_dict({
-        "data": {"train_path": str(train_file)},
-        "model": {"target_path": str(target), "draft_vocab_size": 200, "target_dtype": "fp32"},
-        "training": {"max_seq_length": 40, "ttt_length": 3, "batch_size": 4, "micro_batch_size": 1, "num_steps": 4,
-                     "lr": 3e-3, "seed": 0, "num_trainers": u * r, "sp_ulysses_size": u, "sp_ring_size": r,
-                     "device": "cpu"},
-        "inference": {"engine": engine, "batch_size": 4},
-        "store": {"backend": "mooncake", "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
-        "output": {"dir": str(out), "plot": False},
-        "cluster": {"run_timeout_s": 240},
-    })
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": str(train_file)},
+            "model": {"target_path": str(target), "draft_vocab_size": 200, "target_dtype": "fp32"},
+            "training": {
+                "max_seq_length": 40,
+                "ttt_length": 3,
+                "batch_size": 4,
+                "micro_batch_size": 1,
+                "num_steps": 4,
+                "lr": 3e-3,
+                "seed": 0,
+                "num_trainers": u * r,
+                "sp_ulysses_size": u,
+                "sp_ring_size": r,
+                "device": "cpu",
+            },
+            "inference": {"engine": engine, "batch_size": 4},
+            "store": {"backend": "mooncake", "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
+            "output": {"dir": str(out), "plot": False},
+            "cluster": {"run_timeout_s": 240},
+        }
+    )
     run_pipeline(cfg, None)
     return read_metrics(out), json.loads((out / "summary.json").read_text()), out
 
@@ -57,7 +69,10 @@ def test_vllm_producers_train_like_hf_producers(ray_session, vllm_target, train_
     ranks = [json.loads((out / "ranks" / f"rank{n}.json").read_text()) for n in range(u * r)]
     assert producer["store"]["keys_put"] == sum(rank["keys_deleted"] for rank in ranks) > 0
     assert producer["tokens_per_s"] > 0
-    assert producer["written_by_engine"] == producer["samples"] > 0 and want_summary["producers"][0]["written_by_engine"] == 0
+    assert (
+        producer["written_by_engine"] == producer["samples"] > 0
+        and want_summary["producers"][0]["written_by_engine"] == 0
+    )
     for rank in ranks:
         share = rank["rows_read"] / rank["sample_rows"]  # (C + K) of every L rows
         assert share < 1.0 / (u * r) + 0.35

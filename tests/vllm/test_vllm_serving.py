@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import vllm  # noqa: F401  (a broken install must fail, not skip)
 
 from longdraft.config import config_from_dict
@@ -22,23 +21,44 @@ PROMPTS, NEW_TOKENS, K = 8, 32, 7
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("served") / "run"
-    cfg = config_from_dict({
-        "data": {"train_path": str(SHAKESPEARE / "data" / "train_text.jsonl"),
-                 "eval_path": str(SHAKESPEARE / "data" / "heldout_text.jsonl")},
-        "model": {"target_path": str(SHAKESPEARE / "target"), "draft_vocab_size": 1024, "aux_layers": AUX_LAYERS},
-        "training": {"device": "cpu", "max_seq_length": 128, "ttt_length": K, "batch_size": 8, "micro_batch_size": 8,
-                     "num_steps": 120, "lr": 5e-3, "warmup_steps": 10, "min_lr": 5e-4, "eval_every": 1000},
-        "eval": {"enabled": True, "num_prompts": PROMPTS, "max_new_tokens": NEW_TOKENS},
-        "output": {"dir": str(out), "plot": False},
-    })
+    cfg = config_from_dict(
+        {
+            "data": {
+                "train_path": str(SHAKESPEARE / "data" / "train_text.jsonl"),
+                "eval_path": str(SHAKESPEARE / "data" / "heldout_text.jsonl"),
+            },
+            "model": {"target_path": str(SHAKESPEARE / "target"), "draft_vocab_size": 1024, "aux_layers": AUX_LAYERS},
+            "training": {
+                "device": "cpu",
+                "max_seq_length": 128,
+                "ttt_length": K,
+                "batch_size": 8,
+                "micro_batch_size": 8,
+                "num_steps": 120,
+                "lr": 5e-3,
+                "warmup_steps": 10,
+                "min_lr": 5e-4,
+                "eval_every": 1000,
+            },
+            "eval": {"enabled": True, "num_prompts": PROMPTS, "max_new_tokens": NEW_TOKENS},
+            "output": {"dir": str(out), "plot": False},
+        }
+    )
     run_training(cfg)
     return out, json.loads((out / "eval.json").read_text())["real"]
 
 
 def _serve(draft_dir):
-    return serve_with_vllm(SHAKESPEARE / "target", draft_dir, SHAKESPEARE / "data" / "heldout_text.jsonl",
-                           num_prompts=PROMPTS, max_new_tokens=NEW_TOKENS, num_draft_tokens=K, dtype="fp32",
-                           check_greedy=True)
+    return serve_with_vllm(
+        SHAKESPEARE / "target",
+        draft_dir,
+        SHAKESPEARE / "data" / "heldout_text.jsonl",
+        num_prompts=PROMPTS,
+        max_new_tokens=NEW_TOKENS,
+        num_draft_tokens=K,
+        dtype="fp32",
+        check_greedy=True,
+    )
 
 
 @pytest.mark.timeout(420)
