@@ -6,7 +6,8 @@ finishes them: the loss's ``lm_head`` first) and are started strictly in that or
 issues the same collectives in the same sequence whatever its hooks' timing. A bucket whose
 parameters got no gradient in that backward (a rank with no micro-batch, an unused parameter) is
 started by ``finish`` with zeros, in the same order. The sum is elementwise in fp32, so the result
-equals one flat all-reduce after the backward (the ``0`` bucket size), up to summation order.
+equals one flat all-reduce after the backward, up to summation order; ``ONE_BUCKET`` is that flat
+all-reduce (``training.grad_bucket_mb = 0``), through the same code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+ONE_BUCKET = 1 << 62  # bytes: every parameter in one bucket
 
 
 @dataclass

@@ -158,8 +158,6 @@ def train_step(
         chains += result.chains
     if buckets is not None:
         buckets.finish()
-    else:
-        reducer.sum_gradients_(params)
     timer.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

@@ -3,7 +3,8 @@
 Two ranks with different data and two micro-batches each: the bucketed sum (buckets started by the
 last backward's hooks) must equal the flat sum; the first bucket (``lm_head``, finished by the loss)
 must be started before the backward has finished ``fc`` (its first layer), which is the overlap; a
-rank without any micro-batch must still take part, sending zeros in the same bucket order.
+rank without any micro-batch must still take part, sending zeros in the same bucket order; a bucket
+size of 0 is one bucket whose sum equals the flat one.
 """
 
 import pytest
@@ -30,6 +31,28 @@ def _backward_all(model, head, batches, buckets=None):
         result.loss.backward()
 
 
+def _flat_sum(params):
+    """The reference: one flat fp32 all-reduce after the backward (zeros for missing gradients)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+def _one_bucket(reducer, model, head, batches, params):
+    """``grad_bucket_mb = 0``: one bucket through the bucketed code."""
+    buckets = reducer.bucketed(params, 0)
+    _backward_all(model, head, batches, buckets)
+    buckets.finish()
+    buckets.close()
+    return len(buckets.buckets), [p.grad.clone() for p in params]
+
+
 def _worker(rank, world):
     torch.manual_seed(0)
     model, head = tiny_draft()
@@ -37,8 +60,9 @@ def _worker(rank, world):
     batches = [batch_of(random_samples([9, 6], seed=10 * rank + m), K) for m in range(2)]
     reducer = SumReducer(dist.group.WORLD)
     _backward_all(model, head, batches)
-    reducer.sum_gradients_(params)
+    _flat_sum(params)
     flat = [p.grad.clone() for p in params]
+    one_bucket_count, one_bucket = _one_bucket(reducer, model, head, batches, params)
 
     # Registered before the buckets' own hooks, so it sees the state just before fc's gradient is final.
     holder, started_before_fc = {}, []
@@ -55,12 +79,14 @@ def _worker(rank, world):
     buckets.finish()
     alone = [p.grad.clone() for p in params]
     _backward_all(model, head, batches if rank == 0 else [])
-    reducer.sum_gradients_(params)
+    _flat_sum(params)
     alone_flat = [p.grad.clone() for p in params]
     buckets.close()
     err = lambda a, b: max(((x - y).abs().max() / y.abs().max().clamp(min=1)).item() for x, y in zip(a, b))  # noqa: E731
     return {
         "err": err(bucketed, flat),
+        "err_one_bucket": err(one_bucket, flat),
+        "one_bucket_count": one_bucket_count,
         "err_alone": err(alone, alone_flat),
         "buckets": len(buckets.buckets),
         "in_backward": in_backward,
@@ -79,6 +105,12 @@ def results():
 def test_bucketed_sum_equals_flat_sum(results):
     for r in results:
         assert r["err"] < 1e-6 and r["err_alone"] < 1e-6, r
+
+
+@pytest.mark.timeout(180)
+def test_zero_bucket_size_is_one_bucket(results):
+    for r in results:
+        assert r["one_bucket_count"] == 1 and r["err_one_bucket"] < 1e-6, r
 
 
 @pytest.mark.timeout(180)

@@ -42,8 +42,9 @@ def _unroll(model, head, batch, backend, reducer, checkpointing, bucketed=False)
         loss_chunk_size=4,
         activation_checkpointing=checkpointing,
     )
-    # Bucketed: 1 KiB buckets, so the gradient all-reduces run during the backward's own collectives.
-    buckets = reducer.bucketed(list(model.parameters()), 1 / 1024) if bucketed else None
+    # Bucketed: 1 KiB buckets, so the gradient all-reduces run during the backward's own collectives;
+    # else one bucket (``grad_bucket_mb = 0``), summed after the backward.
+    buckets = reducer.bucketed(list(model.parameters()), 1 / 1024 if bucketed else 0)
     if buckets is not None:
         buckets.arm()
     result.loss.backward()
@@ -51,8 +52,6 @@ def _unroll(model, head, batch, backend, reducer, checkpointing, bucketed=False)
     if buckets is not None:
         buckets.finish()
         buckets.close()
-    else:
-        reducer.sum_gradients_(list(model.parameters()))
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
