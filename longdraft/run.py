@@ -55,7 +55,7 @@ def run_training(cfg: Config) -> TrainResult:
 def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.engines.factory import build_engine
-    from longdraft.phase_times import PhaseTimes
+    from longdraft.step_meter import StepMeter
     from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
@@ -71,15 +71,15 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     engine = build_engine(cfg, device)
     parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
     source = LocalSource(cfg, stream, held_out, engine, device)
-    times = PhaseTimes(enabled=device.type != "cuda")  # timing would synchronise a GPU
+    meter = StepMeter.for_device(device)
     loop = train_loop(
         cfg,
         parts,
         source,
-        make_attention_backend(cfg.attention_backend, times=times),
+        make_attention_backend(cfg.attention_backend, meter=meter),
         SumReducer(None),
         checkpoint=checkpoint,
-        phase_times=times,
+        meter=meter,
     )
     reports = [r for r in (stream.report, held_out_report) if r is not None]
     for report in reports:

@@ -17,9 +17,8 @@ from longdraft.attention.reference import ttt_attention_reference
 from longdraft.attention.ttt_step import ttt_attention_fast
 
 if TYPE_CHECKING:
-    from longdraft.attention.comm_stats import CommStats
     from longdraft.parallel.mesh import USPMesh
-    from longdraft.phase_times import PhaseTimes
+    from longdraft.step_meter import StepMeter
 
 
 class AttentionBackend(Protocol):
@@ -33,15 +32,15 @@ class AttentionBackend(Protocol):
 class LocalAttention:
     """The whole sequence on one device: the reference (explicit mask) or the fast path."""
 
-    def __init__(self, fast: bool = True, times: PhaseTimes | None = None):
-        self.fast, self.times = fast, times
+    def __init__(self, fast: bool = True, meter: StepMeter | None = None):
+        self.fast, self.meter = fast, meter
 
     def prepare(self, q, k, v):
         return q, k, v
 
     def attend(self, q, keys, values):
         if self.fast:
-            return ttt_attention_fast(q, keys, values, times=self.times)
+            return ttt_attention_fast(q, keys, values, meter=self.meter)
         return ttt_attention_reference(q, keys, values)  # the oracle: plain autograd, not timed
 
     def finish(self, out):
@@ -55,20 +54,17 @@ def make_attention_backend(
     num_heads: int | None = None,
     num_kv_heads: int | None = None,
     layout: str = "contiguous",
-    stats: CommStats | None = None,
     ring_mode: str = "ring",
-    times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> AttentionBackend:
     """``fast``/``reference`` hold the sequence on one device; ``usp`` splits it over ``mesh``'s SP
     group (``ring_mode``: ``ring`` or ``gather``, see ``usp.py``); ``auto`` picks from ``mesh`` (no
-    mesh or SP size 1: ``fast``)."""
+    mesh or SP size 1: ``fast``). ``meter`` (optional) receives the attention time and communication."""
     chosen = choose_attention_backend(name, mesh.sp_size if mesh is not None else 1)
     if chosen != "usp":
-        return LocalAttention(fast=chosen == "fast", times=times)
+        return LocalAttention(fast=chosen == "fast", meter=meter)
     if num_heads is None or num_kv_heads is None:
         raise ValueError("the 'usp' attention backend needs num_heads and num_kv_heads")
     from longdraft.attention.usp import USPAttentionBackend
 
-    return USPAttentionBackend(
-        mesh, num_heads, num_kv_heads, layout=layout, stats=stats, ring_mode=ring_mode, times=times
-    )
+    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, ring_mode=ring_mode, meter=meter)

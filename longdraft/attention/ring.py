@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from longdraft.attention.comm_stats import CommStats, maybe_timed
 from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.step_meter import StepMeter, communicating
 
 _ALL = slice(None)
 _KV_TAG, _GRAD_TAG = 0, 1
@@ -71,11 +71,11 @@ def block_plan(layout: str, my_rank: int, src_rank: int, seq: int) -> BlockPlan 
 class _Exchange:
     """One hop around the ring: send ``tensor`` to the next rank, receive the previous rank's."""
 
-    def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, stats: CommStats | None):
+    def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, meter: StepMeter | None):
         self.recv = torch.empty_like(tensor)
-        self.stats, self.device = stats, tensor.device
-        if stats is not None:
-            stats.add_bytes("ring", tensor.numel() * tensor.element_size())
+        self.meter, self.device = meter, tensor.device
+        if meter is not None:
+            meter.add_bytes("ring", tensor.numel() * tensor.element_size())
         ops = [
             dist.P2POp(dist.isend, tensor, group=comm.group, group_peer=comm.next, tag=tag),
             dist.P2POp(dist.irecv, self.recv, group=comm.group, group_peer=comm.prev, tag=tag),
@@ -83,7 +83,7 @@ class _Exchange:
         self.works = dist.batch_isend_irecv(ops)
 
     def wait(self) -> torch.Tensor:
-        with maybe_timed(self.stats, "ring_wait", self.device):
+        with communicating(self.meter, "ring_wait", self.device):
             for work in self.works:
                 work.wait()
         return self.recv
@@ -158,7 +158,7 @@ def ring_attention_forward(
     comm: RingComm,
     layout: str,
     scale: float,
-    stats: CommStats | None = None,
+    meter: StepMeter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of the local queries over the whole ring's keys; returns fp32 ``(out, lse)``."""
     seq = q.shape[2]
@@ -166,7 +166,7 @@ def ring_attention_forward(
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
     for hop in range(comm.size):
-        exchange = _Exchange(comm, kv, _KV_TAG, stats) if hop + 1 < comm.size else None
+        exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
         plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
         if plan is not None:
             forward_block(q, kv[0], kv[1], plan, out, lse, scale)
@@ -185,7 +185,7 @@ def ring_attention_backward(
     comm: RingComm,
     layout: str,
     scale: float,
-    stats: CommStats | None = None,
+    meter: StepMeter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the ring attention given the final ``out``/``lse``; dq is fp32, dk/dv in k's dtype."""
     seq = q.shape[2]
@@ -194,7 +194,7 @@ def ring_attention_backward(
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     grad_exchange: _Exchange | None = None
     for hop in range(comm.size):
-        kv_exchange = _Exchange(comm, kv, _KV_TAG, stats) if hop + 1 < comm.size else None
+        kv_exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
         plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
         dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
         if plan is not None:
@@ -203,7 +203,7 @@ def ring_attention_backward(
             # The accumulator of the block just processed, from the rank that had it before.
             dkv += grad_exchange.wait()
         if comm.size > 1:
-            grad_exchange = _Exchange(comm, dkv, _GRAD_TAG, stats)
+            grad_exchange = _Exchange(comm, dkv, _GRAD_TAG, meter)
         if kv_exchange is not None:
             kv = kv_exchange.wait()
     # After R hops each accumulator is back with the rank that owns its block.

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.comm_stats import CommStats, maybe_timed
 from longdraft.attention.ring import RingComm, backward_block, block_plan, forward_block
+from longdraft.step_meter import StepMeter, communicating
 
 
 class _AllGatherRing(torch.autograd.Function):
@@ -22,27 +22,27 @@ class _AllGatherRing(torch.autograd.Function):
     ranks of each block's gradient, returned to the block's owner."""
 
     @staticmethod
-    def forward(ctx, x, comm: RingComm, stats: CommStats | None):
-        ctx.comm, ctx.stats = comm, stats
+    def forward(ctx, x, ring: RingComm, meter: StepMeter | None):
+        ctx.ring, ctx.meter = ring, meter
         x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(comm.size)]
-        sent = x.numel() * x.element_size() * (comm.size - 1)  # to every other ring rank
-        with maybe_timed(stats, "ring_gather", x.device, sent):
-            dist.all_gather(parts, x, group=comm.group)
+        parts = [torch.empty_like(x) for _ in range(ring.size)]
+        sent = x.numel() * x.element_size() * (ring.size - 1)  # to every other ring rank
+        with communicating(meter, "ring_gather", x.device, sent):
+            dist.all_gather(parts, x, group=ring.group)
         return torch.stack(parts)
 
     @staticmethod
     def backward(ctx, grad):
-        comm = ctx.comm
+        ring = ctx.ring
         received = torch.empty_like(grad)
-        sent = grad.numel() * grad.element_size() * (comm.size - 1) // comm.size
-        with maybe_timed(ctx.stats, "ring_gather", grad.device, sent):
-            dist.all_to_all_single(received, grad.contiguous(), group=comm.group)  # block j goes to rank j
+        sent = grad.numel() * grad.element_size() * (ring.size - 1) // ring.size
+        with communicating(ctx.meter, "ring_gather", grad.device, sent):
+            dist.all_to_all_single(received, grad.contiguous(), group=ring.group)  # block j goes to rank j
         return received.sum(0), None, None
 
 
-def gather_ring(x: torch.Tensor, comm: RingComm, stats: CommStats | None = None) -> torch.Tensor:
-    return _AllGatherRing.apply(x, comm, stats)
+def gather_ring(x: torch.Tensor, ring: RingComm, meter: StepMeter | None = None) -> torch.Tensor:
+    return _AllGatherRing.apply(x, ring, meter)
 
 
 class GatheredCausal:

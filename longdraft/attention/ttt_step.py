@@ -14,7 +14,7 @@ import torch
 
 from longdraft.attention.heads import repeat_kv, sum_kv_groups
 from longdraft.attention.kernels import block_attention_backward, block_attention_forward
-from longdraft.phase_times import PhaseTimes, phase
+from longdraft.step_meter import StepMeter, phase
 
 
 def _diag_scores(q: torch.Tensor, keys: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
@@ -95,14 +95,14 @@ class _TTTStepAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, scale, n_diag, causal, times, *kv):
-        with phase(times, "attention_s", q.device):
+    def forward(ctx, q, scale, n_diag, causal, meter, *kv):
+        with phase(meter, "attention_s", q.device):
             keys, values = list(kv[: n_diag + 1]), list(kv[n_diag + 1 :])
             out0, lse0 = causal.forward(q, keys[0], values[0], scale)
             out, lse = merge_diagonal(out0, lse0, q, keys[1:], values[1:], scale)
             out = out.to(q.dtype)
         ctx.save_for_backward(q, out, lse, *kv)
-        ctx.scale, ctx.n_diag, ctx.causal, ctx.times = scale, n_diag, causal, times
+        ctx.scale, ctx.n_diag, ctx.causal, ctx.meter = scale, n_diag, causal, meter
         return out
 
     @staticmethod
@@ -110,21 +110,21 @@ class _TTTStepAttention(torch.autograd.Function):
         q, out, lse, *kv = ctx.saved_tensors
         n_diag, scale = ctx.n_diag, ctx.scale
         keys, values = kv[: n_diag + 1], kv[n_diag + 1 :]
-        with phase(ctx.times, "attention_s", q.device):
+        with phase(ctx.meter, "attention_s", q.device):
             dq, dk0, dv0 = ctx.causal.backward(dout, q, keys[0], values[0], out, lse, scale)
             dq_diag, dkeys, dvalues = diagonal_backward(dout, out, lse, q, list(keys[1:]), list(values[1:]), scale)
             dq = (dq.float() + dq_diag).to(q.dtype)
         return (dq, None, None, None, None, dk0, *dkeys, dv0, *dvalues)
 
 
-def ttt_step_attention(q, keys, values, scale, causal, times: PhaseTimes | None = None) -> torch.Tensor:
-    """Attention of one TTT step with a pluggable causal part (see ``_TTTStepAttention``); ``times``
+def ttt_step_attention(q, keys, values, scale, causal, meter: StepMeter | None = None) -> torch.Tensor:
+    """Attention of one TTT step with a pluggable causal part (see ``_TTTStepAttention``); ``meter``
     (optional) adds its forward and backward time as ``attention_s``."""
     if len(keys) != len(values) or not keys:
         raise ValueError(f"need the same non-zero number of key and value blocks, got {len(keys)} and {len(values)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     contiguous = [t.contiguous() for t in (*keys, *values)]
-    return _TTTStepAttention.apply(q.contiguous(), scale, len(keys) - 1, causal, times, *contiguous)
+    return _TTTStepAttention.apply(q.contiguous(), scale, len(keys) - 1, causal, meter, *contiguous)
 
 
 def ttt_attention_fast(
@@ -132,7 +132,7 @@ def ttt_attention_fast(
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
     scale: float | None = None,
-    times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> torch.Tensor:
     """Same contract and result as ``ttt_attention_reference``, without a ``T x T`` mask."""
-    return ttt_step_attention(q, keys, values, scale, LocalCausal(), times)
+    return ttt_step_attention(q, keys, values, scale, LocalCausal(), meter)

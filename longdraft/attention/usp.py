@@ -11,28 +11,27 @@ from __future__ import annotations
 
 import torch
 
-from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.heads import repeat_kv
 from longdraft.attention.ring import RingComm, ring_attention_backward, ring_attention_forward
 from longdraft.attention.ring_gather import GatheredCausal, gather_ring
 from longdraft.attention.ttt_step import ttt_step_attention
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
-from longdraft.phase_times import PhaseTimes
 from longdraft.sharding.layout import LAYOUTS
+from longdraft.step_meter import StepMeter
 
 
 class _RingCausal:
     """The step-0 causal keys spread over the ring: blocks rotate, merged by log-sum-exp."""
 
-    def __init__(self, comm: RingComm, layout: str, stats: CommStats | None):
-        self.comm, self.layout, self.stats = comm, layout, stats
+    def __init__(self, comm: RingComm, layout: str, meter: StepMeter | None):
+        self.comm, self.layout, self.meter = comm, layout, meter
 
     def forward(self, q, k, v, scale):
-        return ring_attention_forward(q, k, v, self.comm, self.layout, scale, self.stats)
+        return ring_attention_forward(q, k, v, self.comm, self.layout, scale, self.meter)
 
     def backward(self, dout, q, k, v, out, lse, scale):
-        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.layout, scale, self.stats)
+        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.layout, scale, self.meter)
 
 
 def _zigzag_to_chunks(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
@@ -54,8 +53,8 @@ class USPAttentionBackend:
 
     ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
     must match how the local tensors were sharded. ``ring_mode``: ``ring`` rotates the step-0 K/V
-    around the ring at every TTT step; ``gather`` gathers them once per layer (``ring_gather.py``). ``stats`` (optional) collects the time spent
-    waiting on communication; ``times`` (optional) the attention time (ring waits included).
+    around the ring at every TTT step; ``gather`` gathers them once per layer (``ring_gather.py``). ``meter`` (optional) collects the bytes sent and
+    the time spent waiting on communication, and the attention time (ring waits included).
     """
 
     def __init__(
@@ -65,14 +64,13 @@ class USPAttentionBackend:
         num_kv_heads: int,
         layout: str = "contiguous",
         scale: float | None = None,
-        stats: CommStats | None = None,
         ring_mode: str = "ring",
-        times: PhaseTimes | None = None,
+        meter: StepMeter | None = None,
     ):
         validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
         if layout not in LAYOUTS:
             raise ValueError(f"USP sequence layout {layout!r} is not one of {LAYOUTS}")
-        self.mesh, self.layout, self.scale, self.stats, self.times = mesh, layout, scale, stats, times
+        self.mesh, self.layout, self.scale, self.meter = mesh, layout, scale, meter
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.kv_repeat = kv_replication_factor(num_heads, num_kv_heads, mesh.ulysses_size)
         self.ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
@@ -97,7 +95,7 @@ class USPAttentionBackend:
             raise ValueError(f"zigzag shards hold two equal segments; local length {q.shape[2]} is odd")
 
     def _to_ring(self, x: torch.Tensor) -> torch.Tensor:
-        x = heads_to_sequence(x.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.stats)
+        x = heads_to_sequence(x.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.meter)
         return _zigzag_to_chunks(x, self.mesh.ulysses_size) if self.layout == "zigzag" else x
 
     def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -121,11 +119,11 @@ class USPAttentionBackend:
                 )
         if not self.gather:
             return ttt_step_attention(
-                q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.stats), self.times
+                q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.meter), self.meter
             )
         k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
         return ttt_step_attention(
-            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.layout), self.times
+            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.layout), self.meter
         )
 
     def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
@@ -133,7 +131,7 @@ class USPAttentionBackend:
         tensors). Every rank decides alike, so the collectives stay in lockstep."""
         cached = self._gathered
         if first_step or cached is None or cached[0] is not k0 or cached[1] is not v0:
-            cached = (k0, v0, gather_ring(k0, self.ring, self.stats), gather_ring(v0, self.ring, self.stats))
+            cached = (k0, v0, gather_ring(k0, self.ring, self.meter), gather_ring(v0, self.ring, self.meter))
             self._gathered = cached
         return cached[2], cached[3]
 
@@ -141,4 +139,4 @@ class USPAttentionBackend:
         """Back to the local ``[B, num_heads, T_local, D]`` in the rank's own (shard) order."""
         if self.layout == "zigzag":
             out = _chunks_to_zigzag(out, self.mesh.ulysses_size)
-        return sequence_to_heads(out.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.stats)
+        return sequence_to_heads(out.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.meter)

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.factory import make_attention_backend
 from longdraft.bench.rounds import best_of_rounds, select_layouts
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh, validate_usp_sizes
 from longdraft.sharding.layout import ShardLayout
+from longdraft.step_meter import StepMeter
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _sync(device: torch.device) -> None:
 def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     cfg, spec = BenchConfig(**cfg_dict), LayoutSpec(**spec_dict)
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if cfg.device == "cuda" else torch.device("cpu")
-    stats = CommStats()
+    meter = StepMeter()  # timing on, also on CUDA: this is the measurement
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
         backend = make_attention_backend(
@@ -124,7 +124,7 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
             num_heads=cfg.heads,
             num_kv_heads=cfg.kv_heads,
             layout=spec.layout,
-            stats=stats,
+            meter=meter,
             ring_mode=spec.ring_mode,
         )
         batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.layout).local_queries
@@ -137,7 +137,7 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     qs, ks, vs = _inputs(cfg, batch, seq, device, seed=rank)
     step_s, busy_s, comm_s, comm_bytes = [], [], [], []
     for i in range(cfg.warmup + cfg.iters):
-        stats.reset()
+        meter.start(device)
         dist.barrier()
         start = time.perf_counter()
         _step(backend, qs, ks, vs)
@@ -147,8 +147,8 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
         if i >= cfg.warmup:
             step_s.append(time.perf_counter() - start)
             busy_s.append(busy)
-            comm_s.append(stats.total())
-            comm_bytes.append(dict(stats.bytes))
+            comm_s.append(meter.comm_wait_total())
+            comm_bytes.append(dict(meter.comm_bytes))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes() - rss_before
     return {
         "step_s": statistics.median(step_s),

@@ -63,12 +63,11 @@ def step_layouts(ranks: int, heads: int) -> list[LayoutSpec]:
 
 
 def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
-    from longdraft.attention.comm_stats import CommStats
     from longdraft.attention.factory import make_attention_backend
     from longdraft.bench.draft_inputs import bench_draft, bench_shard
     from longdraft.parallel.mesh import USPMesh
-    from longdraft.phase_times import PhaseTimes
     from longdraft.sharding.layout import ShardLayout
+    from longdraft.step_meter import StepMeter
     from longdraft.train.reduction import SumReducer
     from longdraft.train.step import StepSettings, train_step
 
@@ -84,7 +83,7 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
         2 * cfg.seq_len,
         device,
     )
-    stats, times = CommStats(), PhaseTimes()
+    meter = StepMeter()  # timing on, also on CUDA: this is the measurement
     if spec.usp:
         mesh = USPMesh.build(spec.ulysses, spec.ring, cfg.heads, cfg.kv_heads)
         backend = make_attention_backend(
@@ -93,16 +92,15 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
             num_heads=cfg.heads,
             num_kv_heads=cfg.kv_heads,
             layout=spec.layout,
-            stats=stats,
             ring_mode=spec.ring_mode,
-            times=times,
+            meter=meter,
         )
         layout = ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, cfg.ttt, spec.layout)
         batches = [
             bench_shard(layout, rank, cfg.hidden, cfg.target_vocab, device, head.dtype, seed=s) for s in range(world)
         ]
     else:
-        backend = make_attention_backend("fast", times=times)
+        backend = make_attention_backend("fast", meter=meter)
         layout = ShardLayout(cfg.seq_len, 1, 1, cfg.ttt)
         batches = [bench_shard(layout, 0, cfg.hidden, cfg.target_vocab, device, head.dtype, seed=rank)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -111,19 +109,17 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     reducer = SumReducer(dist.group.WORLD)
     rows = []
     for i in range(cfg.warmup + cfg.iters):
-        stats.reset()
-        times.reset()
         dist.barrier()
         start = time.perf_counter()
-        metrics = train_step(model, batches, backend, head, optimizer, scheduler, settings, reducer, times)
+        metrics = train_step(model, batches, backend, head, optimizer, scheduler, settings, reducer, meter)
         elapsed = time.perf_counter() - start
         if i >= cfg.warmup:
             rows.append(
                 {
                     "step_s": elapsed,
                     "time_s": metrics["time_s"],
-                    "comm_bytes": dict(stats.bytes),
-                    "comm_wait_s": dict(stats.seconds),
+                    "comm_bytes": dict(meter.comm_bytes),
+                    "comm_wait_s": dict(meter.comm_wait_s),
                     "grad_sum_bytes": metrics["grad_sum_bytes"],
                 }
             )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from longdraft.phase_times import PhaseTimes, phase
+from longdraft.step_meter import StepMeter, phase
 
 
 def _chunks(target_rows: list[torch.Tensor], chunk_size: int):
@@ -40,14 +40,14 @@ def _target_probs(target_hidden, target_weight32, rows):
 
 class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
-        with phase(times, "loss_s", weight.device):
+    def forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows):
+        with phase(meter, "loss_s", weight.device):
             return _StepsSoftCrossEntropy._forward(
-                ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows
+                ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows
             )
 
     @staticmethod
-    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, times, n_steps, *xs_and_rows):
+    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows):
         xs, target_rows = xs_and_rows[:n_steps], xs_and_rows[n_steps:]
         used, where, plan = _chunks(list(target_rows), chunk_size)
         weight32, target_weight32 = weight.float(), target_weight.float()
@@ -65,13 +65,13 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     totals[k] += (torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)).sum()
                     agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
         ctx.save_for_backward(weight, target_hidden, target_weight, *xs)
-        ctx.plan, ctx.times = (used, where, plan), times  # index tensors only: the backward reuses them
+        ctx.plan, ctx.meter = (used, where, plan), meter  # index tensors only: the backward reuses them
         ctx.mark_non_differentiable(*agrees)
         return (totals, *agrees)
 
     @staticmethod
     def backward(ctx, grad_totals, *_grad_agrees):
-        with phase(ctx.times, "loss_s", grad_totals.device):
+        with phase(ctx.meter, "loss_s", grad_totals.device):
             return _StepsSoftCrossEntropy._backward(ctx, grad_totals)
 
     @staticmethod
@@ -103,7 +103,7 @@ def soft_cross_entropy_steps(
     target_hidden: torch.Tensor,
     target_weight: torch.Tensor,
     chunk_size: int = 1024,
-    times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per step ``k``: ``Σ_i H(softmax(target_hidden[target_rows[k][i]] @ target_weight.T), softmax(xs[k][i] @ weight.T))``.
 
@@ -111,7 +111,7 @@ def soft_cross_entropy_steps(
     rows, ascending, ``[N_k]`` int64 into target_hidden ``[M, Ht]``; weight: draft ``lm_head``
     ``[Vd, H]``; target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
     Returns ``(sums, agrees)``: ``[K]`` fp32 with gradients for every ``xs[k]`` and ``weight``, and per
-    step ``[N_k]`` bool, whether the draft argmax equals the target argmax. ``times`` (optional) adds
+    step ``[N_k]`` bool, whether the draft argmax equals the target argmax. ``meter`` (optional) adds
     the forward and backward time as ``loss_s``.
     """
     if chunk_size < 1:
@@ -119,7 +119,7 @@ def soft_cross_entropy_steps(
     if len(xs) != len(target_rows):
         raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
     sums, *agrees = _StepsSoftCrossEntropy.apply(
-        weight, target_hidden, target_weight, chunk_size, times, len(xs), *xs, *target_rows
+        weight, target_hidden, target_weight, chunk_size, meter, len(xs), *xs, *target_rows
     )
     return sums, agrees
 

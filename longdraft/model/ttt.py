@@ -17,8 +17,8 @@ from torch.utils.checkpoint import checkpoint
 from longdraft.attention.factory import AttentionBackend
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.loss import soft_cross_entropy_steps, target_argmax_in_vocab
-from longdraft.phase_times import PhaseTimes
 from longdraft.sharding.batch import ShardBatch
+from longdraft.step_meter import StepMeter
 
 STEP_WEIGHT_DECAY = 0.8
 
@@ -76,10 +76,10 @@ def ttt_unroll(
     backend: AttentionBackend,
     loss_chunk_size: int = 1024,
     activation_checkpointing: bool = False,
-    times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> UnrollResult:
     """Run the K-step unroll; ``normalisers[k]`` is the global valid count of step k (>= 1);
-    ``times`` (optional) adds the loss's time (the attention backend times its own)."""
+    ``meter`` (optional) adds the loss's time (the attention backend times its own)."""
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
     bsz = batch.batch_size
@@ -110,7 +110,7 @@ def ttt_unroll(
         batch.last_hidden.reshape(-1, batch.last_hidden.shape[-1]),
         target_lm_head_draft_rows,
         loss_chunk_size,
-        times,
+        meter,
     )
     weights = torch.tensor([STEP_WEIGHT_DECAY**k for k in range(ttt_length)], device=sums.device)
     loss = (weights * sums / normalisers).sum()

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
-from longdraft.phase_times import PhaseTimes
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
+from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.reduction import SumReducer
 from longdraft.train.setup import build_train_parts, target_text_config
@@ -106,8 +105,7 @@ class TrainerRank:
         self.report["ring_mode"] = ring_mode = ring_mode_for(
             t, text_config, self.device, resolve_precision(t.precision, self.device)
         )
-        self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
-        self.phase_times = PhaseTimes(enabled=self.device.type != "cuda")  # timing would synchronise a GPU
+        self.meter = StepMeter.for_device(self.device)
         self.backend = make_attention_backend(
             self.cfg.attention_backend,
             mesh=self.mesh,
@@ -115,8 +113,7 @@ class TrainerRank:
             num_kv_heads=kv_heads,
             layout=t.ring_layout,
             ring_mode=ring_mode,
-            stats=self.comm_stats,
-            times=self.phase_times,
+            meter=self.meter,
         )
         self.reducer = SumReducer(dist.group.WORLD)
         self.store = self.store_factory()
@@ -144,8 +141,7 @@ class TrainerRank:
             checkpoint=self.checkpoint,
             progress_bar=False,
             on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
-            comm_stats=self.comm_stats,
-            phase_times=self.phase_times,
+            meter=self.meter,
         )
         self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
         self.report["time_s_per_step"] = result.rank_time_s

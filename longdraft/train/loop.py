@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
-from longdraft.phase_times import PhaseTimes
+from longdraft.step_meter import StepMeter
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, BatchSource
 from longdraft.train.checkpoint import load_checkpoint, save_checkpoint
 from longdraft.train.export import export_config_dict, export_draft
@@ -58,12 +57,11 @@ def train_loop(
     checkpoint: Path | None = None,
     progress_bar: bool = True,
     on_step: Callable[[int], None] | None = None,
-    comm_stats: CommStats | None = None,
-    phase_times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> LoopResult:
     """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
-    ``comm_stats`` and ``phase_times`` (the attention backend's) add each step's communication bytes
-    and waits, and its attention and loss time."""
+    ``meter`` (the attention backend's) adds each step's communication bytes and waits, and its
+    attention and loss time."""
     t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
     device = parts.target_head.device
     settings = StepSettings.from_config(cfg, device)
@@ -99,10 +97,6 @@ def train_loop(
             step_start = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            if comm_stats is not None:
-                comm_stats.reset()
-            if phase_times is not None:
-                phase_times.reset()
             metrics = train_step(
                 parts.model,
                 data.batches,
@@ -112,7 +106,7 @@ def train_loop(
                 parts.scheduler,
                 settings,
                 reducer,
-                phase_times,
+                meter,
             )
             own_times.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
             step_s = time.perf_counter() - step_start
@@ -137,8 +131,6 @@ def train_loop(
                 peak_mem_kind=mem_kind,
                 epoch=source.epoch,
             )
-            if comm_stats is not None:  # rank 0's own view: its sends and its waits, per collective kind
-                metrics.update(comm_bytes=dict(comm_stats.bytes), comm_wait_s=dict(comm_stats.seconds))
             if cfg.evaluates_during_training and _due(step + 1, t.eval_every, t.num_steps):
                 last_eval = evaluate(parts.model, eval_batches, backend, parts.target_head, settings, reducer)
                 metrics.update({f"eval_{k}": v for k, v in last_eval.items()})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +12,8 @@ from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
-from longdraft.phase_times import PhaseTimes
 from longdraft.sharding.batch import ShardBatch
+from longdraft.step_meter import StepMeter
 from longdraft.train.reduction import SumReducer
 
 
@@ -87,25 +86,6 @@ def _valid_masks(model, batches, target_lm_head, settings):
     return masks
 
 
-class _Timer:
-    """Wall time of the phases of a step (forward, backward, gradient sum, optimizer), summed over
-    micro-batches; on CUDA each lap synchronises, so the times are the device's."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.laps = device, {}
-        self._last = self._now()
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
-        self._last = now
-
-
 def train_step(
     model: Eagle3Draft,
     batches: list[ShardBatch],
@@ -115,12 +95,14 @@ def train_step(
     scheduler,
     settings: StepSettings,
     reducer: SumReducer,
-    times: PhaseTimes | None = None,
+    meter: StepMeter | None = None,
 ) -> dict:
     """Forward/backward every micro-batch, sum gradients over ranks, clip, step. Returns metrics;
-    ``time_s`` holds the phases (forward, backward, the gradient sum's exposed wait, optimizer) and,
-    with ``times`` (the attention backend's), ``attention_s`` and ``loss_s`` inside them."""
+    ``time_s`` holds the phases (forward, backward, the gradient sum's exposed wait, optimizer) and
+    ``attention_s`` and ``loss_s`` inside them; with several ranks ``comm_bytes`` and ``comm_wait_s``
+    per collective kind. ``meter`` (the attention backend's, if it has one) is started afresh here."""
     device = target_lm_head.device
+    meter = meter if meter is not None else StepMeter.for_device(device)
     masks = _valid_masks(model, batches, target_lm_head, settings)
     counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     for valid in masks:
@@ -134,7 +116,7 @@ def train_step(
     params = [p for p in model.parameters() if p.requires_grad]
     buckets = reducer.bucketed(params, settings.grad_bucket_mb)
     optimizer.zero_grad(set_to_none=True)
-    timer = _Timer(device)
+    meter.start(device)
     for i, (batch, valid) in enumerate(zip(batches, masks)):
         with autocast_for(settings.precision, device):
             result = ttt_unroll(
@@ -146,19 +128,19 @@ def train_step(
                 backend,
                 settings.loss_chunk_size,
                 settings.activation_checkpointing,
-                times,
+                meter,
             )
-        timer.lap("forward_s")
+        meter.lap("forward_s")
         if buckets is not None and i == len(batches) - 1:
             buckets.arm()  # the last backward starts each bucket's sum as soon as it is complete
         result.loss.backward()
-        timer.lap("backward_s")
+        meter.lap("backward_s")
         sums += result.loss_sums
         correct += result.correct
         chains += result.chains
     if buckets is not None:
         buckets.finish()
-    timer.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
+    meter.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = optimizer.param_groups[0]["lr"]
@@ -166,17 +148,17 @@ def train_step(
     if finite:  # every rank holds the same summed gradients, so all skip or step together
         optimizer.step()
     scheduler.step()
-    timer.lap("optimizer_s")
+    meter.lap("optimizer_s")
     reducer.sum_(sums)
     reducer.sum_(correct)
     reducer.sum_(chains)
     metrics = step_metrics(sums, correct, counts, chains)
-    if times is not None:
-        timer.laps.update(times.seconds)
     grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
     metrics.update(
-        lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=timer.laps, grad_sum_bytes=grad_bytes
+        lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=meter.time_s, grad_sum_bytes=grad_bytes
     )
+    if reducer.group is not None:  # this rank's own view: its sends and its waits, per collective kind
+        metrics.update(comm_bytes=dict(meter.comm_bytes), comm_wait_s=dict(meter.comm_wait_s))
     return metrics
 
 

@@ -23,9 +23,9 @@ def _spy_run(monkeypatch):
     monkeypatch.setattr(model, "embed", lambda ids: (seen["ids"].append(ids.clone()), embed(ids))[1])
     monkeypatch.setattr(model, "rope", lambda x, pos: (seen["positions"].append(pos.clone()), rope(x, pos))[1])
 
-    def loss_spy(xs, rows, w, th, tw, chunk, times=None):
+    def loss_spy(xs, rows, w, th, tw, chunk, meter=None):
         seen["target_rows"] += [th[r, 0].clone() for r in rows]
-        return loss(xs, rows, w, th, tw, chunk, times)
+        return loss(xs, rows, w, th, tw, chunk, meter)
 
     monkeypatch.setattr(ttt, "soft_cross_entropy_steps", loss_spy)
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 4), K)
