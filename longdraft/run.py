@@ -6,7 +6,6 @@ imports this module.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +58,10 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
+    from longdraft.train.rank_context import RankContext
     from longdraft.train.reduction import SumReducer
     from longdraft.train.setup import build_train_parts, load_held_out, load_tokenizer, training_stream, vocab_for
+    from longdraft.train.summary import write_summary
 
     t = cfg.training
     torch.manual_seed(t.seed)
@@ -70,30 +71,20 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     device = resolve_device(t.device)
     engine = build_engine(cfg, device)
     parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
-    source = LocalSource(cfg, stream, held_out, engine, device)
     meter = StepMeter.for_device(device)
-    loop = train_loop(
-        cfg,
-        parts,
-        source,
+    rank = RankContext(
+        LocalSource(cfg, stream, held_out, engine, device),
         make_attention_backend(cfg.attention_backend, meter=meter),
         SumReducer(None),
-        checkpoint=checkpoint,
-        meter=meter,
+        device,
+        meter,
     )
+    loop = train_loop(cfg, parts, rank, checkpoint)
     reports = [r for r in (stream.report, held_out_report) if r is not None]
     for report in reports:
         print(report.summary())
-    summary = {
-        "steps": t.num_steps,
-        "final_loss": loop.history[-1]["loss"] if loop.history else None,
-        "final_acc_k": loop.history[-1]["acc_k"] if loop.history else None,
-        "eval": loop.last_eval,
-        "samples_skipped": {**{f"bad_row:{k}": v for k, v in stream.report.skipped.items()}, **loop.skipped},
-        "data": [r.summary() for r in reports],
-        "epochs_started": stream.epoch + 1,
-    }
-    (Path(cfg.output.dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    data = [r.summary() for r in reports]
+    write_summary(cfg, loop, dict(stream.report.skipped), data, {"epochs_started": stream.epoch + 1})
     return loop
 
 

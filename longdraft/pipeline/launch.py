@@ -6,7 +6,6 @@ Local mode starts Ray on 127.0.0.1 (fractional CPUs per actor); cluster mode con
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from longdraft.pipeline.stores import StoreService
 from longdraft.train.checkpoint import checkpoint_extra
 from longdraft.train.loop import LoopResult
 from longdraft.train.setup import load_held_out, load_tokenizer, vocab_for
+from longdraft.train.summary import write_summary
 
 POLL_S = 0.5
 LIVENESS_EVERY_S = 5.0
@@ -115,7 +115,6 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.pipeline.placement import place, release
 
     t, c = cfg.training, cfg.cluster
-    out = Path(cfg.output.dir)
     tokenizer = load_tokenizer(cfg)
     held_out, held_out_report = load_held_out(cfg, tokenizer)
     state = checkpoint_extra(checkpoint) if checkpoint is not None else None
@@ -192,14 +191,14 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         ray.get([p.close.remote() for p in producers], timeout=120)
         loop: LoopResult = results["trainer rank 0"]["loop"]
         print(summary["stream"])
+        bad_rows, data = summary.pop("bad_rows"), [summary.pop("stream")]
+        data += [held_out_report.summary()] if held_out_report else []
         summary.update(
             producers=producer_reports,
             keys_left=keys_left,
-            samples_skipped={**{f"bad_row:{k}": v for k, v in summary.pop("bad_rows").items()}, **loop.skipped},
-            data=[summary.pop("stream"), *([held_out_report.summary()] if held_out_report else [])],
             ranks=[results[f"trainer rank {r}"]["report"] for r in range(world)],
         )
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        summary = write_summary(cfg, loop, bad_rows, data, summary)
         if summary["lost"] or summary["duplicated"]:
             raise RuntimeError(
                 f"{summary['lost']} samples were lost and {summary['duplicated']} trained twice between "

@@ -23,6 +23,7 @@ from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
+from longdraft.train.rank_context import RankContext
 from longdraft.train.reduction import SumReducer
 from longdraft.train.setup import build_train_parts, target_text_config
 from longdraft.train.step import resolve_precision
@@ -130,19 +131,17 @@ class TrainerRank:
         )
 
     def train(self) -> dict:
-        result: LoopResult = train_loop(
-            self.cfg,
-            self.parts,
+        role = RankContext(
             self.source,
             self.backend,
             self.reducer,
-            rank=self.rank,
-            sp_size=self.cfg.sp_size,
-            checkpoint=self.checkpoint,
+            self.device,
+            self.meter,
+            self.mesh,
             progress_bar=False,
             on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
-            meter=self.meter,
         )
+        result: LoopResult = train_loop(self.cfg, self.parts, role, self.checkpoint)
         self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
         self.report["time_s_per_step"] = result.rank_time_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes

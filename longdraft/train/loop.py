@@ -1,171 +1,110 @@
 """The one training loop: any batch source, any layout (one device or a rank of DP x U x R).
 
 Per step: read the step's micro-batches, ``train_step`` (loss normalised by the global count,
-gradients summed over all ranks), metrics reduced as sums over ranks, held-out evaluation every
-``training.eval_every`` steps, checkpoints every ``training.save_every`` steps, and at the end the
-export. Rank 0 (the only rank on one device) writes the metrics, checkpoints and export.
+gradients summed over all ranks), metrics reduced as sums over ranks, then whatever says it is due:
+held-out evaluation, the metrics log, a checkpoint. At the end the export. Rank 0 (the only rank
+on one device) writes the metrics, checkpoints and export.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
-from longdraft.step_meter import StepMeter
-from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, BatchSource
-from longdraft.train.checkpoint import load_checkpoint, save_checkpoint
-from longdraft.train.export import export_config_dict, export_draft
-from longdraft.train.metrics_log import MetricsLog, peak_memory
-from longdraft.train.reduction import SumReducer
+from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
+from longdraft.train.export import export_draft
+from longdraft.train.metrics_log import Console, MetricsLog, peak_memory
+from longdraft.train.periodic import Checkpointer, Evaluator
+from longdraft.train.rank_context import RankContext
 from longdraft.train.setup import TrainParts
-from longdraft.train.step import StepSettings, evaluate, train_step
+from longdraft.train.step import StepSettings, train_step
 
 
 @dataclass
 class LoopResult:
-    history: list[dict]  # every step's metrics, as rank 0 logs them
-    last_eval: dict | None
-    skipped: Counter  # reason -> samples skipped during training (whole run, resumed part included)
-    final_dir: Path | None  # the export (rank 0 only)
-    data_wait_s: float
-    step_s: float
-    rank_peak_mem_bytes: list[int]  # this rank's own peak of every step (the history holds the max over ranks)
-    rank_time_s: list[dict]  # this rank's own phase times of every step (the history holds rank 0's)
+    history: list[dict] = field(default_factory=list)  # every step's metrics, as rank 0 logs them
+    last_eval: dict | None = None
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples skipped (resumed part included)
+    final_dir: Path | None = None  # the export (rank 0 only)
+    data_wait_s: float = 0.0
+    step_s: float = 0.0
+    rank_peak_mem_bytes: list[int] = field(default_factory=list)  # this rank's own peaks (history: the max)
+    rank_time_s: list[dict] = field(default_factory=list)  # this rank's own phase times (history: rank 0's)
 
 
-def _due(step: int, every: int, last: int) -> bool:
-    return step == last or bool(every and step % every == 0)
-
-
-def train_loop(
-    cfg: Config,
-    parts: TrainParts,
-    source: BatchSource,
-    backend: AttentionBackend,
-    reducer: SumReducer,
-    *,
-    rank: int = 0,
-    sp_size: int = 1,
-    checkpoint: Path | None = None,
-    progress_bar: bool = True,
-    on_step: Callable[[int], None] | None = None,
-    meter: StepMeter | None = None,
-) -> LoopResult:
-    """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
-    ``meter`` (the attention backend's) adds each step's communication bytes and waits, and its
-    attention and loss time."""
-    t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
-    device = parts.target_head.device
-    settings = StepSettings.from_config(cfg, device)
-    start_step, elapsed_before, skipped = 0, 0.0, Counter()
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, parts.model, parts.optimizer, parts.scheduler)
-        start_step, elapsed_before = state["step"], state["elapsed_s"]
-        skipped.update(state["skipped"])
-        source.resume_at(state["stream_position"])
-        if is_root:
-            print(
-                f"resumed from {checkpoint} (step {start_step}, row {state['stream_position']} of the stream)",
-                flush=True,
-            )
-    log = (
-        MetricsLog(out, resume_after_step=start_step if checkpoint else None, tensorboard=t.tensorboard)
-        if is_root
-        else None
-    )
-    eval_batches = source.eval_batches()  # before the first step: the same on every rank
-    started = time.perf_counter() - elapsed_before
-    history, last_eval, data_wait_s, busy_s, own_peaks, own_times = [], None, 0.0, 0.0, [], []
-    steps = range(start_step, t.num_steps)
-    bar = (
-        tqdm(steps, initial=start_step, total=t.num_steps, desc="train", unit="step")
-        if is_root and progress_bar
-        else None
-    )
+def train_loop(cfg: Config, parts: TrainParts, rank: RankContext, checkpoint: Path | None = None) -> LoopResult:
+    """Train ``training.num_steps`` steps (from ``checkpoint``'s on, when given) as ``rank``."""
+    t = cfg.training
+    settings = StepSettings.from_config(cfg, rank.device)
+    saver = Checkpointer(cfg, parts, rank.is_writer)
+    resumed = saver.resume(checkpoint, rank.source)
+    evaluator = Evaluator(cfg, parts, rank, settings)  # before the first step: the same on every rank
+    log = None
+    if rank.is_writer:
+        console = Console(rank.progress_bar, resumed.step, t.num_steps, t.log_every)
+        log = MetricsLog(cfg.output.dir, resumed.step if checkpoint else None, t.tensorboard, console)
+    result = LoopResult(skipped=resumed.skipped)
+    started = time.perf_counter() - resumed.elapsed_s
     try:
-        for step in steps:
-            data = source.next_step()
-            data_wait_s += data.data_wait_s
-            step_start = time.perf_counter()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            metrics = train_step(
-                parts.model,
-                data.batches,
-                backend,
-                parts.target_head,
-                parts.optimizer,
-                parts.scheduler,
-                settings,
-                reducer,
-                meter,
-            )
-            own_times.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
-            step_s = time.perf_counter() - step_start
-            busy_s += step_s
-            mem, mem_kind = peak_memory(device)
-            own_peaks.append(mem)
-            tokens = sum(b.query_tokens() for b in data.batches)
-            totals = reducer.sum_(torch.tensor([data.samples, data.skipped, tokens], dtype=torch.float64))
-            peak = reducer.max_(torch.tensor([mem], dtype=torch.float64))
-            # Every SP rank counts the sample once and its own shard's tokens.
-            samples, skipped_now = int(totals[0]) // sp_size, int(totals[1]) // sp_size
-            skipped[SKIP_TOO_FEW_LOSS_TOKENS] += skipped_now
-            metrics.update(
-                step=step + 1,
-                samples=samples,
-                samples_skipped=skipped_now,
-                tokens=int(totals[2]),
-                tokens_per_s=int(totals[2]) / step_s,
-                data_wait_s=data.data_wait_s,
-                elapsed_s=time.perf_counter() - started,
-                peak_mem_bytes=int(peak[0]),
-                peak_mem_kind=mem_kind,
-                epoch=source.epoch,
-            )
-            if cfg.evaluates_during_training and _due(step + 1, t.eval_every, t.num_steps):
-                last_eval = evaluate(parts.model, eval_batches, backend, parts.target_head, settings, reducer)
-                metrics.update({f"eval_{k}": v for k, v in last_eval.items()})
-            history.append(metrics)
-            if on_step is not None:
-                on_step(step + 1)
-            if not is_root:
-                continue
-            log.write(metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3f}",
-                    acc0=f"{metrics['acc_k'][0]:.3f}",
-                    tok_s=f"{metrics['tokens_per_s']:.0f}",
-                )
-            elif _due(step + 1, t.log_every, t.num_steps):  # a rank actor's output reaches the driver as lines
-                print(
-                    f"step {step + 1}/{t.num_steps} loss {metrics['loss']:.3f} acc0 {metrics['acc_k'][0]:.3f} "
-                    f"{metrics['tokens_per_s']:.0f} tok/s",
-                    flush=True,
-                )
-            if _due(step + 1, t.save_every, t.num_steps):
-                extra = {
-                    "stream_position": source.stream_position,
-                    "elapsed_s": metrics["elapsed_s"],
-                    "skipped": dict(skipped),
-                    "draft_config": export_config_dict(parts.model.config, torch.float32),
-                }
-                save_checkpoint(out, step + 1, parts.model, parts.optimizer, parts.scheduler, extra)
-        source.finish()
+        for step in range(resumed.step + 1, t.num_steps + 1):
+            data = rank.source.next_step()
+            metrics = _train_and_reduce(parts, rank, settings, data, result)
+            metrics.update(step=step, elapsed_s=time.perf_counter() - started, epoch=rank.source.epoch)
+            if evaluator.due(step):
+                metrics.update(evaluator.run())
+            result.history.append(metrics)
+            if rank.on_step is not None:
+                rank.on_step(step)
+            if log is not None:
+                log.write(metrics)
+            if saver.due(step):
+                saver.save(step, rank.source, metrics["elapsed_s"], result.skipped)
+        rank.source.finish()
     finally:
-        if bar is not None:
-            bar.close()
         if log is not None:
             log.close()
-    final_dir = export_draft(parts.model, out / "final", trained_length=t.max_seq_length) if is_root else None
-    return LoopResult(history, last_eval, skipped, final_dir, data_wait_s, busy_s, own_peaks, own_times)
+    result.last_eval = evaluator.last
+    if rank.is_writer:
+        result.final_dir = export_draft(parts.model, Path(cfg.output.dir) / "final", trained_length=t.max_seq_length)
+    return result
+
+
+def _train_and_reduce(
+    parts: TrainParts, rank: RankContext, settings: StepSettings, data: StepBatches, result: LoopResult
+) -> dict:
+    """One step, its metrics summed (samples, tokens) or maxed (peak memory) over ranks; this rank's
+    own times and peak go to ``result``."""
+    if rank.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rank.device)
+    start = time.perf_counter()
+    p = parts
+    metrics = train_step(
+        p.model, data.batches, rank.backend, p.target_head, p.optimizer, p.scheduler, settings, rank.reducer, rank.meter
+    )
+    step_s = time.perf_counter() - start
+    mem, mem_kind = peak_memory(rank.device)
+    result.step_s += step_s
+    result.data_wait_s += data.data_wait_s
+    result.rank_peak_mem_bytes.append(mem)
+    result.rank_time_s.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
+    tokens = sum(b.query_tokens() for b in data.batches)
+    totals = rank.reducer.sum_(torch.tensor([data.samples, data.skipped, tokens], dtype=torch.float64))
+    peak = rank.reducer.max_(torch.tensor([mem], dtype=torch.float64))
+    # Every SP rank counts the sample once and its own shard's tokens.
+    samples, skipped = int(totals[0]) // rank.sp_size, int(totals[1]) // rank.sp_size
+    result.skipped[SKIP_TOO_FEW_LOSS_TOKENS] += skipped
+    metrics.update(
+        samples=samples,
+        samples_skipped=skipped,
+        tokens=int(totals[2]),
+        tokens_per_s=int(totals[2]) / step_s,
+        data_wait_s=data.data_wait_s,
+        peak_mem_bytes=int(peak[0]),
+        peak_mem_kind=mem_kind,
+    )
+    return metrics
