@@ -54,12 +54,12 @@ def run_training(cfg: Config) -> TrainResult:
 def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.engines.factory import build_engine
+    from longdraft.parallel.reduction import SumReducer
     from longdraft.step_meter import StepMeter
     from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
     from longdraft.train.rank_context import RankContext
-    from longdraft.train.reduction import SumReducer
     from longdraft.train.setup import build_train_parts, load_held_out, load_tokenizer, training_stream, vocab_for
     from longdraft.train.summary import write_summary
 

@@ -66,9 +66,9 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.bench.draft_inputs import bench_draft, bench_shard
     from longdraft.parallel.mesh import USPMesh
+    from longdraft.parallel.reduction import SumReducer
     from longdraft.sharding.layout import ShardLayout
     from longdraft.step_meter import StepMeter
-    from longdraft.train.reduction import SumReducer
     from longdraft.train.step import StepSettings, train_step
 
     cfg, spec = StepBenchConfig(**cfg_dict), LayoutSpec(**spec_dict)
@@ -106,7 +106,7 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     settings = StepSettings(cfg.ttt, cfg.loss_chunk, grad_bucket_mb=cfg.grad_bucket_mb)
-    reducer = SumReducer(dist.group.WORLD)
+    reducer = SumReducer(dist.group.WORLD, device)
     rows = []
     for i in range(cfg.warmup + cfg.iters):
         dist.barrier()

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longdraft.parallel.mesh import process_group_backend
+
 
 class RankFailed(RuntimeError):
     """A spawned rank raised; the message carries the rank and its traceback."""
@@ -43,8 +45,7 @@ def _rank_main(
     results: Any,
 ) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if backend == "gloo":
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo carries CPU tensors on every backend
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -52,7 +53,7 @@ def _rank_main(
             torch.cuda.set_device(rank % torch.cuda.device_count())
         store = dist.FileStore(store_path, world_size)
         dist.init_process_group(
-            backend,
+            process_group_backend("cuda" if backend == "nccl" else "cpu"),
             store=store,
             rank=rank,
             world_size=world_size,
@@ -79,7 +80,8 @@ def run_ranks(
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh processes; return results by rank.
 
-    ``fn`` must be importable by name (a module-level function). Raises ``RankFailed`` with the
+    ``fn`` must be importable by name (a module-level function). ``backend`` ``nccl`` makes groups
+    that take CUDA tensors by NCCL and CPU ones by gloo (``process_group_backend``). Raises ``RankFailed`` with the
     first failing rank's traceback, or ``TimeoutError`` naming the ranks still running after
     ``timeout_s``. Collectives inside the ranks time out after ``collective_timeout_s``
     (default: ``timeout_s``).

@@ -16,6 +16,12 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 
+def process_group_backend(device_type: str) -> str:
+    """The backend of every process group of a run on ``device_type``: on CUDA, NCCL for CUDA tensors
+    and gloo for CPU ones, so a CPU tensor handed to a collective works instead of being refused."""
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
 @dataclass(frozen=True)
 class RankCoords:
     """Where one global rank sits in the grid."""
@@ -124,7 +130,7 @@ class USPMesh:
     ) -> USPMesh:
         """Validate the sizes, then create every group (all ranks create all groups, same order).
 
-        Uses the backend of the default process group (gloo on CPU, NCCL on CUDA). ``timeout``
+        The groups take the default group's backends (``process_group_backend``). ``timeout``
         bounds every collective on the new groups (default: the default group's timeout), so a
         rank whose peer never arrives raises instead of hanging.
         """

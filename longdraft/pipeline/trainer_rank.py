@@ -19,12 +19,12 @@ import torch.distributed as dist
 from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
+from longdraft.parallel.reduction import SumReducer
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.rank_context import RankContext
-from longdraft.train.reduction import SumReducer
 from longdraft.train.setup import build_train_parts, target_text_config
 from longdraft.train.step import resolve_precision
 
@@ -84,14 +84,14 @@ class TrainerRank:
     def setup(self, init_method: str) -> None:
         from longdraft.attention.factory import make_attention_backend
         from longdraft.engines.head_weights import head_rows
-        from longdraft.parallel.mesh import USPMesh
+        from longdraft.parallel.mesh import USPMesh, process_group_backend
 
         t = self.cfg.training
         use_cuda = torch.cuda.is_available() and t.device != "cpu"
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.report["rendezvous"] = init_method
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo",
+            process_group_backend(self.device.type),
             init_method=init_method,
             rank=self.rank,
             world_size=self.world_size,
@@ -116,7 +116,7 @@ class TrainerRank:
             ring_mode=ring_mode,
             meter=self.meter,
         )
-        self.reducer = SumReducer(dist.group.WORLD)
+        self.reducer = SumReducer(dist.group.WORLD, self.device)
         self.store = self.store_factory()
         self.source = ShardSource(
             self.cfg,

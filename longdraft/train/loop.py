@@ -93,18 +93,18 @@ def _train_and_reduce(
     result.rank_peak_mem_bytes.append(mem)
     result.rank_time_s.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
     tokens = sum(b.query_tokens() for b in data.batches)
-    totals = rank.reducer.sum_(torch.tensor([data.samples, data.skipped, tokens], dtype=torch.float64))
-    peak = rank.reducer.max_(torch.tensor([mem], dtype=torch.float64))
+    samples, skipped, tokens = map(int, rank.reducer.sum_numbers([data.samples, data.skipped, tokens]))
+    (peak,) = rank.reducer.max_numbers([mem])
     # Every SP rank counts the sample once and its own shard's tokens.
-    samples, skipped = int(totals[0]) // rank.sp_size, int(totals[1]) // rank.sp_size
+    samples, skipped = samples // rank.sp_size, skipped // rank.sp_size
     result.skipped[SKIP_TOO_FEW_LOSS_TOKENS] += skipped
     metrics.update(
         samples=samples,
         samples_skipped=skipped,
-        tokens=int(totals[2]),
-        tokens_per_s=int(totals[2]) / step_s,
+        tokens=tokens,
+        tokens_per_s=tokens / step_s,
         data_wait_s=data.data_wait_s,
-        peak_mem_bytes=int(peak[0]),
+        peak_mem_bytes=int(peak),
         peak_mem_kind=mem_kind,
     )
     return metrics

@@ -14,9 +14,9 @@ import torch
 
 from longdraft.attention.factory import AttentionBackend
 from longdraft.parallel.mesh import USPMesh
+from longdraft.parallel.reduction import SumReducer
 from longdraft.step_meter import StepMeter
 from longdraft.train.batch_source import BatchSource
-from longdraft.train.reduction import SumReducer
 
 
 @dataclass

@@ -12,9 +12,9 @@ from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
+from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.batch import ShardBatch
 from longdraft.step_meter import StepMeter
-from longdraft.train.reduction import SumReducer
 
 
 @dataclass

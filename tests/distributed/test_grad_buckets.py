@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from longdraft.attention.factory import make_attention_backend
 from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
-from longdraft.train.reduction import SumReducer
+from longdraft.parallel.reduction import SumReducer
 from tests.draft_factory import batch_of, random_samples, tiny_draft
 from tests.rank_runs import cached_run_ranks
 

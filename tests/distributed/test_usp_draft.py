@@ -15,10 +15,10 @@ from longdraft.attention.usp import USPAttentionBackend
 from longdraft.model.ttt import step_valid_masks, target_ok, ttt_unroll
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh
+from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.layout import ShardLayout
 from longdraft.sharding.split import split_tensor
-from longdraft.train.reduction import SumReducer
 from tests.draft_factory import batch_of, random_samples, tiny_draft
 
 K = 3
