@@ -104,10 +104,14 @@ def train_step(
     device = target_lm_head.device
     meter = meter if meter is not None else StepMeter.for_device(device)
     masks = _valid_masks(model, batches, target_lm_head, settings)
-    counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
+    counts = torch.zeros(settings.ttt_length + 1, dtype=torch.int64, device=device)
     for valid in masks:
-        counts += torch.stack([v.sum() for v in valid])
+        counts[:-1] += torch.stack([v.sum() for v in valid])
+    counts[-1] = len(batches)
     reducer.sum_(counts)  # before any forward: every loss is normalised by the global count
+    # No micro-batch on any rank: no gradient anywhere. One device leaves them all None and AdamW
+    # does nothing; every rank does the same (no zeros summed), decided from the global count.
+    counts, any_batch = counts[:-1], bool(counts[-1] > 0)
     normalisers = counts.clamp(min=1).float()
     draft_rows = target_lm_head[model.draft_to_target]
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
@@ -138,14 +142,14 @@ def train_step(
         sums += result.loss_sums
         correct += result.correct
         chains += result.chains
-    if buckets is not None:
+    if buckets is not None and any_batch:
         buckets.finish()
     meter.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
     max_norm = settings.max_grad_norm if settings.max_grad_norm > 0 else float("inf")  # 0: measure, never clip
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = optimizer.param_groups[0]["lr"]
     finite = math.isfinite(grad_norm)
-    if finite:  # every rank holds the same summed gradients, so all skip or step together
+    if finite and any_batch:  # every rank holds the same summed gradients, so all skip or step together
         optimizer.step()
     scheduler.step()
     meter.lap("optimizer_s")
