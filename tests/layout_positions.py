@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from longdraft.choices import SHARD_ORDERS  # noqa: F401  (re-exported for the tests)
 from longdraft.sharding.header import ShardMismatchError
-from longdraft.sharding.layout import LAYOUTS, ShardLayout  # noqa: F401  (LAYOUTS re-exported)
+from longdraft.sharding.layout import ShardLayout
 
 
 def _layout(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> ShardLayout:

@@ -15,6 +15,7 @@ import torch
 from longdraft.attention.choice import choose_attention_backend
 from longdraft.attention.reference import ttt_attention_reference
 from longdraft.attention.ttt_step import ttt_attention_fast
+from longdraft.choices import ShardOrder
 
 if TYPE_CHECKING:
     from longdraft.attention.comm_stats import CommStats
@@ -54,7 +55,7 @@ def make_attention_backend(
     mesh: USPMesh | None = None,
     num_heads: int | None = None,
     num_kv_heads: int | None = None,
-    layout: str = "contiguous",
+    order: ShardOrder = "contiguous",
     stats: CommStats | None = None,
     ring_mode: str = "ring",
     times: PhaseTimes | None = None,
@@ -70,5 +71,5 @@ def make_attention_backend(
     from longdraft.attention.usp import USPAttentionBackend
 
     return USPAttentionBackend(
-        mesh, num_heads, num_kv_heads, layout=layout, stats=stats, ring_mode=ring_mode, times=times
+        mesh, num_heads, num_kv_heads, order=order, stats=stats, ring_mode=ring_mode, times=times
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
+from longdraft.pipeline.prompt_feed import FeedSpec
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.sizes import sample_sizes
@@ -139,7 +140,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             for i in range(cfg.inference.num_producers)
         ]
         controller = controller_actor().remote(
-            (cfg, start_step, start_position),
+            FeedSpec(cfg, start_step, start_position),
             producers,
             queues,
             t.batch_size,

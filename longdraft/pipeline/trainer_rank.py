@@ -20,6 +20,7 @@ from longdraft.attention.comm_stats import CommStats
 from longdraft.attention.ring_mode import ring_mode_for
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
+from longdraft.device import placed_device
 from longdraft.phase_times import PhaseTimes
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
@@ -62,13 +63,6 @@ class TrainerRank:
             "node_ip": self.node_ip,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "samples_read": 0,
-            "samples_skipped": 0,
-            "bytes_read": 0,
-            "full_sample_bytes": 0,
-            "rows_read": 0,
-            "sample_rows": 0,
-            "keys_deleted": 0,
             "data_wait_s": 0.0,
             "step_s": 0.0,
             "peak_mem_bytes": [],
@@ -87,11 +81,10 @@ class TrainerRank:
         from longdraft.parallel.mesh import USPMesh
 
         t = self.cfg.training
-        use_cuda = torch.cuda.is_available() and t.device != "cpu"
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.device = placed_device(t.device)
         self.report["rendezvous"] = init_method
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo",
+            "nccl" if self.device.type == "cuda" else "gloo",
             init_method=init_method,
             rank=self.rank,
             world_size=self.world_size,
@@ -113,7 +106,7 @@ class TrainerRank:
             mesh=self.mesh,
             num_heads=heads,
             num_kv_heads=kv_heads,
-            layout=t.ring_layout,
+            order=t.shard_order,
             ring_mode=ring_mode,
             stats=self.comm_stats,
             times=self.phase_times,
@@ -129,7 +122,6 @@ class TrainerRank:
             self.store,
             self.device,
             self.start_position,
-            self.report,
         )
 
     def train(self) -> dict:
@@ -151,6 +143,7 @@ class TrainerRank:
         self.report["time_s_per_step"] = result.rank_time_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()
+        self.report.update(self.source.counters())
         ranks_dir = Path(self.cfg.output.dir) / "ranks"
         ranks_dir.mkdir(parents=True, exist_ok=True)
         (ranks_dir / f"rank{self.rank}.json").write_text(json.dumps(self.report, indent=2) + "\n")

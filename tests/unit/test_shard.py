@@ -36,7 +36,7 @@ def _positions_tensor(length: int) -> torch.Tensor:
 @pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
 def test_writer_and_reader_agree(layout_name: str) -> None:
     for layout in CASES:
-        if layout.layout == layout_name:
+        if layout.order == layout_name:
             _check_agreement(layout)
 
 
@@ -82,7 +82,7 @@ def _check_ring_positions(layout: ShardLayout) -> None:
     for q in range(layout.ring):
         group = torch.cat([layout.query_positions(q * U + u) for u in range(U)])
         ring = layout.ring_positions(q)
-        if layout.layout == "contiguous":
+        if layout.order == "contiguous":
             assert torch.equal(ring, group)  # a plain concatenation over u
             assert torch.equal(ring, torch.arange(q * U * layout.segment_queries, (q + 1) * U * layout.segment_queries))
         else:
@@ -137,7 +137,7 @@ def test_header_round_trip_and_tamper_refused() -> None:
     tampered[HEADER_KEY] = h
     with pytest.raises(ShardMismatchError, match="rank=0 \\(expected 2\\)"):
         check_shard(tampered, lay, 2)
-    with pytest.raises(ShardMismatchError, match="layout="):
+    with pytest.raises(ShardMismatchError, match="order=contiguous \\(expected zigzag\\)"):
         check_header(expected_header(ShardLayout(13, 2, 2, 3), 0), expected_header(lay, 0))
     short = dict(shards[0], aux_hidden=shards[0]["aux_hidden"][:-1])
     with pytest.raises(ShardMismatchError, match="aux_hidden"):
@@ -186,3 +186,12 @@ def test_bad_inputs_are_named() -> None:
         ShardLayout(8, 2, 2, 1).segments(4)
     with pytest.raises(ValueError, match="reserved"):
         split_sample({HEADER_KEY: torch.zeros(8)}, ShardLayout(8, 1, 1, 1))
+
+
+def test_header_order_codes_are_the_on_wire_ones() -> None:
+    """The order travels as a fixed code (0 contiguous, 1 zigzag), as before the field was renamed
+    from ``layout``: shards written by an older writer still read back."""
+    for order, code in (("contiguous", 0), ("zigzag", 1)):
+        header = expected_header(ShardLayout(13, 2, 2, 3, order), 1)
+        assert int(header.to_tensor()[6]) == code
+        assert ShardHeader.from_tensor(header.to_tensor()).order == order
