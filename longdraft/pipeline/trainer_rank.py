@@ -17,17 +17,16 @@ import torch
 import torch.distributed as dist
 
 from longdraft.attention.comm_stats import CommStats
-from longdraft.attention.ring_mode import ring_mode_for
+from longdraft.attention.ring_mode import agreed_ring_mode
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
-from longdraft.device import placed_device
+from longdraft.device import resolve_device
 from longdraft.phase_times import PhaseTimes
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.reduction import SumReducer
 from longdraft.train.setup import build_train_parts, target_text_config
-from longdraft.train.step import resolve_precision
 
 
 class TrainerRank:
@@ -81,7 +80,7 @@ class TrainerRank:
         from longdraft.parallel.mesh import USPMesh
 
         t = self.cfg.training
-        self.device = placed_device(t.device)
+        self.device = resolve_device(t.device)  # decided by the driver (pipeline/decisions.py)
         self.report["rendezvous"] = init_method
         dist.init_process_group(
             "nccl" if self.device.type == "cuda" else "gloo",
@@ -96,9 +95,7 @@ class TrainerRank:
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
-        self.report["ring_mode"] = ring_mode = ring_mode_for(
-            t, text_config, self.device, resolve_precision(t.precision, self.device)
-        )
+        self.report["ring_mode"] = ring_mode = agreed_ring_mode(t, text_config, t.precision, self.device)
         self.comm_stats = CommStats(time_waits=self.device.type != "cuda")
         self.phase_times = PhaseTimes(enabled=self.device.type != "cuda")  # timing would synchronise a GPU
         self.backend = make_attention_backend(
