@@ -21,10 +21,8 @@ from tests.layout_positions import gather_shards
 
 LENGTHS = [1, 2, 3, 5, 7, 8, 13, 16, 31, 64, 97]
 GRIDS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 3), (2, 3), (4, 2)]  # (U, R)
-LAYOUT_NAMES = ["contiguous", "zigzag"]
-CASES = [
-    ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], LAYOUT_NAMES)
-]
+ORDERS = ["contiguous", "zigzag"]
+CASES = [ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], ORDERS)]
 
 
 def _positions_tensor(length: int) -> torch.Tensor:
@@ -33,10 +31,10 @@ def _positions_tensor(length: int) -> torch.Tensor:
     return torch.stack([v, -v], dim=1)
 
 
-@pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
-def test_writer_and_reader_agree(layout_name: str) -> None:
+@pytest.mark.parametrize("order", ORDERS)
+def test_writer_and_reader_agree(order: str) -> None:
     for layout in CASES:
-        if layout.order == layout_name:
+        if layout.order == order:
             _check_agreement(layout)
 
 
@@ -146,13 +144,13 @@ def test_header_round_trip_and_tamper_refused() -> None:
         ShardHeader.from_tensor(torch.tensor([1, 2, 3]))
 
 
-@pytest.mark.parametrize("layout_name", ["contiguous", "zigzag"])
-def test_local_loss_mask_matches_global_mask(layout_name: str) -> None:
+@pytest.mark.parametrize("order", ["contiguous", "zigzag"])
+def test_local_loss_mask_matches_global_mask(order: str) -> None:
     g = torch.Generator().manual_seed(0)
     full = (torch.rand(40, generator=g) > 0.5).long()
     packed = pack_loss_mask(full)
     for L in (40, 29, 45):  # equal, truncated, zero-padded past the stored mask
-        lay = ShardLayout(L, 2, 2, 3, layout_name)
+        lay = ShardLayout(L, 2, 2, 3, order)
         global_mask = unpack_loss_mask(packed, L)
         for r in range(lay.sp_size):
             local = local_loss_mask(packed, lay, r)
