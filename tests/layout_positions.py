@@ -5,54 +5,55 @@ from __future__ import annotations
 
 import torch
 
+from longdraft.choices import SHARD_ORDERS  # noqa: F401  (re-exported for the tests)
 from longdraft.sharding.header import ShardMismatchError
-from longdraft.sharding.layout import LAYOUTS, ShardLayout  # noqa: F401  (LAYOUTS re-exported)
+from longdraft.sharding.layout import ShardLayout
 
 
-def _layout(seq_len: int, ulysses_size: int, ring_size: int, layout: str) -> ShardLayout:
+def _layout(seq_len: int, ulysses_size: int, ring_size: int, order: str) -> ShardLayout:
     """The shard contract without look-ahead rows: the query part of every shard."""
-    return ShardLayout(seq_len, ulysses_size, ring_size, 0, layout)
+    return ShardLayout(seq_len, ulysses_size, ring_size, 0, order)
 
 
-def local_length(seq_len, ulysses_size, ring_size, layout) -> int:
-    return _layout(seq_len, ulysses_size, ring_size, layout).local_queries
+def local_length(seq_len, ulysses_size, ring_size, order) -> int:
+    return _layout(seq_len, ulysses_size, ring_size, order).local_queries
 
 
-def padded_length(seq_len, ulysses_size, ring_size, layout) -> int:
-    return _layout(seq_len, ulysses_size, ring_size, layout).padded_length
+def padded_length(seq_len, ulysses_size, ring_size, order) -> int:
+    return _layout(seq_len, ulysses_size, ring_size, order).padded_length
 
 
-def query_positions(seq_len, ulysses_size, ring_size, sp_rank, layout) -> torch.Tensor:
-    return _layout(seq_len, ulysses_size, ring_size, layout).query_positions(sp_rank)
+def query_positions(seq_len, ulysses_size, ring_size, sp_rank, order) -> torch.Tensor:
+    return _layout(seq_len, ulysses_size, ring_size, order).query_positions(sp_rank)
 
 
-def ring_positions(seq_len, ulysses_size, ring_size, ring_rank, layout) -> torch.Tensor:
-    return _layout(seq_len, ulysses_size, ring_size, layout).ring_positions(ring_rank)
+def ring_positions(seq_len, ulysses_size, ring_size, ring_rank, order) -> torch.Tensor:
+    return _layout(seq_len, ulysses_size, ring_size, order).ring_positions(ring_rank)
 
 
 def scatter_sequence(
-    full: torch.Tensor, ulysses_size: int, ring_size: int, layout: str, dim: int = 1
+    full: torch.Tensor, ulysses_size: int, ring_size: int, order: str, dim: int = 1
 ) -> list[torch.Tensor]:
     """Split a full ``[..., L, ...]`` tensor (sequence at ``dim``) into the S local tensors, zero tail padding."""
     seq_len = full.shape[dim]
-    total = padded_length(seq_len, ulysses_size, ring_size, layout)
+    total = padded_length(seq_len, ulysses_size, ring_size, order)
     pad_shape = list(full.shape)
     pad_shape[dim] = total - seq_len
     padded = torch.cat([full, full.new_zeros(pad_shape)], dim=dim)
     return [
-        padded.index_select(dim, query_positions(seq_len, ulysses_size, ring_size, r, layout).to(full.device))
+        padded.index_select(dim, query_positions(seq_len, ulysses_size, ring_size, r, order).to(full.device))
         for r in range(ulysses_size * ring_size)
     ]
 
 
 def gather_sequence(
-    shards: list[torch.Tensor], seq_len: int, ulysses_size: int, ring_size: int, layout: str, dim: int = 1
+    shards: list[torch.Tensor], seq_len: int, ulysses_size: int, ring_size: int, order: str, dim: int = 1
 ) -> torch.Tensor:
     """Inverse of ``scatter_sequence``: rebuild ``[..., L, ...]`` and drop the tail padding."""
     sp_size = ulysses_size * ring_size
     if len(shards) != sp_size:
         raise ValueError(f"need {sp_size} shards for U={ulysses_size}, R={ring_size}, got {len(shards)}")
-    positions = torch.cat([query_positions(seq_len, ulysses_size, ring_size, r, layout) for r in range(sp_size)]).to(
+    positions = torch.cat([query_positions(seq_len, ulysses_size, ring_size, r, order) for r in range(sp_size)]).to(
         shards[0].device
     )
     order = torch.argsort(positions)

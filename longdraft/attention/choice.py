@@ -6,7 +6,8 @@ same rule the factory applies.
 
 from __future__ import annotations
 
-BACKENDS = ("auto", "fast", "reference", "usp")
+from longdraft.choices import ATTENTION_BACKENDS as BACKENDS
+from longdraft.choices import RING_MODES
 
 
 def choose_attention_backend(name: str, sp_size: int) -> str:
@@ -28,9 +29,6 @@ def choose_attention_backend(name: str, sp_size: int) -> str:
             "'fast', 'reference' or 'auto' with one rank per sequence; 'usp' needs sp_ulysses_size*sp_ring_size > 1"
         )
     return name
-
-
-RING_MODES = ("auto", "gather", "ring")
 
 
 def choose_ring_mode(mode: str, gathered_bytes: int, budget_bytes: int) -> str:

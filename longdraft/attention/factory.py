@@ -15,6 +15,7 @@ import torch
 from longdraft.attention.choice import choose_attention_backend
 from longdraft.attention.reference import ttt_attention_reference
 from longdraft.attention.ttt_step import ttt_attention_fast
+from longdraft.choices import ShardOrder
 
 if TYPE_CHECKING:
     from longdraft.parallel.mesh import USPMesh
@@ -53,7 +54,7 @@ def make_attention_backend(
     mesh: USPMesh | None = None,
     num_heads: int | None = None,
     num_kv_heads: int | None = None,
-    layout: str = "contiguous",
+    order: ShardOrder = "contiguous",
     ring_mode: str = "ring",
     meter: StepMeter | None = None,
 ) -> AttentionBackend:
@@ -67,4 +68,4 @@ def make_attention_backend(
         raise ValueError("the 'usp' attention backend needs num_heads and num_kv_heads")
     from longdraft.attention.usp import USPAttentionBackend
 
-    return USPAttentionBackend(mesh, num_heads, num_kv_heads, layout=layout, ring_mode=ring_mode, meter=meter)
+    return USPAttentionBackend(mesh, num_heads, num_kv_heads, order=order, ring_mode=ring_mode, meter=meter)

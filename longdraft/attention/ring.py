@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.choices import ShardOrder
 from longdraft.step_meter import StepMeter, communicating
 
 _ALL = slice(None)
@@ -56,11 +57,11 @@ class BlockPlan:
     causal: bool
 
 
-def block_plan(layout: str, my_rank: int, src_rank: int, seq: int) -> BlockPlan | None:
+def block_plan(order: ShardOrder, my_rank: int, src_rank: int, seq: int) -> BlockPlan | None:
     """What this rank computes with the K/V block of ring rank ``src_rank`` (``None``: nothing)."""
     if src_rank == my_rank:
         return BlockPlan(_ALL, _ALL, True)
-    if layout == "contiguous":
+    if order == "contiguous":
         return BlockPlan(_ALL, _ALL, False) if src_rank < my_rank else None
     half = seq // 2
     if src_rank < my_rank:
@@ -156,7 +157,7 @@ def ring_attention_forward(
     k: torch.Tensor,
     v: torch.Tensor,
     comm: RingComm,
-    layout: str,
+    order: ShardOrder,
     scale: float,
     meter: StepMeter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ def ring_attention_forward(
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
     for hop in range(comm.size):
         exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
-        plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
+        plan = block_plan(order, comm.rank, (comm.rank - hop) % comm.size, seq)
         if plan is not None:
             forward_block(q, kv[0], kv[1], plan, out, lse, scale)
         if exchange is not None:
@@ -183,7 +184,7 @@ def ring_attention_backward(
     out: torch.Tensor,
     lse: torch.Tensor,
     comm: RingComm,
-    layout: str,
+    order: ShardOrder,
     scale: float,
     meter: StepMeter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,7 +196,7 @@ def ring_attention_backward(
     grad_exchange: _Exchange | None = None
     for hop in range(comm.size):
         kv_exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
-        plan = block_plan(layout, comm.rank, (comm.rank - hop) % comm.size, seq)
+        plan = block_plan(order, comm.rank, (comm.rank - hop) % comm.size, seq)
         dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
         if plan is not None:
             backward_block(dout, q, kv[0], kv[1], out, lse, plan, scale, dq, dkv[0], dkv[1])

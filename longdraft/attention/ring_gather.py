@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from longdraft.attention.ring import RingComm, backward_block, block_plan, forward_block
+from longdraft.choices import ShardOrder
 from longdraft.step_meter import StepMeter, communicating
 
 
@@ -48,12 +49,12 @@ def gather_ring(x: torch.Tensor, ring: RingComm, meter: StepMeter | None = None)
 class GatheredCausal:
     """The causal part of a TTT step over gathered step-0 K/V ``[R, B, H, T, D]`` (no communication)."""
 
-    def __init__(self, comm: RingComm, layout: str):
-        self.comm, self.layout = comm, layout
+    def __init__(self, comm: RingComm, order: ShardOrder):
+        self.comm, self.order = comm, order
 
     def _plans(self, seq: int):
         for src in range(self.comm.size):
-            plan = block_plan(self.layout, self.comm.rank, src, seq)
+            plan = block_plan(self.order, self.comm.rank, src, seq)
             if plan is not None:
                 yield src, plan
 

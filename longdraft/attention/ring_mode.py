@@ -1,11 +1,19 @@
-"""Which ring mode a run uses: ``auto`` gathers the step-0 K/V when they fit a memory estimate."""
+"""Which ring mode a run uses: ``auto`` gathers the step-0 K/V when they fit a memory estimate.
+
+The decision picks collectives (all-gather or ring rotation), so every rank must make the same
+one: ``agreed_ring_mode`` takes the smallest device budget over the ranks (one MIN all-reduce at
+start-up), never one rank's own.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from longdraft.attention.choice import choose_ring_mode
+from longdraft.parallel.agree import agree_min
 from longdraft.sharding.layout import ShardGrid
+
+CPU_BUDGET_BYTES = 1 << 30
 
 
 def gathered_kv_bytes(training, text_config, precision: str = "fp32") -> int:
@@ -21,11 +29,27 @@ def gathered_kv_bytes(training, text_config, precision: str = "fp32") -> int:
     return 2 * kv_per_rank * padded * head_dim * (itemsize + 4)
 
 
-def ring_mode_for(training, text_config, device: torch.device, precision: str) -> str:
-    """``training.ring_mode`` with ``auto`` resolved: ``gather`` when the gathered K/V take at most
-    5% of the device's memory (1 GiB on CPU), else ``ring``."""
+def local_budget_bytes(device: torch.device) -> int:
+    """This rank's own budget for the gathered K/V: 5% of its device's memory (1 GiB on CPU)."""
     if device.type == "cuda":
-        budget = torch.cuda.get_device_properties(device).total_memory // 20
-    else:
-        budget = 1 << 30
-    return choose_ring_mode(training.ring_mode, gathered_kv_bytes(training, text_config, precision), budget)
+        return torch.cuda.get_device_properties(device).total_memory // 20
+    return CPU_BUDGET_BYTES
+
+
+def ring_mode_for(training, text_config, precision: str, budget_bytes: int) -> str:
+    """``training.ring_mode`` with ``auto`` resolved against ``budget_bytes`` (already agreed):
+    ``gather`` when the gathered K/V fit, else ``ring``."""
+    return choose_ring_mode(training.ring_mode, gathered_kv_bytes(training, text_config, precision), budget_bytes)
+
+
+def agreed_ring_mode(
+    training, text_config, precision: str, device: torch.device, group=None, local_budget: int | None = None
+) -> str:
+    """The ring mode every rank of ``group`` uses. ``auto``: decided from the smallest budget over
+    the ranks (a collective every rank issues, since the config is the same on all); an explicit
+    mode needs no agreement. ``local_budget`` (default: ``local_budget_bytes(device)``) is this
+    rank's own."""
+    if training.ring_mode != "auto":
+        return choose_ring_mode(training.ring_mode, 0, 0)
+    budget = agree_min(local_budget_bytes(device) if local_budget is None else local_budget, device, group)
+    return ring_mode_for(training, text_config, precision, budget)

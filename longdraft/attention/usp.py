@@ -16,22 +16,22 @@ from longdraft.attention.ring import RingComm, ring_attention_backward, ring_att
 from longdraft.attention.ring_gather import GatheredCausal, gather_ring
 from longdraft.attention.ttt_step import ttt_step_attention
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
+from longdraft.choices import SHARD_ORDERS, ShardOrder
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
-from longdraft.sharding.layout import LAYOUTS
 from longdraft.step_meter import StepMeter
 
 
 class _RingCausal:
     """The step-0 causal keys spread over the ring: blocks rotate, merged by log-sum-exp."""
 
-    def __init__(self, comm: RingComm, layout: str, meter: StepMeter | None):
-        self.comm, self.layout, self.meter = comm, layout, meter
+    def __init__(self, comm: RingComm, order: ShardOrder, meter: StepMeter | None):
+        self.comm, self.order, self.meter = comm, order, meter
 
     def forward(self, q, k, v, scale):
-        return ring_attention_forward(q, k, v, self.comm, self.layout, scale, self.meter)
+        return ring_attention_forward(q, k, v, self.comm, self.order, scale, self.meter)
 
     def backward(self, dout, q, k, v, out, lse, scale):
-        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.layout, scale, self.meter)
+        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.order, scale, self.meter)
 
 
 def _zigzag_to_chunks(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
@@ -51,7 +51,7 @@ def _chunks_to_zigzag(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
 class USPAttentionBackend:
     """Draft attention over a sequence split across the SP group of ``mesh``.
 
-    ``layout`` is the shard layout (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
+    ``order`` is the shard order (``contiguous`` or ``zigzag``, see ``sharding/layout.py``); it
     must match how the local tensors were sharded. ``ring_mode``: ``ring`` rotates the step-0 K/V
     around the ring at every TTT step; ``gather`` gathers them once per layer (``ring_gather.py``). ``meter`` (optional) collects the bytes sent and
     the time spent waiting on communication, and the attention time (ring waits included).
@@ -62,15 +62,15 @@ class USPAttentionBackend:
         mesh: USPMesh,
         num_heads: int,
         num_kv_heads: int,
-        layout: str = "contiguous",
+        order: ShardOrder = "contiguous",
         scale: float | None = None,
         ring_mode: str = "ring",
         meter: StepMeter | None = None,
     ):
         validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
-        if layout not in LAYOUTS:
-            raise ValueError(f"USP sequence layout {layout!r} is not one of {LAYOUTS}")
-        self.mesh, self.layout, self.scale, self.meter = mesh, layout, scale, meter
+        if order not in SHARD_ORDERS:
+            raise ValueError(f"USP shard order {order!r} is not one of {SHARD_ORDERS}")
+        self.mesh, self.order, self.scale, self.meter = mesh, order, scale, meter
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.kv_repeat = kv_replication_factor(num_heads, num_kv_heads, mesh.ulysses_size)
         self.ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
@@ -91,12 +91,12 @@ class USPAttentionBackend:
             )
         if (q.shape[0], q.shape[2]) != (k.shape[0], k.shape[2]):
             raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or local length")
-        if self.layout == "zigzag" and q.shape[2] % 2:
+        if self.order == "zigzag" and q.shape[2] % 2:
             raise ValueError(f"zigzag shards hold two equal segments; local length {q.shape[2]} is odd")
 
     def _to_ring(self, x: torch.Tensor) -> torch.Tensor:
         x = heads_to_sequence(x.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.meter)
-        return _zigzag_to_chunks(x, self.mesh.ulysses_size) if self.layout == "zigzag" else x
+        return _zigzag_to_chunks(x, self.mesh.ulysses_size) if self.order == "zigzag" else x
 
     def prepare(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Local ``[B, H, T_local, D]`` -> this ring rank's sequence with ``1/U`` of the heads."""
@@ -119,11 +119,11 @@ class USPAttentionBackend:
                 )
         if not self.gather:
             return ttt_step_attention(
-                q, keys, values, self.scale, _RingCausal(self.ring, self.layout, self.meter), self.meter
+                q, keys, values, self.scale, _RingCausal(self.ring, self.order, self.meter), self.meter
             )
         k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
         return ttt_step_attention(
-            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.layout), self.meter
+            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.order), self.meter
         )
 
     def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
@@ -137,6 +137,6 @@ class USPAttentionBackend:
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """Back to the local ``[B, num_heads, T_local, D]`` in the rank's own (shard) order."""
-        if self.layout == "zigzag":
+        if self.order == "zigzag":
             out = _chunks_to_zigzag(out, self.mesh.ulysses_size)
         return sequence_to_heads(out.contiguous(), self.mesh.ulysses_group, self.mesh.ulysses_size, self.meter)

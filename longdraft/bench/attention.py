@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from longdraft.attention.factory import make_attention_backend
 from longdraft.bench.rounds import best_of_rounds, select_layouts
+from longdraft.choices import RingMode, ShardOrder
 from longdraft.parallel.launch import run_ranks
 from longdraft.parallel.mesh import USPMesh, validate_usp_sizes
 from longdraft.sharding.layout import ShardLayout
@@ -54,9 +55,9 @@ class LayoutSpec:
     name: str
     ulysses: int = 1
     ring: int = 1
-    layout: str = "contiguous"
+    order: ShardOrder = "contiguous"
     usp: bool = True
-    ring_mode: str = "ring"
+    ring_mode: RingMode = "ring"
 
 
 def layouts_for(cfg: BenchConfig) -> list[LayoutSpec]:
@@ -123,11 +124,11 @@ def _rank_bench(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
             mesh=mesh,
             num_heads=cfg.heads,
             num_kv_heads=cfg.kv_heads,
-            layout=spec.layout,
+            order=spec.order,
             meter=meter,
             ring_mode=spec.ring_mode,
         )
-        batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.layout).local_queries
+        batch, seq = world, ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, 0, spec.order).local_queries
     else:
         backend = make_attention_backend("fast")
         batch, seq = 1, cfg.seq_len
@@ -185,7 +186,7 @@ def run_layout(cfg: BenchConfig, spec: LayoutSpec, timeout_s: float) -> dict:
         "rank_compute_s": [round(r["busy_s"] - r["comm_s"], 4) for r in per_rank],
         "ulysses": spec.ulysses if spec.usp else None,
         "ring": spec.ring if spec.usp else None,
-        "zigzag": spec.layout == "zigzag",
+        "zigzag": spec.order == "zigzag",
         "ring_mode": spec.ring_mode if spec.usp and spec.ring > 1 else None,
         "sequences": cfg.ranks,
         "local_tokens": per_rank[0]["local_tokens"],

@@ -55,4 +55,5 @@ def bench_shard(layout, sp_rank: int, hidden: int, target_vocab: int, device: to
         loss_mask=real.clone().to(device),
         is_real=real.to(device),
         positions=layout.query_positions(sp_rank).to(device),
+        lengths=(layout.length,),
     )

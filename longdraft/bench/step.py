@@ -91,11 +91,11 @@ def _rank_step(rank: int, world: int, cfg_dict: dict, spec_dict: dict) -> dict:
             mesh=mesh,
             num_heads=cfg.heads,
             num_kv_heads=cfg.kv_heads,
-            layout=spec.layout,
+            order=spec.order,
             ring_mode=spec.ring_mode,
             meter=meter,
         )
-        layout = ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, cfg.ttt, spec.layout)
+        layout = ShardLayout(cfg.seq_len, spec.ulysses, spec.ring, cfg.ttt, spec.order)
         batches = [
             bench_shard(layout, rank, cfg.hidden, cfg.target_vocab, device, head.dtype, seed=s) for s in range(world)
         ]

@@ -10,6 +10,7 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,8 @@ def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
 
 # ---------------------------------------------------------------- building a Config
 
+RENAMED_KEYS = {"training.ring_layout": "training.shard_order"}  # old -> new; the old key is read until 0.2
+
 
 class _Builder:
     def __init__(self) -> None:
@@ -121,6 +124,13 @@ class _Builder:
         self.pending: dict[str, tuple[Any, dataclasses.Field, Any, Any, str, Path | None]] = {}
 
     def set(self, dotted: str, value: Any, origin: str, base_dir: Path | None) -> None:
+        if dotted in RENAMED_KEYS:
+            warnings.warn(
+                f"{origin}: '{dotted}' is now '{RENAMED_KEYS[dotted]}' (the old name goes in 0.2)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            dotted = RENAMED_KEYS[dotted]
         parts = dotted.split(".")
         obj: Any = self.cfg
         for i, name in enumerate(parts):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from longdraft.attention.choice import choose_attention_backend
+from longdraft.choices import AttentionBackendName, RingMode, ShardOrder
 from longdraft.errors import UserError
 
 
@@ -57,14 +58,14 @@ class TrainingConfig:
     resume: bool = False
     eval_every: int = 0
     log_every: int = 1
-    attention_backend: Literal["auto", "fast", "reference", "usp"] = "auto"  # auto: usp when sp > 1
+    attention_backend: AttentionBackendName = "auto"  # auto: usp when sp > 1
     num_trainers: int = 1
     sp_ulysses_size: int = 1
     sp_ring_size: int = 1
-    ring_layout: Literal["contiguous", "zigzag"] = "contiguous"
+    shard_order: ShardOrder = "contiguous"  # was ring_layout (still read, with a warning, until 0.2)
     # gather: step-0 K/V exchanged once per layer for all TTT steps; ring: rotated every step;
     # auto: gather when the gathered K/V fit a memory estimate (attention/choice.py)
-    ring_mode: Literal["auto", "gather", "ring"] = "auto"
+    ring_mode: RingMode = "auto"
     loss_chunk_size: int = 1024
     activation_checkpointing: bool = False
     min_loss_tokens: int = 1

@@ -6,9 +6,12 @@ Parameter names equal the exported checkpoint keys (``fc.weight``, ``midlayer.*`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaRMSNorm,
@@ -17,6 +20,65 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from longdraft.attention.factory import AttentionBackend
+
+
+class SampleRotary(nn.Module):
+    """RoPE of whole samples: cos/sin at global positions, with the frequencies that the sample's
+    global length ``L`` selects.
+
+    transformers' rotary module picks ``dynamic`` and ``longrope`` frequencies from the largest
+    position of each call, and keeps them as state. A rank holding some positions of a sample, or a
+    TTT step (positions + k), would then rotate with other frequencies than one device holding the
+    sample. Here the frequencies are a pure function of (config, L): the ones transformers' module
+    uses when handed positions ``0..L-1`` in one call, from a fresh start.
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        self._init = (
+            LlamaRotaryEmbedding.compute_default_rope_parameters
+            if self.rope_type == "default"
+            else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
+        inv_freq, self.attention_scaling = self._init(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def frequencies(self, length: int) -> tuple[torch.Tensor, float]:
+        """(inverse frequencies, cos/sin scale) for a sample of ``length`` tokens."""
+        device = self.inv_freq.device
+        if "dynamic" in self.rope_type and length > self.config.max_position_embeddings:
+            # seq_len as a tensor, as transformers passes it: the same rounding of the new base
+            return self._init(self.config, device, seq_len=torch.tensor(length, device=device))
+        if self.rope_type == "longrope":
+            original = self.config.rope_parameters["original_max_position_embeddings"]
+            if length > original:
+                return self._init(self.config, device, seq_len=original + 1)[0], self.attention_scaling
+        return self.inv_freq, self.attention_scaling
+
+    @torch.no_grad()
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, lengths: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[B, T, D]`` at ``positions`` ``[B, T]``; row ``b`` uses the frequencies of a
+        sample of ``lengths[b]`` tokens (None: the largest position + 1, transformers' rule for a
+        call that holds the whole sequence, as serving does)."""
+        if lengths is None:
+            lengths = [int(positions.max()) + 1] * positions.shape[0]
+        if len(lengths) != positions.shape[0]:
+            raise ValueError(f"{len(lengths)} sample lengths for {positions.shape[0]} rows of positions")
+        if len(set(lengths)) == 1:
+            return self._cos_sin(x, positions, *self.frequencies(lengths[0]))
+        rows = [self._cos_sin(x, positions[b : b + 1], *self.frequencies(n)) for b, n in enumerate(lengths)]
+        return torch.cat([c for c, _ in rows]), torch.cat([s for _, s in rows])
+
+    @staticmethod
+    def _cos_sin(x, positions, inv_freq, scale):
+        # The same operations, in the same order, as transformers' module: bit-identical cos/sin.
+        freqs = positions[..., None].float() * inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * scale).to(dtype=x.dtype), (emb.sin() * scale).to(dtype=x.dtype)
 
 
 class DraftAttention(nn.Module):
@@ -70,7 +132,7 @@ class Eagle3Draft(nn.Module):
         self.midlayer = DraftDecoderLayer(config)
         self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False)
-        self.rotary = LlamaRotaryEmbedding(config)
+        self.rotary = SampleRotary(config)
         vocab, draft_vocab = config.vocab_size, config.draft_vocab_size
         self.register_buffer("d2t", torch.zeros(draft_vocab, dtype=torch.int64))
         self.register_buffer(
@@ -92,8 +154,10 @@ class Eagle3Draft(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(ids, self.embed_tokens)
 
-    def rope(self, x: torch.Tensor, positions: torch.Tensor):
-        return self.rotary(x, positions)
+    def rope(self, x: torch.Tensor, positions: torch.Tensor, lengths: Sequence[int] | None = None):
+        """cos/sin at global ``positions`` ``[B, T]``; ``lengths``: each row's sample length (training
+        always passes it, see ``SampleRotary``)."""
+        return self.rotary(x, positions, lengths)
 
     def layer_step(
         self,

@@ -82,7 +82,6 @@ def ttt_unroll(
     ``meter`` (optional) adds the loss's time (the attention backend times its own)."""
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
-    bsz = batch.batch_size
     feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -90,8 +89,7 @@ def ttt_unroll(
     normed, rows_used = [], []
     for k in range(ttt_length):
         embedding = model.embed(_queries(batch.input_ids, k + 1, c))
-        positions = (batch.positions + k).unsqueeze(0).expand(bsz, -1)
-        cos, sin = model.rope(feature, positions)
+        cos, sin = rope_at_step(model, batch, feature, k)
         if activation_checkpointing:
             feature, key, value = checkpoint(
                 _step, model, embedding, feature, cos, sin, backend, len(keys), *keys, *values, use_reentrant=False
@@ -126,6 +124,13 @@ def ttt_unroll(
     # A shard without loss tokens must still run every collective of the backward (ARCHITECTURE.md, invariant 1).
     loss = loss + 0.0 * feature.float().sum()
     return UnrollResult(loss, sums.detach(), torch.stack(corrects), torch.stack(counts), torch.stack(chains))
+
+
+def rope_at_step(model: Eagle3Draft, batch: ShardBatch, x: torch.Tensor, k: int):
+    """cos/sin of TTT step ``k``: each query's global position + k, with the frequencies of its
+    sample's global length (never of the positions this shard happens to hold)."""
+    positions = (batch.positions + k).unsqueeze(0).expand(batch.batch_size, -1)
+    return model.rope(x, positions, batch.lengths)
 
 
 def _target_rows(batch: ShardBatch, c: int) -> torch.Tensor:

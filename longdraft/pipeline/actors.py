@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from longdraft.config import Config
+from longdraft.device import placed_device
 from longdraft.pipeline.controller import Controller
 from longdraft.pipeline.producer import Producer
 from longdraft.pipeline.trainer_rank import TrainerRank
@@ -17,7 +18,7 @@ class _ProducerWithEngine(Producer):
 
         torch.set_num_threads(1)
         t = cfg.training
-        device = torch.device("cuda" if torch.cuda.is_available() and t.device != "cpu" else "cpu")
+        device = placed_device(t.device)
         store = store_factory()
         engine = build_engine(cfg, device, output_device=torch.device("cpu"), store=store)
         super().__init__(producer_id, engine, store, ShardGrid.from_training(t), run_key)

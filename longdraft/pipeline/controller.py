@@ -11,8 +11,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PromptItem, SampleMeta
+
+if TYPE_CHECKING:
+    from longdraft.pipeline.prompt_feed import FeedSpec
 
 RESTART_WAIT_S = 600.0  # how long a restarting producer may keep refusing calls
 
@@ -30,7 +34,7 @@ class Controller:
 
     def __init__(
         self,
-        feed_args: tuple,
+        feed: FeedSpec,
         producers: list,
         queues: list[list],
         batch_size: int,
@@ -42,7 +46,7 @@ class Controller:
     ):
         from longdraft.pipeline.prompt_feed import PromptFeed
 
-        self.feed = PromptFeed(*feed_args)  # (cfg, start_step, start_position): the stream is read here
+        self.feed = PromptFeed(feed)  # the stream is read here, in the controller's process
         self.held_out = held_out
         self.producers = producers
         self.queues = queues  # [dp][sp_rank] -> ray.util.queue.Queue

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
+from longdraft.pipeline.decisions import decided_for_ranks
+from longdraft.pipeline.prompt_feed import FeedSpec
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
 from longdraft.pipeline.sizes import sample_sizes
@@ -138,7 +140,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             for i in range(cfg.inference.num_producers)
         ]
         controller = controller_actor().remote(
-            (cfg, start_step, start_position),
+            FeedSpec(cfg, start_step, start_position),
             producers,
             queues,
             t.batch_size,
@@ -148,11 +150,12 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             max_inflight_bytes=_inflight_budget(cfg, store),
             sizes=sizes,
         )
+        rank_cfg = decided_for_ranks(cfg, placement.use_gpu)  # the same device, precision, backend on every rank
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
                 rank,
                 world,
-                cfg,
+                rank_cfg,
                 queues[rank // sp][rank % sp],
                 controller,
                 store.trainer_factory(),

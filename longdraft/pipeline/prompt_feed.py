@@ -7,19 +7,30 @@ ahead of the trainers), so neither start-up time nor memory grows with the data 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from longdraft.config import Config
 from longdraft.pipeline.records import PromptItem
 from longdraft.train.setup import load_tokenizer, training_stream
 
 
+@dataclass(frozen=True)
+class FeedSpec:
+    """Where the run's prompts start; picklable, so the driver hands it to the controller's actor,
+    which opens the stream itself (the driver never reads the training data)."""
+
+    cfg: Config
+    start_step: int  # the first step this run trains (the checkpoint's step on resume, else 0)
+    start_position: int  # the stream row that step starts at
+
+
 class PromptFeed:
-    def __init__(self, cfg: Config, start_step: int, start_position: int):
-        t = cfg.training
-        self.stream = training_stream(cfg, load_tokenizer(cfg), start_position)
+    def __init__(self, spec: FeedSpec):
+        cfg, t = spec.cfg, spec.cfg.training
+        self.stream = training_stream(cfg, load_tokenizer(cfg), spec.start_position)
         self.batch_size = t.batch_size
-        self.total = (t.num_steps - start_step) * t.batch_size  # prompts this run trains
-        self._next_seq = start_step * t.batch_size
+        self.total = (t.num_steps - spec.start_step) * t.batch_size  # prompts this run trains
+        self._next_seq = spec.start_step * t.batch_size
         self._drawn = 0
         self._ready: deque[PromptItem] = deque()
 

@@ -11,6 +11,7 @@ import math
 import queue as local_queue
 import threading
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -21,6 +22,20 @@ from longdraft.sharding.header import ShardMismatchError
 from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.reader import read_shard, should_skip
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
+
+
+@dataclass
+class ReadCounters:
+    """What a rank read from the store; ``full_sample_bytes`` and ``sample_rows`` are what the whole
+    samples would have cost, so the report shows each rank reading only its share."""
+
+    samples_read: int = 0
+    samples_skipped: int = 0
+    bytes_read: int = 0
+    full_sample_bytes: int = 0
+    rows_read: int = 0
+    sample_rows: int = 0
+    keys_deleted: int = 0
 
 
 class ShardSource:
@@ -34,13 +49,12 @@ class ShardSource:
         store,
         device: torch.device,
         start_position: int,
-        report: dict,
     ):
         self.cfg, self.rank, self.sp_rank = cfg, rank, sp_rank
         self.queue, self.controller, self.store, self.device = queue, controller, store, device
         self.position = start_position  # the controller's stream starts here
         self._epoch = 0
-        self.report = report
+        self._counts = ReadCounters()  # written by the prefetch thread only
         self.grid = ShardGrid.from_training(cfg.training)
         self.timeout_s = cfg.cluster.data_timeout_s
         self._prefetched: local_queue.Queue = local_queue.Queue(maxsize=2 * cfg.accumulation_steps)
@@ -89,6 +103,10 @@ class ShardSource:
                 self.controller.mark.remote(skipped, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
         self.position, self._epoch = items[-1][0].stream_position, items[-1][0].epoch  # the same for the whole batch
         return StepBatches(batches, len(batches), len(skipped), wait)
+
+    def counters(self) -> dict[str, int]:
+        """The rank's read counters, for its report (read them after the last step)."""
+        return asdict(self._counts)
 
     def finish(self) -> None:
         end = self._next()
@@ -140,17 +158,17 @@ class ShardSource:
                 f"{self.grid.for_length(meta.length)}"
             )
         shard = self.store.get_shard(meta.handle, self.sp_rank, delete=True)
-        r = self.report
-        r["samples_read"] += 1
-        r["keys_deleted"] += 1
-        r["bytes_read"] += sum(t.numel() * t.element_size() for t in shard.values())
-        r["full_sample_bytes"] += sum(
+        n = self._counts
+        n.samples_read += 1
+        n.keys_deleted += 1
+        n.bytes_read += sum(t.numel() * t.element_size() for t in shard.values())
+        n.full_sample_bytes += sum(
             math.prod(shape) * getattr(torch, meta.dtypes[name]).itemsize for name, shape in meta.shapes.items()
         )
-        r["rows_read"] += int(shard["input_ids"].shape[0])
-        r["sample_rows"] += meta.length
+        n.rows_read += int(shard["input_ids"].shape[0])
+        n.sample_rows += meta.length
         if not meta.held_out and should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):
-            r["samples_skipped"] += 1
+            n.samples_skipped += 1
             return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike
         batch = read_shard(shard, meta.layout, self.sp_rank, meta.packed_loss_mask, key=f"{meta.key}_usp{self.sp_rank}")
         return meta, batch.to(self.device)

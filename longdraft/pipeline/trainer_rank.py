@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.ring_mode import ring_mode_for
+from longdraft.attention.ring_mode import agreed_ring_mode
 from longdraft.config import Config
 from longdraft.data.vocab import VocabMapping
+from longdraft.device import resolve_device
 from longdraft.parallel.reduction import SumReducer
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
@@ -26,7 +27,6 @@ from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.rank_context import RankContext
 from longdraft.train.setup import build_train_parts, target_text_config
-from longdraft.train.step import resolve_precision
 
 
 class TrainerRank:
@@ -62,13 +62,6 @@ class TrainerRank:
             "node_ip": self.node_ip,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "samples_read": 0,
-            "samples_skipped": 0,
-            "bytes_read": 0,
-            "full_sample_bytes": 0,
-            "rows_read": 0,
-            "sample_rows": 0,
-            "keys_deleted": 0,
             "data_wait_s": 0.0,
             "step_s": 0.0,
             "peak_mem_bytes": [],
@@ -87,8 +80,7 @@ class TrainerRank:
         from longdraft.parallel.mesh import USPMesh, process_group_backend
 
         t = self.cfg.training
-        use_cuda = torch.cuda.is_available() and t.device != "cpu"
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        self.device = resolve_device(t.device)  # decided by the driver (pipeline/decisions.py)
         self.report["rendezvous"] = init_method
         dist.init_process_group(
             process_group_backend(self.device.type),
@@ -103,16 +95,14 @@ class TrainerRank:
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
         vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
         self.parts = build_train_parts(self.cfg, vocab, self.device)
-        self.report["ring_mode"] = ring_mode = ring_mode_for(
-            t, text_config, self.device, resolve_precision(t.precision, self.device)
-        )
+        self.report["ring_mode"] = ring_mode = agreed_ring_mode(t, text_config, t.precision, self.device)
         self.meter = StepMeter.for_device(self.device)
         self.backend = make_attention_backend(
             self.cfg.attention_backend,
             mesh=self.mesh,
             num_heads=heads,
             num_kv_heads=kv_heads,
-            layout=t.ring_layout,
+            order=t.shard_order,
             ring_mode=ring_mode,
             meter=self.meter,
         )
@@ -127,7 +117,6 @@ class TrainerRank:
             self.store,
             self.device,
             self.start_position,
-            self.report,
         )
 
     def train(self) -> dict:
@@ -146,6 +135,7 @@ class TrainerRank:
         self.report["time_s_per_step"] = result.rank_time_s
         self.report["peak_mem_bytes"] = result.rank_peak_mem_bytes
         self.report["store"] = self.store.stats()
+        self.report.update(self.source.counters())
         ranks_dir = Path(self.cfg.output.dir) / "ranks"
         ranks_dir.mkdir(parents=True, exist_ok=True)
         (ranks_dir / f"rank{self.rank}.json").write_text(json.dumps(self.report, indent=2) + "\n")

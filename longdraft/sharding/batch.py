@@ -14,7 +14,8 @@ class ShardBatch:
     input_ids ``[B, n_seg, c+K]``; aux_hidden ``[B, n_seg, c+K, 3H]``; last_hidden ``[B, n_seg, c+K, H]``
     (target hidden after its final norm); loss_mask ``[B, n_seg, c+K]``; is_real ``[B, n_seg, c+K]``
     (the position is a token of the sequence, not tail padding); positions ``[n_seg*c]`` global
-    position of every query.
+    position of every query; lengths: the global length ``L`` of each row's sample (RoPE variants
+    such as ``dynamic`` pick their frequencies from it, so every shard of a sample rotates alike).
     """
 
     input_ids: torch.Tensor
@@ -23,9 +24,12 @@ class ShardBatch:
     loss_mask: torch.Tensor
     is_real: torch.Tensor
     positions: torch.Tensor
+    lengths: tuple[int, ...]
 
     def to(self, device) -> ShardBatch:
-        return ShardBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return ShardBatch(
+            *(getattr(self, f.name).to(device) for f in fields(self) if f.name != "lengths"), lengths=self.lengths
+        )
 
     @property
     def batch_size(self) -> int:
@@ -52,7 +56,7 @@ def stack_batches(batches: list[ShardBatch]) -> ShardBatch:
     stacked = {
         f.name: torch.cat([pad(getattr(b, f.name)) for b in batches])
         for f in fields(ShardBatch)
-        if f.name != "positions"
+        if f.name not in ("positions", "lengths")
     }
     positions = max((b.positions for b in batches), key=lambda p: p.numel())
-    return ShardBatch(positions=positions, **stacked)
+    return ShardBatch(positions=positions, lengths=tuple(n for b in batches for n in b.lengths), **stacked)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from longdraft.sharding.layout import LAYOUTS, ShardLayout
+from longdraft.choices import ShardOrder
+from longdraft.sharding.layout import ShardLayout
 
 HEADER_KEY = "shard_header"
 """Name of the int64 tensor that carries a shard's `ShardHeader` next to its data tensors."""
@@ -18,7 +19,10 @@ class ShardMismatchError(ValueError):
     """A shard's header or shape disagrees with what the reader computed from metadata."""
 
 
-_LAYOUT_CODE = {name: i for i, name in enumerate(LAYOUTS)}
+# The order travels as a fixed integer code: shards written before the rename (when the field was
+# called ``layout``) read back the same, so the code table never changes, only grows.
+_ORDER_CODES: dict[ShardOrder, int] = {"contiguous": 0, "zigzag": 1}
+_ORDER_BY_CODE = {code: order for order, code in _ORDER_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class ShardHeader:
     rank: int  # r
     starts: tuple[int, ...]
     valids: tuple[int, ...]
-    layout: str
+    order: ShardOrder
 
     def to_tensor(self) -> torch.Tensor:
         """int64 [8 + 2*n_seg]: travels with the shard's tensors through any store."""
@@ -42,7 +46,7 @@ class ShardHeader:
             self.ring,
             self.ttt_length,
             self.rank,
-            _LAYOUT_CODE[self.layout],
+            _ORDER_CODES[self.order],
             len(self.starts),
         ]
         return torch.tensor(head + list(self.starts) + list(self.valids), dtype=torch.int64)
@@ -50,10 +54,12 @@ class ShardHeader:
     @classmethod
     def from_tensor(cls, t: torch.Tensor, key: str = "?") -> ShardHeader:
         v = [int(x) for x in t.flatten().tolist()]
-        if len(v) < 8 or len(v) != 8 + 2 * v[7] or not 0 <= v[6] < len(LAYOUTS):
+        if len(v) < 8 or len(v) != 8 + 2 * v[7] or v[6] not in _ORDER_BY_CODE:
             raise ShardMismatchError(f"shard {key}: '{HEADER_KEY}' tensor {v} is not a valid shard header")
         n = v[7]
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], tuple(v[8 : 8 + n]), tuple(v[8 + n : 8 + 2 * n]), LAYOUTS[v[6]])
+        return cls(
+            v[0], v[1], v[2], v[3], v[4], v[5], tuple(v[8 : 8 + n]), tuple(v[8 + n : 8 + 2 * n]), _ORDER_BY_CODE[v[6]]
+        )
 
 
 def expected_header(layout: ShardLayout, r: int) -> ShardHeader:
@@ -67,7 +73,7 @@ def expected_header(layout: ShardLayout, r: int) -> ShardHeader:
         r,
         tuple(s.start for s in segs),
         tuple(s.valid for s in segs),
-        layout.layout,
+        layout.order,
     )
 
 

@@ -9,6 +9,8 @@ Inputs: global length ``L`` (after truncation), Ulysses size ``U``, ring size ``
 global tokens, which feed the per-step left shifts of ids, targets and masks without any
 communication); positions ``>= L`` are zero rows. Padding exists only at the global tail.
 
+The *order* (``contiguous`` or ``zigzag``) says which positions go to which rank:
+
 - ``contiguous``: ``C = ceil(L / S)``; one segment ``[r*C, r*C + C + K)``; local length
   ``C + K``. After the Ulysses all-to-all ring rank ``q`` holds ``[q*U*C, (q+1)*U*C)``.
 - ``zigzag``: ``c = ceil(L / (2S))``; the sequence is cut into ``2R`` chunks of ``U*c``;
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-LAYOUTS: tuple[str, ...] = ("contiguous", "zigzag")
+from longdraft.choices import SHARD_ORDERS, ShardOrder
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,11 @@ class ShardLayout:
     ulysses: int  # U
     ring: int  # R
     ttt_length: int  # K
-    layout: str = "contiguous"
+    order: ShardOrder = "contiguous"
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"shard layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.order not in SHARD_ORDERS:
+            raise ValueError(f"shard order {self.order!r} is not one of {SHARD_ORDERS}")
         if self.length < 1:
             raise ValueError(f"global length L={self.length}; expected >= 1")
         if self.ulysses < 1 or self.ring < 1:
@@ -56,7 +58,7 @@ class ShardLayout:
 
     @property
     def num_segments(self) -> int:
-        return 1 if self.layout == "contiguous" else 2
+        return 1 if self.order == "contiguous" else 2
 
     @property
     def segment_queries(self) -> int:
@@ -89,7 +91,7 @@ class ShardLayout:
     def segments(self, r: int) -> list[Segment]:
         q, u = self.coords(r)
         n = self.segment_queries
-        if self.layout == "contiguous":
+        if self.order == "contiguous":
             starts = [r * n]
         else:
             chunk = self.ulysses * n
@@ -123,7 +125,7 @@ class ShardLayout:
             raise ValueError(f"ring rank {q} is outside [0, {self.ring})")
         chunk = self.ulysses * self.segment_queries
         steps = torch.arange(chunk, dtype=torch.int64)
-        if self.layout == "contiguous":
+        if self.order == "contiguous":
             return q * chunk + steps
         return torch.cat([q * chunk + steps, (2 * self.ring - 1 - q) * chunk + steps])
 
@@ -137,18 +139,18 @@ class ShardGrid:
     """How every sample of a run is sharded; ``for_length(L)`` is one sample's ``ShardLayout``.
 
     Built once from ``training`` (``sp_ulysses_size``, ``sp_ring_size``, ``ttt_length``,
-    ``ring_layout``), so producers and trainer ranks carry K and the layout in one object.
+    ``shard_order``), so producers and trainer ranks carry K and the order in one object.
     """
 
     ulysses: int
     ring: int
     ttt_length: int
-    layout: str = "contiguous"
+    order: ShardOrder = "contiguous"
 
     @classmethod
     def from_training(cls, training) -> ShardGrid:
         t = training
-        return cls(t.sp_ulysses_size, t.sp_ring_size, t.ttt_length, t.ring_layout)
+        return cls(t.sp_ulysses_size, t.sp_ring_size, t.ttt_length, t.shard_order)
 
     def for_length(self, length: int) -> ShardLayout:
-        return ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.layout)
+        return ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.order)

@@ -51,6 +51,7 @@ def read_shard(
         loss_mask=segments(local_loss_mask(packed_loss_mask, layout, r, dtype=torch.bool)),
         is_real=segments(layout.valid_mask(r)),
         positions=layout.query_positions(r),
+        lengths=(layout.length,),
     )
 
 

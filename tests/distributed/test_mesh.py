@@ -70,7 +70,7 @@ def test_kv_heads_are_replicated_to_split_over_ulysses(heads, kv, U, factor) -> 
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("layout", shard_layout.LAYOUTS)
+@pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 @pytest.mark.parametrize("U,R", [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 4), (2, 3)])
 @pytest.mark.parametrize("L", [1, 5, 13, 24, 25])
 def test_layout_positions_partition_the_padded_sequence(layout, U, R, L) -> None:
@@ -104,7 +104,7 @@ def test_layout_matches_the_shard_contract() -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("layout", shard_layout.LAYOUTS)
+@pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 def test_scatter_gather_round_trip_pads_only_the_tail(layout) -> None:
     full = torch.arange(2 * 13 * 3, dtype=torch.float32).view(2, 13, 3) + 1
     shards = shard_layout.scatter_sequence(full, 2, 2, layout)
@@ -117,7 +117,7 @@ def test_scatter_gather_round_trip_pads_only_the_tail(layout) -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("layout", shard_layout.LAYOUTS)
+@pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 def test_query_positions_do_not_depend_on_the_lookahead(layout) -> None:
     # Writers shard with K look-ahead rows, the attention code reasons without them: the query
     # positions must be the same either way.

@@ -39,7 +39,7 @@ def _pairs_computed(layout: str, U: int, R: int, L: int, ring: int) -> list[tupl
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("layout", shard_layout.LAYOUTS)
+@pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 @pytest.mark.parametrize("U,R,L", [(1, 1, 5), (1, 2, 9), (2, 2, 13), (1, 3, 11), (1, 4, 16), (2, 4, 19)])
 def test_plan_scores_every_causal_pair_exactly_once(layout, U, R, L) -> None:
     for ring in range(R):
@@ -55,7 +55,8 @@ def test_plan_scores_every_causal_pair_exactly_once(layout, U, R, L) -> None:
 def test_zigzag_balances_the_causal_work(R) -> None:
     L = 64 * R
     work = {
-        layout: [len(_pairs_computed(layout, 1, R, L, ring)) for ring in range(R)] for layout in shard_layout.LAYOUTS
+        layout: [len(_pairs_computed(layout, 1, R, L, ring)) for ring in range(R)]
+        for layout in shard_layout.SHARD_ORDERS
     }
     contiguous, zigzag = work["contiguous"], work["zigzag"]
     assert contiguous[-1] > (2 * R - 1) * contiguous[0] * 0.9  # last rank: about (2R-1)x the first

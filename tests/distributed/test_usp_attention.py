@@ -130,7 +130,7 @@ def _run_attention_case(mesh: USPMesh, case: Case, seed: int) -> dict:
     loc_q = [shard(t).requires_grad_() for t in full_q]
     loc_k = [shard(t).requires_grad_() for t in full_k]
     loc_v = [shard(t).requires_grad_() for t in full_v]
-    backend = USPAttentionBackend(mesh, H, Hkv, layout=case.layout, ring_mode=case.ring_mode)
+    backend = USPAttentionBackend(mesh, H, Hkv, order=case.layout, ring_mode=case.ring_mode)
     valid = shard_layout.query_positions(L, U, R, sp, case.layout) < L
     keys, values, loss, result = [], [], 0.0, {"out": 0.0, "grad": 0.0, "out_rel": 0.0, "grad_rel": 0.0}
     for k in range(K):
@@ -232,7 +232,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
 
     loc_inputs = [shard(t).requires_grad_() for t in full_inputs]
     loc_mask = shard(full_mask[None])[0]
-    backend = USPAttentionBackend(mesh, case.heads, case.kv_heads, layout=case.layout, ring_mode=case.ring_mode)
+    backend = USPAttentionBackend(mesh, case.heads, case.kv_heads, order=case.layout, ring_mode=case.ring_mode)
     outs = model(loc_inputs, positions, backend)
     local_sum, local_count = _masked_loss(outs, [shard(w) for w in weights], loc_mask)
     count = local_count.clone()

@@ -65,6 +65,7 @@ def _shard(sample, layout, r):
         part(sample["loss_mask"]),
         layout.valid_mask(r).reshape(1, n_seg, seg),
         layout.query_positions(r),
+        (layout.length,),
     )
 
 

@@ -90,7 +90,7 @@ def test_round_trip_bit_exact(master, store) -> None:
         (torch.float32, ShardLayout(13, 2, 2, 3, "contiguous")),  # S=4, L not divisible by S
         (torch.bfloat16, ShardLayout(13, 2, 2, 3, "zigzag")),
     ]
-    keys = [f"rt_{layout.layout}" for _, layout in cases]
+    keys = [f"rt_{layout.order}" for _, layout in cases]
     samples = [
         split_sample(make_sample(layout.length, 8, dtype, seed=i), layout) for i, (dtype, layout) in enumerate(cases)
     ]

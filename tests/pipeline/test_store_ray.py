@@ -64,8 +64,8 @@ def test_round_trip_each_rank_reads_only_its_shard(ray_session) -> None:
     readers = [ShardReader.remote() for _ in range(2)]
     writer = RayTensorStore()
     total_bytes = 0
-    for i, (dtype, layout_name) in enumerate([(torch.float32, "contiguous"), (torch.bfloat16, "zigzag")]):
-        layout = ShardLayout(13, 2, 2, 3, layout_name)  # S=4, L not divisible by S
+    for i, (dtype, order) in enumerate([(torch.float32, "contiguous"), (torch.bfloat16, "zigzag")]):
+        layout = ShardLayout(13, 2, 2, 3, order)  # S=4, L not divisible by S
         shards = split_sample(make_sample(layout.length, 8, dtype, seed=i), layout)
         handle = writer.put_sample(f"sample{i}", shards)
         assert handle.shard_nbytes == tuple(shard_nbytes(s) for s in shards)

@@ -46,7 +46,7 @@ def test_defaults_paths_and_scientific_floats(tmp_path):
     assert cfg.training.lr == pytest.approx(1e-4) and isinstance(cfg.training.lr, float)
     t = cfg.training
     assert (t.max_seq_length, t.ttt_length, t.micro_batch_size, t.max_grad_norm) == (2048, 7, 1, 0.5)
-    assert (t.attention_backend, t.precision, t.ring_layout, t.device) == ("auto", "auto", "contiguous", "auto")
+    assert (t.attention_backend, t.precision, t.shard_order, t.device) == ("auto", "auto", "contiguous", "auto")
     assert cfg.attention_backend == "fast" and cfg.inference.engine == "hf"
     assert cfg.store.backend == "ray" and cfg.store.mooncake.metadata_server == "P2PHANDSHAKE"
     assert cfg.store.mooncake.master_address is None and cfg.store.mooncake.global_segment_size_mb is None
@@ -122,7 +122,7 @@ def test_wrong_types_name_key_value_expected_and_line(tmp_path):
         ("training.precision=fp16", "training.precision", "'auto', 'fp32', 'bf16'"),
         ("training.attention_backend=flash", "training.attention_backend", "'auto', 'fast', 'reference', 'usp'"),
         ("inference.engine=sglang", "inference.engine", "'hf'"),
-        ("training.ring_layout=striped", "training.ring_layout", "'contiguous', 'zigzag'"),
+        ("training.shard_order=striped", "training.shard_order", "'contiguous', 'zigzag'"),
         ("data.on_bad_row=ignore", "data.on_bad_row", "'error', 'skip'"),
         ("store.backend=redis", "store.backend", "'ray', 'mooncake'"),
         ("model.target_dtype=fp16", "model.target_dtype", "'auto', 'fp32', 'bf16'"),
@@ -133,6 +133,15 @@ def test_bad_enums_list_the_valid_choices(tmp_path, override, key, choices):
     msg = error_of(write(tmp_path, BASE_YAML), [override])
     value = override.split("=")[1]
     assert key in msg and repr(value) in msg and choices in msg
+
+
+def test_the_old_ring_layout_key_is_read_as_shard_order_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match=r"'training.ring_layout' is now 'training.shard_order'") as caught:
+        cfg = load_config(write(tmp_path, BASE_YAML), ["training.ring_layout=zigzag"])
+    assert cfg.training.shard_order == "zigzag" and len(caught) == 1 and "\n" not in str(caught[0].message)
+    with pytest.warns(FutureWarning):
+        msg = error_of(write(tmp_path, BASE_YAML), ["training.ring_layout=striped"])
+    assert "training.shard_order" in msg and "'striped'" in msg
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,8 @@ from tests.layout_positions import gather_shards
 
 LENGTHS = [1, 2, 3, 5, 7, 8, 13, 16, 31, 64, 97]
 GRIDS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 3), (2, 3), (4, 2)]  # (U, R)
-LAYOUT_NAMES = ["contiguous", "zigzag"]
-CASES = [
-    ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], LAYOUT_NAMES)
-]
+ORDERS = ["contiguous", "zigzag"]
+CASES = [ShardLayout(L, U, R, K, lay) for L, (U, R), K, lay in itertools.product(LENGTHS, GRIDS, [0, 1, 3, 7], ORDERS)]
 
 
 def _positions_tensor(length: int) -> torch.Tensor:
@@ -33,10 +31,10 @@ def _positions_tensor(length: int) -> torch.Tensor:
     return torch.stack([v, -v], dim=1)
 
 
-@pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
-def test_writer_and_reader_agree(layout_name: str) -> None:
+@pytest.mark.parametrize("order", ORDERS)
+def test_writer_and_reader_agree(order: str) -> None:
     for layout in CASES:
-        if layout.layout == layout_name:
+        if layout.order == order:
             _check_agreement(layout)
 
 
@@ -82,7 +80,7 @@ def _check_ring_positions(layout: ShardLayout) -> None:
     for q in range(layout.ring):
         group = torch.cat([layout.query_positions(q * U + u) for u in range(U)])
         ring = layout.ring_positions(q)
-        if layout.layout == "contiguous":
+        if layout.order == "contiguous":
             assert torch.equal(ring, group)  # a plain concatenation over u
             assert torch.equal(ring, torch.arange(q * U * layout.segment_queries, (q + 1) * U * layout.segment_queries))
         else:
@@ -137,7 +135,7 @@ def test_header_round_trip_and_tamper_refused() -> None:
     tampered[HEADER_KEY] = h
     with pytest.raises(ShardMismatchError, match="rank=0 \\(expected 2\\)"):
         check_shard(tampered, lay, 2)
-    with pytest.raises(ShardMismatchError, match="layout="):
+    with pytest.raises(ShardMismatchError, match="order=contiguous \\(expected zigzag\\)"):
         check_header(expected_header(ShardLayout(13, 2, 2, 3), 0), expected_header(lay, 0))
     short = dict(shards[0], aux_hidden=shards[0]["aux_hidden"][:-1])
     with pytest.raises(ShardMismatchError, match="aux_hidden"):
@@ -146,13 +144,13 @@ def test_header_round_trip_and_tamper_refused() -> None:
         ShardHeader.from_tensor(torch.tensor([1, 2, 3]))
 
 
-@pytest.mark.parametrize("layout_name", ["contiguous", "zigzag"])
-def test_local_loss_mask_matches_global_mask(layout_name: str) -> None:
+@pytest.mark.parametrize("order", ["contiguous", "zigzag"])
+def test_local_loss_mask_matches_global_mask(order: str) -> None:
     g = torch.Generator().manual_seed(0)
     full = (torch.rand(40, generator=g) > 0.5).long()
     packed = pack_loss_mask(full)
     for L in (40, 29, 45):  # equal, truncated, zero-padded past the stored mask
-        lay = ShardLayout(L, 2, 2, 3, layout_name)
+        lay = ShardLayout(L, 2, 2, 3, order)
         global_mask = unpack_loss_mask(packed, L)
         for r in range(lay.sp_size):
             local = local_loss_mask(packed, lay, r)
@@ -186,3 +184,12 @@ def test_bad_inputs_are_named() -> None:
         ShardLayout(8, 2, 2, 1).segments(4)
     with pytest.raises(ValueError, match="reserved"):
         split_sample({HEADER_KEY: torch.zeros(8)}, ShardLayout(8, 1, 1, 1))
+
+
+def test_header_order_codes_are_the_on_wire_ones() -> None:
+    """The order travels as a fixed code (0 contiguous, 1 zigzag), as before the field was renamed
+    from ``layout``: shards written by an older writer still read back."""
+    for order, code in (("contiguous", 0), ("zigzag", 1)):
+        header = expected_header(ShardLayout(13, 2, 2, 3, order), 1)
+        assert int(header.to_tensor()[6]) == code
+        assert ShardHeader.from_tensor(header.to_tensor()).order == order

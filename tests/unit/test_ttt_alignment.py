@@ -21,7 +21,9 @@ def _spy_run(monkeypatch):
     seen = {"ids": [], "positions": [], "target_rows": []}
     embed, rope, loss = model.embed, model.rope, ttt.soft_cross_entropy_steps
     monkeypatch.setattr(model, "embed", lambda ids: (seen["ids"].append(ids.clone()), embed(ids))[1])
-    monkeypatch.setattr(model, "rope", lambda x, pos: (seen["positions"].append(pos.clone()), rope(x, pos))[1])
+    monkeypatch.setattr(
+        model, "rope", lambda x, pos, lengths: (seen["positions"].append(pos.clone()), rope(x, pos, lengths))[1]
+    )
 
     def loss_spy(xs, rows, w, th, tw, chunk, meter=None):
         seen["target_rows"] += [th[r, 0].clone() for r in rows]
