@@ -184,7 +184,7 @@ class VLLMTargetEngine(TargetEngine):
     def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
         from safetensors.torch import load_file
 
-        from longdraft.engines.vllm_capture import CapturePlan, features_path
+        from longdraft.engines.vllm_capture_plan import CapturePlan, features_path
 
         plans = [CapturePlan(prefix=self._prefix()) for _ in batch]
         self._run(batch, plans, [f"batch index {b}" for b in range(len(batch))])
@@ -198,7 +198,7 @@ class VLLMTargetEngine(TargetEngine):
     def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[WrittenSample] | None:
         """The workers split and put each request's shards; None when they cannot write to ``store``
         (the Ray store, or an engine started without a store)."""
-        from longdraft.engines.vllm_capture import CapturePlan
+        from longdraft.engines.vllm_capture_plan import CapturePlan
 
         if self._writer_spec is None or store.worker_spec() is None:
             return None
@@ -256,7 +256,7 @@ class VLLMTargetEngine(TargetEngine):
 
     def _wait(self, plan, name: str) -> dict:
         """The connector's status for one request, once it released the request's lock."""
-        from longdraft.engines.vllm_capture import lock_path, status_path
+        from longdraft.engines.vllm_capture_plan import lock_path, status_path
 
         deadline = time.monotonic() + self.wait_timeout_s
         try:
