@@ -6,7 +6,9 @@ import torch
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The target's final RMSNorm, computed as HF Llama/Qwen do (fp32 statistics)."""
+    """The target's final RMSNorm, computed as HF Llama/Qwen do (fp32 statistics). ``weight`` is read
+    on the CPU from the checkpoint while ``x`` sits where the engine keeps its cache (a GPU): it
+    follows ``x`` (a no-op once the caller keeps it there)."""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.to(x.dtype) * h.to(x.dtype)
+    return weight.to(device=x.device, dtype=x.dtype) * h.to(x.dtype)

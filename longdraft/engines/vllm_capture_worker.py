@@ -120,7 +120,9 @@ class CaptureWorker:
         if self._norm is None:
             from longdraft.engines.head_weights import load_final_norm
 
-            self._norm = load_final_norm(self._target_path)
+            assert self._cache is not None
+            weight, eps = load_final_norm(self._target_path)
+            self._norm = weight.to(device=self._cache.device, dtype=self._cache.dtype), eps  # moved once
         return self._norm
 
     def _writer(self):
