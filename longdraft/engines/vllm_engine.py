@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
 from longdraft.engines.head_weights import read_target_config
+from longdraft.engines.spool import create_spool
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
@@ -78,10 +78,6 @@ def dtype_bytes(vllm_dtype_name: str) -> int:
     return 4 if vllm_dtype_name == "float32" else 2
 
 
-def _spool_root() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
 class VLLMTargetEngine(TargetEngine):
     def __init__(
         self,
@@ -113,7 +109,7 @@ class VLLMTargetEngine(TargetEngine):
         self.path = path
         self.wait_timeout_s = wait_timeout_s
         self._writer_spec = store.worker_spec() if store is not None else None
-        self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
+        self._spool = create_spool()  # removes what killed engines left behind
         self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
         ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
