@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from longdraft.errors import UserError
+
 EMBED_KEYS = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "embed_tokens.weight")
 HEAD_KEYS = ("lm_head.weight",)
 
@@ -26,6 +28,14 @@ def _weight_files(path: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
     with safe_open(str(single), "pt") as f:
         return {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+def _missing(path: Path, names: tuple[str, ...], expected: str) -> UserError:
+    """One line: the checkpoint, the names looked for, what the tensor is for."""
+    where = path / "model.safetensors.index.json"
+    if not where.is_file():
+        where = path / "model.safetensors"
+    return UserError(f"{where}: no tensor named {' or '.join(names)}; expected the target's {expected}")
 
 
 def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None:
@@ -57,7 +67,7 @@ def head_rows(target_path: str | Path) -> int:
         if name in files:
             with safe_open(str(files[name]), "pt") as f:
                 return int(f.get_slice(name).get_shape()[0])
-    raise KeyError(f"{path}: none of {HEAD_KEYS + EMBED_KEYS} found among the checkpoint's tensors")
+    raise _missing(path, HEAD_KEYS + EMBED_KEYS, "lm_head or (tied) input embedding, [vocab, hidden]")
 
 
 def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,12 +76,12 @@ def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torc
     files = _weight_files(path)
     embed = _read(files, EMBED_KEYS)
     if embed is None:
-        raise KeyError(f"{path}: none of {EMBED_KEYS} found among the checkpoint's tensors")
+        raise _missing(path, EMBED_KEYS, "input embedding, [vocab, hidden]")
     head = _read(files, HEAD_KEYS)
     if head is None:
         config, _ = read_target_config(path)
         if not config.get("tie_word_embeddings", False):
-            raise KeyError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
+            raise _missing(path, HEAD_KEYS, "lm_head [vocab, hidden] (config.json: tie_word_embeddings is false)")
         head = embed
     return embed.float(), head.float()
 
@@ -85,9 +95,9 @@ def load_final_norm(target_path: str | Path) -> tuple[torch.Tensor, float]:
     path = Path(target_path)
     weight = _read(_weight_files(path), NORM_KEYS)
     if weight is None:
-        raise KeyError(f"{path}: none of {NORM_KEYS} found among the checkpoint's tensors")
+        raise _missing(path, NORM_KEYS, "final RMSNorm weight, [hidden]")
     config, text = read_target_config(path)
     eps = config.get("rms_norm_eps", text.get("rms_norm_eps"))
     if eps is None:
-        raise KeyError(f"{path / 'config.json'}: no rms_norm_eps")
+        raise UserError(f"{path / 'config.json'}: no rms_norm_eps; expected the target's final RMSNorm epsilon")
     return weight, float(eps)

@@ -15,12 +15,9 @@ import torch
 
 from longdraft.device import resolve_device
 from longdraft.engines.base import TargetEngine, TargetFeatures, resolve_aux_layers
+from longdraft.engines.layer_outputs import LayerOutputs, aux_layer_modules
 
 _DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _first(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[return-value]
 
 
 def load_causal_lm(path: str | Path, device: torch.device, dtype: str | torch.dtype = "auto"):
@@ -56,17 +53,7 @@ class HFTargetEngine(TargetEngine):
         self._text_config = model.config.get_text_config()
         self._decoder = model.get_decoder()
         self._aux_layers = resolve_aux_layers(aux_layers, self.num_layers)
-        self._captured: dict[int | str, torch.Tensor] = {}
-        layers = self._decoder.layers
-        for i in self._aux_layers:
-            layers[i].register_forward_hook(self._capture(i))
-        self._decoder.norm.register_forward_hook(self._capture("norm"))
-
-    def _capture(self, key: int | str):
-        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-            self._captured[key] = _first(output)
-
-        return hook
+        self._captured = LayerOutputs({**aux_layer_modules(model, self._aux_layers), "norm": self._decoder.norm})
 
     @property
     def hidden_size(self) -> int:
@@ -104,16 +91,17 @@ class HFTargetEngine(TargetEngine):
         bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)]
         if bad.numel():
             raise ValueError(f"token id {bad[0].item()} is outside the target vocab [0, {self.vocab_size})")
-        self._captured.clear()
-        try:
+        with self._captured.collecting() as captured:
             self._decoder(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
             )
-            aux = torch.cat([self._captured[i] for i in self._aux_layers], dim=-1)
-            last = self._captured["norm"]
-        finally:
-            self._captured.clear()
+            aux = torch.cat([captured[i] for i in self._aux_layers], dim=-1)
+            last = captured["norm"]
         return [
             TargetFeatures(aux[b, :n].to(self.output_device, copy=True), last[b, :n].to(self.output_device, copy=True))
             for b, n in enumerate(lengths)
         ]
+
+    def close(self) -> None:
+        """Takes the capture hooks off the model (it may be used on without them)."""
+        self._captured.remove()

@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
 from longdraft.engines.head_weights import read_target_config
+from longdraft.engines.spool import create_spool
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
@@ -78,10 +78,6 @@ def dtype_bytes(vllm_dtype_name: str) -> int:
     return 4 if vllm_dtype_name == "float32" else 2
 
 
-def _spool_root() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
 class VLLMTargetEngine(TargetEngine):
     def __init__(
         self,
@@ -113,7 +109,7 @@ class VLLMTargetEngine(TargetEngine):
         self.path = path
         self.wait_timeout_s = wait_timeout_s
         self._writer_spec = store.worker_spec() if store is not None else None
-        self._spool = tempfile.mkdtemp(prefix="longdraft-vllm-", dir=_spool_root())
+        self._spool = create_spool()  # removes what killed engines left behind
         self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
         ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
@@ -184,7 +180,7 @@ class VLLMTargetEngine(TargetEngine):
     def prefill(self, batch: Sequence[Sequence[int]]) -> list[TargetFeatures]:
         from safetensors.torch import load_file
 
-        from longdraft.engines.vllm_capture import CapturePlan, features_path
+        from longdraft.engines.vllm_capture_plan import CapturePlan, features_path
 
         plans = [CapturePlan(prefix=self._prefix()) for _ in batch]
         self._run(batch, plans, [f"batch index {b}" for b in range(len(batch))])
@@ -198,7 +194,7 @@ class VLLMTargetEngine(TargetEngine):
     def prefill_to_store(self, requests: Sequence[ShardRequest], store: TensorStore) -> list[WrittenSample] | None:
         """The workers split and put each request's shards; None when they cannot write to ``store``
         (the Ray store, or an engine started without a store)."""
-        from longdraft.engines.vllm_capture import CapturePlan
+        from longdraft.engines.vllm_capture_plan import CapturePlan
 
         if self._writer_spec is None or store.worker_spec() is None:
             return None
@@ -256,7 +252,7 @@ class VLLMTargetEngine(TargetEngine):
 
     def _wait(self, plan, name: str) -> dict:
         """The connector's status for one request, once it released the request's lock."""
-        from longdraft.engines.vllm_capture import lock_path, status_path
+        from longdraft.engines.vllm_capture_plan import lock_path, status_path
 
         deadline = time.monotonic() + self.wait_timeout_s
         try:

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from longdraft.engines.base import resolve_aux_layers
+from longdraft.engines.layer_outputs import LayerOutputs, aux_layer_modules
 
 
 @dataclass
@@ -53,17 +54,9 @@ class TargetRunner:
         self._text_config = model.config.get_text_config()
         self.aux_layers = resolve_aux_layers(aux_layers, int(self._text_config.num_hidden_layers))
         self.max_positions = int(getattr(self._text_config, "max_position_embeddings", 1 << 30))
-        self._captured: dict[int, torch.Tensor] = {}
-        layers = model.get_decoder().layers
-        self._hooks = [layers[i].register_forward_hook(self._capture(i)) for i in self.aux_layers]
+        self._captured = LayerOutputs(aux_layer_modules(model, self.aux_layers))
         self.cache: DynamicCache | None = None
         self.length = 0
-
-    def _capture(self, layer: int):
-        def hook(_module, _inputs, output) -> None:
-            self._captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-
-        return hook
 
     @property
     def device(self) -> torch.device:
@@ -89,12 +82,9 @@ class TargetRunner:
                 f"max_position_embeddings={self.max_positions}"
             )
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        self._captured.clear()
-        try:
+        with self._captured.collecting() as captured:
             out = forward_with_cache(self.model, input_ids, self.cache)
-            aux = torch.cat([self._captured[i][0] for i in self.aux_layers], dim=-1).float()
-        finally:
-            self._captured.clear()
+            aux = torch.cat([captured[i][0] for i in self.aux_layers], dim=-1).float()
         self.length += len(ids)
         return TargetStep(aux, out.logits[0].argmax(-1).tolist())
 
@@ -110,6 +100,4 @@ class TargetRunner:
         self.length = length
 
     def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        self._captured.remove()

@@ -118,6 +118,7 @@ def soft_cross_entropy_steps(
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
     if len(xs) != len(target_rows):
         raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
+    target_weight = target_weight.to(device=target_hidden.device)  # loaded on the CPU; fp32 below by design
     sums, *agrees = _StepsSoftCrossEntropy.apply(
         weight, target_hidden, target_weight, chunk_size, meter, len(xs), *xs, *target_rows
     )
@@ -143,7 +144,7 @@ def target_argmax_in_vocab(
 ) -> torch.Tensor:
     """Per row: is the target's full-vocabulary argmax inside the draft vocab? ``[N]`` bool."""
     out = torch.empty(target_hidden.shape[0], dtype=torch.bool, device=target_hidden.device)
-    head = target_lm_head.float()
+    head = target_lm_head.to(device=target_hidden.device, dtype=torch.float32)
     for start in range(0, target_hidden.shape[0], chunk_size):
         logits = target_hidden[start : start + chunk_size].float() @ head.t()
         out[start : start + chunk_size] = t2d[logits.argmax(-1)]

@@ -40,9 +40,10 @@ def read_shard(
     """Rank ``r``'s ``ShardBatch`` (batch of one) from its shard; the header must match ``layout``."""
     check_shard(shard, layout, r, key=key)
     n_seg, seg = layout.num_segments, layout.segment_length
+    device = shard["aux_hidden"].device  # the features' (an engine's output); masks and ids follow them
 
     def segments(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(1, n_seg, seg, *x.shape[1:])
+        return x.to(device).reshape(1, n_seg, seg, *x.shape[1:])
 
     return ShardBatch(
         input_ids=segments(shard["input_ids"].long()),
@@ -50,7 +51,7 @@ def read_shard(
         last_hidden=segments(shard["last_hidden"]),
         loss_mask=segments(local_loss_mask(packed_loss_mask, layout, r, dtype=torch.bool)),
         is_real=segments(layout.valid_mask(r)),
-        positions=layout.query_positions(r),
+        positions=layout.query_positions(r).to(device),
         lengths=(layout.length,),
     )
 

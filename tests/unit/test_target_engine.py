@@ -121,3 +121,20 @@ def test_bf16_engine_runs(target_dir):
     eng = HFTargetEngine(target_dir, dtype="bf16")
     (feat,) = eng.prefill([[1, 2, 3]])
     assert feat.aux_hidden.dtype == torch.bfloat16 and eng.dtype == torch.bfloat16
+
+
+def _hooked_modules(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+
+
+def test_close_takes_the_capture_hooks_off_the_model(target_dir):
+    from longdraft.eval.target_runner import TargetRunner
+
+    eng = HFTargetEngine(target_dir, aux_layers=[0, 2, 6], dtype="fp32")
+    assert _hooked_modules(eng.model) == ["model.layers.0", "model.layers.2", "model.layers.6", "model.norm"]
+    eng.close()
+    assert _hooked_modules(eng.model) == []
+    runner = TargetRunner(eng.model, [1, 3, 4])  # the evaluator's target installs the same capture
+    assert _hooked_modules(eng.model) == ["model.layers.1", "model.layers.3", "model.layers.4"]
+    runner.close()
+    assert _hooked_modules(eng.model) == []
