@@ -138,6 +138,10 @@ class EvalConfig:
 class OutputConfig:
     dir: str = _path(required=True)
     plot: bool = True
+    # A directory that every node and the driver share (e.g. NFS): trainer rank 0 writes checkpoints/,
+    # final/ and metrics.jsonl there, and the driver resumes and evaluates from it. None: output.dir,
+    # which must then be shared (a pipeline run checks that at start-up).
+    checkpoint_dir: str | None = _path()
 
 
 @dataclass

@@ -64,7 +64,7 @@ def train_loop(
     """``on_step(step)`` is called after every finished step (a pipeline rank's liveness report);
     ``comm_stats`` and ``phase_times`` (the attention backend's) add each step's communication bytes
     and waits, and its attention and loss time."""
-    t, out, is_root = cfg.training, Path(cfg.output.dir), rank == 0
+    t, out, is_root = cfg.training, Path(cfg.output.checkpoint_dir or cfg.output.dir), rank == 0
     device = parts.target_head.device
     settings = StepSettings.from_config(cfg, device)
     start_step, elapsed_before, skipped = 0, 0.0, Counter()
