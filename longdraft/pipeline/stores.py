@@ -80,6 +80,9 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
 
 class StoreService:
     def __init__(self, cfg: Config, owner=None, sizes: SampleSizes | None = None):
+        from longdraft.store.leash import reap_orphans
+
+        reap_orphans()  # a master an earlier driver left when it was killed, whichever store this run uses
         self.backend = cfg.store.backend
         self.owner = owner
         self.master = None
