@@ -111,6 +111,10 @@ class MooncakeConfig:
     # Whose memory the pool lives in: trainers (shards outlive a producer that dies) or producers.
     segments_on: Literal["trainers", "producers"] = "trainers"
     device_name: str = ""
+    # Where a master longdraft starts listens; it has no authentication, so keep it on a private
+    # network. auto: the driver's node IP (127.0.0.1 in a local Ray); or an IPv4 address of the
+    # driver's machine, or one of its interface names (e.g. eth1: its IPv4 address).
+    master_bind: str = "auto"
 
 
 @dataclass

@@ -63,7 +63,7 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 class MooncakeMaster:
-    """A ``mooncake_master`` child process on 127.0.0.1. Use as a context manager or start/stop."""
+    """A ``mooncake_master`` child process listening on ``host``. Use as a context manager or start/stop."""
 
     def __init__(
         self,
