@@ -31,13 +31,13 @@ def run_training(cfg: Config) -> TrainResult:
     """Train as configured: ``training.num_trainers > 1`` runs the sharded pipeline on Ray."""
     from longdraft.train.setup import check_training_length
 
-    out = Path(cfg.output.dir)
+    out = Path(cfg.output.shared_dir)  # rank 0's checkpoints, export and metrics
     check_training_length(cfg)
     if cfg.eval.enabled and cfg.eval.context_lengths:  # refused now, not after the training it follows
         from longdraft.eval.after_training import check_context_eval
 
         check_context_eval(cfg)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg)  # <output.dir>/config.yaml
     checkpoint = latest_checkpoint(out) if cfg.training.resume else None
     if cfg.training.num_trainers > 1:
         from longdraft.pipeline.launch import run_pipeline  # Ray is only needed for multi-rank runs

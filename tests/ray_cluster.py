@@ -206,12 +206,13 @@ def _log_tail(temp_dir: Path, lines: int = 25, width: int = 300) -> str:
     return "\n".join(out) or f"(no Ray logs under {temp_dir})"
 
 
-def _start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start_node(args: list[str], log: Path, env: dict[str, str], prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     # --block keeps `ray start` as the session leader watching its children; the new session
-    # lets us kill exactly this node (and nobody else's Ray) with one killpg.
+    # lets us kill exactly this node (and nobody else's Ray) with one killpg. A prefix must exec
+    # the command (keep its pid), e.g. `unshare -m ...`.
     with open(log, "wb") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+            [*prefix, sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -251,9 +252,15 @@ while True:
 
 @contextlib.contextmanager
 def two_node_cluster(
-    num_cpus: int = 4, num_gpus: int = 2, object_store_bytes: int = 200_000_000, timeout_s: float = 60.0
+    num_cpus: int = 4,
+    num_gpus: int = 2,
+    object_store_bytes: int = 200_000_000,
+    timeout_s: float = 60.0,
+    worker_prefix: tuple[str, ...] = (),
 ) -> Iterator[ClusterInfo]:
-    """Start head + worker node, wait until both are alive, yield ``ClusterInfo``; always clean up."""
+    """Start head + worker node, wait until both are alive, yield ``ClusterInfo``; always clean up.
+
+    ``worker_prefix`` runs the worker node under a command that execs it (see ``private_dir_prefix``)."""
     if not loopback_only():
         # Ray "resolves" --node-ip-address=127.0.0.1 to the address it would use to reach
         # 8.8.8.8; with a real route the head would advertise (and bind) a non-loopback IP.
@@ -317,6 +324,7 @@ def two_node_cluster(
                     ],
                     worker_log,
                     env,
+                    worker_prefix,
                 )
             )
             info.session_ids.append(procs[-1].pid)
@@ -351,6 +359,14 @@ def two_node_cluster(
             _stop(procs, str(temp_dir))
         finally:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def private_dir_prefix(directory: Path) -> tuple[str, ...]:
+    """A ``worker_prefix`` under which ``directory`` is an empty tmpfs of the worker node's own: a
+    private mount namespace (needs root), as a node without a shared filesystem would see it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = 'mount -t tmpfs longdraft-private "$0" && exec "$@"'
+    return ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(directory))
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,10 @@ class MooncakeConfig:
     # Whose memory the pool lives in: trainers (shards outlive a producer that dies) or producers.
     segments_on: Literal["trainers", "producers"] = "trainers"
     device_name: str = ""
+    # Where a master longdraft starts listens; it has no authentication, so keep it on a private
+    # network. auto: the driver's node IP (127.0.0.1 in a local Ray); or an IPv4 address of the
+    # driver's machine, or one of its interface names (e.g. eth1: its IPv4 address).
+    master_bind: str = "auto"
 
 
 @dataclass
@@ -139,6 +143,15 @@ class EvalConfig:
 class OutputConfig:
     dir: str = _path(required=True)
     plot: bool = True
+    # A directory that every node and the driver share (e.g. NFS): trainer rank 0 writes checkpoints/,
+    # final/ and metrics.jsonl there, and the driver resumes and evaluates from it. None: output.dir,
+    # which must then be shared (a pipeline run checks that at start-up).
+    checkpoint_dir: str | None = _path()
+
+    @property
+    def shared_dir(self) -> str:
+        """Where trainer rank 0 writes checkpoints/, final/ and metrics.jsonl, and the driver reads them."""
+        return self.checkpoint_dir or self.dir
 
 
 @dataclass

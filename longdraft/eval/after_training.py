@@ -75,6 +75,14 @@ def side_by_side_table(simulated: dict | None, real: dict) -> str:
 def final_evaluation(cfg: Config, train_result) -> dict:
     """Run the speculative evaluator on held-out prompts; write and return ``<output_dir>/eval.json``."""
     output_dir = Path(train_result.output_dir)
+    if not (Path(train_result.final_dir) / "config.json").is_file():  # written by trainer rank 0, maybe elsewhere
+        from longdraft.errors import UserError
+
+        key = "output.checkpoint_dir" if cfg.output.checkpoint_dir else "output.dir"
+        raise UserError(
+            f"the export {train_result.final_dir} that trainer rank 0 wrote is not visible where the final "
+            f"evaluation runs: {key} must be storage that every node and the driver share"
+        )
     held_out = cfg.data.eval_path is not None
     data_path = cfg.data.eval_path if held_out else cfg.data.train_path
     real = run_speculative_eval(

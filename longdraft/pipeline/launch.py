@@ -16,6 +16,7 @@ from longdraft.pipeline.decisions import decided_for_ranks
 from longdraft.pipeline.prompt_feed import FeedSpec
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
+from longdraft.pipeline.shared_output import check_shared_output
 from longdraft.pipeline.sizes import sample_sizes
 from longdraft.pipeline.stores import StoreService
 from longdraft.train.checkpoint import checkpoint_extra
@@ -166,6 +167,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             for rank in range(world)
         ]
         actors += [*producers, controller, *trainers]
+        check_shared_output(cfg, trainers, run_key, lambda futures: _wait_all(futures, actors, c.placement_timeout_s))
         init_method = _wait_all(
             {trainers[0].rendezvous_address.remote(): "trainer rank 0 (rendezvous)"}, actors, c.placement_timeout_s
         )["trainer rank 0 (rendezvous)"]

@@ -16,6 +16,7 @@ from longdraft.config import Config
 from longdraft.errors import UserError
 from longdraft.pipeline.sizes import SampleSizes, mib, sample_sizes
 from longdraft.store.base import TensorStore
+from longdraft.store.bind_address import master_bind_address
 
 
 def _ray_store(owner) -> TensorStore:
@@ -80,6 +81,9 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
 
 class StoreService:
     def __init__(self, cfg: Config, owner=None, sizes: SampleSizes | None = None):
+        from longdraft.store.leash import reap_orphans
+
+        reap_orphans()  # a master an earlier driver left when it was killed, whichever store this run uses
         self.backend = cfg.store.backend
         self.owner = owner
         self.master = None
@@ -94,8 +98,14 @@ class StoreService:
             if self.master_address is None:
                 from longdraft.store.mooncake_master import MooncakeMaster
 
-                self.master = MooncakeMaster(host=_driver_ip()).start()
+                host = master_bind_address(mc.master_bind, auto=_driver_ip())
+                self.master = MooncakeMaster(host=host).start()
                 self.master_address = self.master.address
+            elif mc.master_bind != "auto":
+                raise UserError(
+                    f"store.mooncake.master_bind = {mc.master_bind}: only a master that longdraft starts binds "
+                    f"it, but store.mooncake.master_address = {mc.master_address} names a running one"
+                )
             self._mooncake_cfg = mc
 
     def producer_factory(self):

@@ -23,6 +23,7 @@ from longdraft.device import resolve_device
 from longdraft.parallel.reduction import SumReducer
 from longdraft.pipeline.placement import rank_coordinates
 from longdraft.pipeline.shard_source import ShardSource
+from longdraft.pipeline.shared_output import write_marker
 from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.rank_context import RankContext
@@ -66,6 +67,10 @@ class TrainerRank:
             "step_s": 0.0,
             "peak_mem_bytes": [],
         }
+
+    def mark_output(self, token: str) -> dict:
+        """This run's marker in the directory the driver reads back (``pipeline/shared_output.py``)."""
+        return write_marker(self.cfg, token, self.rank, self.node_ip)
 
     def rendezvous_address(self) -> str:
         """Rank 0: ``tcp://<this node's IP>:<a free port there>`` for every rank's process group."""

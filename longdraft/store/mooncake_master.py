@@ -2,7 +2,10 @@
 
 The binary ships inside the ``mooncake-transfer-engine-non-cuda`` wheel (``mooncake/mooncake_master``;
 the ``mooncake_master`` console script only execs it). The master binds its RPC port and its HTTP
-metrics port to 127.0.0.1 on free ports; ``/metrics`` reports ``master_key_count``.
+metrics port to its host (127.0.0.1 unless told) on free ports; ``/metrics`` reports ``master_key_count``.
+
+The master dies with the process that started it (``store/leash.py``: a parent-death signal), and a
+master whose owner died anyway is killed by the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from longdraft.store.leash import reap_orphans, register, spawn_leashed
 
 
 class MooncakeMasterError(RuntimeError):
@@ -58,7 +63,7 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 class MooncakeMaster:
-    """A ``mooncake_master`` child process on 127.0.0.1. Use as a context manager or start/stop."""
+    """A ``mooncake_master`` child process listening on ``host``. Use as a context manager or start/stop."""
 
     def __init__(
         self,
@@ -77,6 +82,7 @@ class MooncakeMaster:
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
         self._own_log = False  # a temp log we created: removed after a clean stop
+        self._record: Path | None = None  # this master in the registry of leashed children
 
     @property
     def address(self) -> str:
@@ -90,6 +96,7 @@ class MooncakeMaster:
     def start(self, timeout_s: float = 30.0, attempts: int = 3) -> MooncakeMaster:
         if self.running:
             return self
+        reap_orphans()  # masters of drivers that died before they could stop them
         fixed = self.rpc_port is not None
         for attempt in range(1, attempts + 1):
             if not fixed:
@@ -122,14 +129,16 @@ class MooncakeMaster:
         ]
         env = dict(os.environ, GLOG_minloglevel=os.environ.get("GLOG_minloglevel", "1"))  # noqa: SIM112 (glog's own spelling)  # warnings and up
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = spawn_leashed(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
+        self._record = register(self._proc.pid)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 rc = self._proc.returncode
                 self._proc = None
+                self._forget()
                 raise MooncakeMasterError(
                     f"mooncake_master exited with code {rc} while starting "
                     f"({' '.join(cmd)}); log {self.log_path}:\n{self._log_tail()}"
@@ -164,6 +173,7 @@ class MooncakeMaster:
         """SIGTERM (the master shuts down gracefully), SIGKILL after ``timeout_s``."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            self._forget()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -171,9 +181,15 @@ class MooncakeMaster:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout_s)
+        self._forget()
         if self._own_log and proc.returncode == 0:
             Path(self.log_path).unlink(missing_ok=True)
             self.log_path, self._own_log = None, False
+
+    def _forget(self) -> None:
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+            self._record = None
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -190,3 +206,4 @@ class MooncakeMaster:
     def __del__(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
+            self._forget()

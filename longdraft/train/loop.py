@@ -47,7 +47,7 @@ def train_loop(cfg: Config, parts: TrainParts, rank: RankContext, checkpoint: Pa
     log = None
     if rank.is_writer:
         console = Console(rank.progress_bar, resumed.step, t.num_steps, t.log_every)
-        log = MetricsLog(cfg.output.dir, resumed.step if checkpoint else None, t.tensorboard, console)
+        log = MetricsLog(cfg.output.shared_dir, resumed.step if checkpoint else None, t.tensorboard, console)
     result = LoopResult(skipped=resumed.skipped)
     started = time.perf_counter() - resumed.elapsed_s
     try:
@@ -70,7 +70,9 @@ def train_loop(cfg: Config, parts: TrainParts, rank: RankContext, checkpoint: Pa
             log.close()
     result.last_eval = evaluator.last
     if rank.is_writer:
-        result.final_dir = export_draft(parts.model, Path(cfg.output.dir) / "final", trained_length=t.max_seq_length)
+        result.final_dir = export_draft(
+            parts.model, Path(cfg.output.shared_dir) / "final", trained_length=t.max_seq_length
+        )
     return result
 
 

@@ -63,7 +63,9 @@ class Checkpointer:
             "skipped": dict(skipped),
             "draft_config": export_config_dict(self.parts.model.config, torch.float32),
         }
-        save_checkpoint(self.cfg.output.dir, step, self.parts.model, self.parts.optimizer, self.parts.scheduler, extra)
+        save_checkpoint(
+            self.cfg.output.shared_dir, step, self.parts.model, self.parts.optimizer, self.parts.scheduler, extra
+        )
 
 
 class Evaluator:
