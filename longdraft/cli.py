@@ -54,18 +54,20 @@ def _export(args) -> int:
     return 0
 
 
+# Each benchmark is a module with ``main(argv) -> int | None``; the name is the subcommand.
+BENCHES = {
+    "attention": "longdraft.bench.attention",
+    "step": "longdraft.bench.step",
+    "memory": "longdraft.bench.memory",
+    "stream": "longdraft.bench.stream",
+    "producer": "longdraft.bench.producer",
+}
+
+
 def _bench(args) -> int:
-    if args.what == "attention":
-        from longdraft.bench.attention import main as bench_main
-    elif args.what == "stream":
-        from longdraft.bench.stream import main as bench_main
-    elif args.what == "producer":
-        from longdraft.bench.producer import main as bench_main
-    elif args.what == "step":
-        from longdraft.bench.step import main as bench_main
-    else:
-        from longdraft.bench.memory import main as bench_main
-    return bench_main(args.rest) or 0
+    import importlib
+
+    return importlib.import_module(BENCHES[args.what]).main(args.rest) or 0
 
 
 def _eval(args) -> int:
@@ -104,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, step, memory, stream, producer")
-    bench.add_argument("what", choices=["attention", "step", "memory", "stream", "producer"])
+    bench = sub.add_parser("bench", help=f"benchmarks that print JSON: {', '.join(BENCHES)}")
+    bench.add_argument("what", choices=list(BENCHES))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # word of a REMAINDER argument (``longdraft eval --target ...``).
     if argv[:1] == ["eval"]:
         args = argparse.Namespace(func=_eval, rest=argv[1:])
-    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"], ["stream"], ["producer"]):
+    elif argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCHES:
         args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
     else:
         args = build_parser().parse_args(argv)

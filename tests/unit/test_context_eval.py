@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longdraft.config import config_from_dict
-from longdraft.engines.tiny import SENTENCES, build_tiny_target, write_tiny_jsonl
 from longdraft.errors import UserError
 from longdraft.eval.cli import main as eval_main
 from longdraft.eval.context import check_context_fits, run_context_eval
@@ -16,6 +15,7 @@ from longdraft.eval.context_prompts import context_prompts, cut_points, document
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
 from longdraft.run import run_training
+from longdraft.testing.tiny_target import SENTENCES, build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import export_draft
 
 BOS = 1
