@@ -132,7 +132,7 @@ def test_cli_context_lengths(long_docs, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert [r["context_length"] for r in report["by_length"]] == [32, 64]
     assert (tmp_path / "ctx.png").stat().st_size > 0
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=r"argument --context-lengths: '1': expected comma-separated token counts >= 2"):
         eval_main(["--target", str(target), "--draft", str(export), "--data", str(data), "--context-lengths", "1"])
 
 

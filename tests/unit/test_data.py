@@ -182,3 +182,19 @@ def test_load_samples_rejects_bad_arguments(tmp_path, tokenizer):
         load_samples(path, tokenizer, 64, on_bad_row="ignore")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_samples(tmp_path / "missing.jsonl", tokenizer, 64)
+
+
+def test_a_bad_row_error_survives_pickling():
+    # Ray sends the controller's exception to the driver pickled; without this it arrives as an
+    # "UnserializableException" instead of the row's file:line and reason.
+    import pickle
+
+    error = DataError(E.BAD_JSON, "invalid JSON (x at column 2)", "train.jsonl:3")
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), back.kind, back.reason, back.location, str(back)) == (
+        DataError,
+        E.BAD_JSON,
+        "invalid JSON (x at column 2)",
+        "train.jsonl:3",
+        "train.jsonl:3: invalid JSON (x at column 2)",
+    )
