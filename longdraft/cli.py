@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from longdraft.cli_args import Parser, existing_dir, int_at_least, number_at_least, output_dir
+
 USAGE_EXAMPLES = """examples:
   longdraft train examples/shakespeare/draft.yaml
   longdraft train my.yaml training.num_steps=200 training.lr=3e-4 output.dir=runs/try2
@@ -37,11 +39,6 @@ def _regenerate(args) -> int:
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path(cfg.output.dir) / "regenerated.jsonl"
     settings = RegenerateSettings(args.max_new_tokens, args.temperature, args.batch_size, args.seed)
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(settings, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(settings, name)}: expected >= 1")
-    if settings.temperature < 0:
-        raise ValueError(f"--temperature={settings.temperature}: expected >= 0 (0: greedy)")
     print(json.dumps(regenerate(cfg, out, settings)))
     return 0
 
@@ -49,23 +46,28 @@ def _regenerate(args) -> int:
 def _export(args) -> int:
     from longdraft.train.export_checkpoint import export_checkpoint
 
+    # what the directory holds is read_checkpoint's to check (it names a pickle, for one)
+    existing_dir(args.checkpoint_dir, "checkpoint directory", hint="a checkpoint: <output.dir>/checkpoints/step_<N>")
+    output_dir(args.out_dir, "output directory")
     out = export_checkpoint(args.checkpoint_dir, args.out_dir)
     print(f"exported {args.checkpoint_dir} to {out}")
     return 0
 
 
+# Each benchmark is a module with ``main(argv) -> int | None``; the name is the subcommand.
+BENCHES = {
+    "attention": "longdraft.bench.attention",
+    "step": "longdraft.bench.step",
+    "memory": "longdraft.bench.memory",
+    "stream": "longdraft.bench.stream",
+    "producer": "longdraft.bench.producer",
+}
+
+
 def _bench(args) -> int:
-    if args.what == "attention":
-        from longdraft.bench.attention import main as bench_main
-    elif args.what == "stream":
-        from longdraft.bench.stream import main as bench_main
-    elif args.what == "producer":
-        from longdraft.bench.producer import main as bench_main
-    elif args.what == "step":
-        from longdraft.bench.step import main as bench_main
-    else:
-        from longdraft.bench.memory import main as bench_main
-    return bench_main(args.rest) or 0
+    import importlib
+
+    return importlib.import_module(BENCHES[args.what]).main(args.rest) or 0
 
 
 def _eval(args) -> int:
@@ -75,7 +77,7 @@ def _eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="longdraft",
         description="Train EAGLE-3 draft models for a target LLM, on one device or sequence-parallel over many.",
         epilog=USAGE_EXAMPLES,
@@ -90,10 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     regen.add_argument("config", help="YAML config: data.train_path, model.target_path, data.on_bad_row are used")
     regen.add_argument("overrides", nargs="*", help="section.key=value")
     regen.add_argument("--out", type=Path, default=None, help="output JSONL (default: <output.dir>/regenerated.jsonl)")
-    regen.add_argument("--max-new-tokens", type=int, default=256, help="per assistant turn / text row")
-    regen.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampled")
-    regen.add_argument("--batch-size", type=int, default=8)
-    regen.add_argument("--seed", type=int, default=0)
+    regen.add_argument("--max-new-tokens", type=int_at_least(1), default=256, help="per assistant turn / text row")
+    regen.add_argument(
+        "--temperature", type=number_at_least(0, "0: greedy"), default=0.0, help="0: greedy (default); > 0: sampled"
+    )
+    regen.add_argument("--batch-size", type=int_at_least(1), default=8)
+    regen.add_argument("--seed", type=int_at_least(0), default=0)
     regen.set_defaults(func=_regenerate)
     export = sub.add_parser("export", help="export a training checkpoint in the SGLang/vLLM EAGLE-3 layout")
     export.add_argument("checkpoint_dir", help="e.g. runs/x/checkpoints/step_100")
@@ -104,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: attention, step, memory, stream, producer")
-    bench.add_argument("what", choices=["attention", "step", "memory", "stream", "producer"])
+    bench = sub.add_parser("bench", help=f"benchmarks that print JSON: {', '.join(BENCHES)}")
+    bench.add_argument("what", choices=list(BENCHES))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -126,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     # eval and bench parse their own options; argparse would refuse an option as the first
     # word of a REMAINDER argument (``longdraft eval --target ...``).
-    if argv[:1] == ["eval"]:
-        args = argparse.Namespace(func=_eval, rest=argv[1:])
-    elif argv[:1] == ["bench"] and argv[1:2] in (["attention"], ["memory"], ["stream"], ["producer"]):
-        args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
-    else:
-        args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["eval"]:
+            args = argparse.Namespace(func=_eval, rest=argv[1:])
+        elif argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCHES:
+            args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
+        else:
+            args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from longdraft.cli_args import existing_dir, existing_file, output_file
 from longdraft.config import Config
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
@@ -148,7 +149,10 @@ def regenerate(cfg: Config, out_path: str | Path, settings: RegenerateSettings, 
     from longdraft.engines.hf import load_causal_lm
     from longdraft.eval.target_runner import stop_token_ids
 
-    out = Path(out_path)
+    # Mistakes in what was passed are refused before the target is loaded.
+    out = output_file(out_path, "--out")
+    existing_file(cfg.data.train_path, "data.train_path")
+    existing_dir(cfg.model.target_path, "model.target_path", ["config.json"], "a local Hugging Face model directory")
     state_path = out.with_name(out.name + ".progress.json")
     state = {"rows_done": 0, "bytes": 0, "written": 0, "skipped": {}}
     if state_path.is_file():

@@ -14,6 +14,7 @@ import torch
 
 from longdraft.config import Config, save_config
 from longdraft.device import resolve_device
+from longdraft.preflight import preflight
 from longdraft.train.checkpoint import latest_checkpoint
 from longdraft.train.loop import LoopResult
 
@@ -37,6 +38,7 @@ def run_training(cfg: Config) -> TrainResult:
         from longdraft.eval.after_training import check_context_eval
 
         check_context_eval(cfg)
+    preflight(cfg)  # mistakes found before anything starts (longdraft/preflight.py)
     save_config(cfg)  # <output.dir>/config.yaml
     checkpoint = latest_checkpoint(out) if cfg.training.resume else None
     if cfg.training.num_trainers > 1:

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory):
     """``tiny_target(**kwargs)``: a tiny random HF target directory, built once per distinct kwargs."""
-    from longdraft.engines.tiny import build_tiny_target
+    from longdraft.testing.tiny_target import build_tiny_target
 
     built: dict[tuple, Path] = {}
 

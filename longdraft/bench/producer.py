@@ -29,7 +29,7 @@ def _engine(name: str, target: Path, max_length: int, batch_size: int):
 
 
 def run(engines: list[str], lengths: list[int], batch_size: int, batches: int, target: Path | None) -> dict:
-    from longdraft.engines.tiny import build_tiny_target
+    from longdraft.testing.tiny_target import build_tiny_target
 
     with tempfile.TemporaryDirectory() as tmp:
         if target is None:  # Shakespeare-target sized (head_dim 32: vLLM's CPU attention refuses 8)

@@ -48,7 +48,7 @@ def run(rows: int, samples: int, vocab_rows: int, compare_rows: int, data: str |
     from longdraft.data.dataset import iter_samples, load_samples
     from longdraft.data.stream import SampleStream
     from longdraft.data.vocab import build_vocab_mapping
-    from longdraft.engines.tiny import build_tiny_target
+    from longdraft.testing.tiny_target import build_tiny_target
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_target(Path(tmp) / "target"), local_files_only=True)

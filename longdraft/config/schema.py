@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,56 +20,86 @@ def _path(default: Any = None, *, required: bool = False) -> Any:
     return field(default=default, metadata={"path": True, "required": required})
 
 
+def _bounded(
+    default: Any, *, min: float | None = None, above: float | None = None, max: float | None = None, **text: str
+) -> Any:
+    """A value with bounds, checked by ``config/field_checks.py`` (``null`` always passes); ``text``:
+    ``unit`` ("seconds"), ``note`` (after the bound) and ``null`` (what null means)."""
+    return field(default=default, metadata={"min": min, "above": above, "max": max, **text})
+
+
+def _rule(default: Any, holds: Callable[[Any], bool], expected: str) -> Any:
+    """A value with a rule of its own that is not a range; ``expected`` says what it accepts."""
+    return field(default=default, metadata={"rule": holds, "expected": expected})
+
+
+def _three_distinct_layers(layers: list[int]) -> bool:
+    return len(layers) == 3 and len(set(layers)) == 3 and min(layers) >= 0
+
+
+def _token_counts(lengths: list[int]) -> bool:
+    return bool(lengths) and all(n >= 2 for n in lengths)
+
+
+def _gpu_share(f: float) -> bool:
+    # a fraction below 0.5 so two trainer ranks (1 - f each) never share a GPU
+    return f == 0 or 0 < f < 0.5 or (f >= 1 and f == int(f))
+
+
 @dataclass
 class DataConfig:
     train_path: str = _path(required=True)
     eval_path: str | None = _path()
     on_bad_row: Literal["error", "skip"] = "error"
-    max_rows: int | None = None  # read only the first N rows of train_path
-    shuffle_window: int = 4096  # rows shuffled together; the file streams one window at a time
-    vocab_rows: int = 10_000  # training samples counted to choose the draft vocab
+    max_rows: int | None = _bounded(None, min=1, null="all rows")  # read only the first N rows of train_path
+    shuffle_window: int = _bounded(4096, min=1)  # rows shuffled together; the file streams one window at a time
+    vocab_rows: int = _bounded(10_000, min=1)  # training samples counted to choose the draft vocab
 
 
 @dataclass
 class ModelConfig:
     target_path: str = _path(required=True)
-    draft_vocab_size: int | None = None  # None: the target vocab (identity mapping)
-    aux_layers: list[int] | None = None  # None: [1, N/2-1, N-4]
+    draft_vocab_size: int | None = _bounded(
+        None, min=1, null="= target vocab"
+    )  # None: the target vocab (identity mapping)
+    aux_layers: list[int] | None = _rule(
+        None, _three_distinct_layers, "3 distinct layer ids >= 0, or null for [1, N/2-1, N-4]"
+    )
     target_dtype: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass
 class TrainingConfig:
-    max_seq_length: int = 2048
-    ttt_length: int = 7
-    batch_size: int = 8  # global batch of one optimizer step
-    micro_batch_size: int = 1  # accumulation = batch_size / (micro_batch_size * dp)
-    num_steps: int = 100
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.5  # 0 disables clipping
+    max_seq_length: int = _bounded(2048, min=1)
+    ttt_length: int = _bounded(7, min=1)
+    batch_size: int = _bounded(8, min=1)  # global batch of one optimizer step
+    micro_batch_size: int = _bounded(1, min=1)  # accumulation = batch_size / (micro_batch_size * dp)
+    num_steps: int = _bounded(100, min=1)
+    lr: float = _bounded(1e-4, min=0, note="0 measures a frozen draft")
+    warmup_steps: int = _bounded(0, min=0)
+    min_lr: float = _bounded(0.0, min=0)
+    weight_decay: float = _bounded(0.0, min=0)
+    max_grad_norm: float = _bounded(0.5, min=0)  # 0 disables clipping
     # Gradients are summed over ranks in buckets of this size, each started as soon as the backward
     # has finished it (overlapped); 0: one all-reduce after the backward.
-    grad_bucket_mb: float = 25.0
+    grad_bucket_mb: float = _bounded(25.0, min=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
-    save_every: int = 0  # 0: only at the end
+    save_every: int = _bounded(0, min=0)  # 0: only at the end
     resume: bool = False
-    eval_every: int = 0
-    log_every: int = 1
+    eval_every: int = _bounded(0, min=0)
+    log_every: int = _bounded(1, min=1)
     attention_backend: AttentionBackendName = "auto"  # auto: usp when sp > 1
-    num_trainers: int = 1
-    sp_ulysses_size: int = 1
-    sp_ring_size: int = 1
+    num_trainers: int = _bounded(1, min=1)
+    sp_ulysses_size: int = _bounded(1, min=1)
+    sp_ring_size: int = _bounded(1, min=1)
     shard_order: ShardOrder = "contiguous"  # was ring_layout (still read, with a warning, until 0.2)
     # gather: step-0 K/V exchanged once per layer for all TTT steps; ring: rotated every step;
     # auto: gather when the gathered K/V fit a memory estimate (attention/choice.py)
     ring_mode: RingMode = "auto"
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int = _bounded(1024, min=1)
     activation_checkpointing: bool = False
-    min_loss_tokens: int = 1
+    min_loss_tokens: int = _bounded(1, min=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = False
 
@@ -76,29 +107,41 @@ class TrainingConfig:
 @dataclass
 class InferenceConfig:
     engine: Literal["hf", "vllm"] = "hf"  # which engine prefills the target (engines/factory.py)
-    num_producers: int = 1
-    batch_size: int = 4
+    num_producers: int = _bounded(1, min=1)
+    batch_size: int = _bounded(4, min=1)
     # vLLM only. Tokens per engine step (chunked prefill); None: vLLM's default.
-    max_num_batched_tokens: int | None = None
+    max_num_batched_tokens: int | None = _bounded(None, min=1, null="auto")
     # vLLM only. KV cache (and captured hidden states) in MiB; None: room for two batches of
     # training.max_seq_length tokens.
-    kv_cache_mb: int | None = None
+    kv_cache_mb: int | None = _bounded(None, min=1, null="auto")
     # GPUs per producer on a GPU cluster. None: 1 when the cluster has a GPU for every trainer and
     # producer, else 0.25 (a producer shares a trainer's GPU). A fraction must stay below 0.5, so two
     # trainer ranks (1 - fraction each) can never share a GPU. 0: producers on CPU.
-    gpus_per_producer: float | None = None
+    gpus_per_producer: float | None = _rule(
+        None,
+        _gpu_share,
+        "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) or a whole number >= 1",
+    )
 
 
 @dataclass
 class ClusterConfig:
     address: str | None = None  # Ray cluster to join; None: $RAY_ADDRESS, else a private local Ray
     socket_ifname: str | None = None  # network interface of gloo/NCCL (GLOO_/NCCL_SOCKET_IFNAME)
-    cpus_per_actor: float | None = None  # None: 1 on a cluster, 0.5 in a local Ray
-    collective_timeout_s: float = 1800.0  # one collective (all-to-all, ring, all-reduce) at most
-    data_timeout_s: float = 1800.0  # a trainer rank waits at most this long for its next shard
-    stall_timeout_s: float = 1800.0  # a rank without a finished step for this long is reported by name
-    run_timeout_s: float = 0.0  # whole run; 0: no limit
-    placement_timeout_s: float = 300.0  # waiting for the cluster to grant the trainers' bundles
+    cpus_per_actor: float | None = _bounded(None, above=0)  # None: 1 on a cluster, 0.5 in a local Ray
+    collective_timeout_s: float = _bounded(
+        1800.0, above=0, unit="seconds"
+    )  # one collective (all-to-all, ring, all-reduce) at most
+    data_timeout_s: float = _bounded(
+        1800.0, above=0, unit="seconds"
+    )  # a trainer rank waits at most this long for its next shard
+    stall_timeout_s: float = _bounded(
+        1800.0, above=0, unit="seconds"
+    )  # a rank without a finished step for this long is reported by name
+    run_timeout_s: float = _bounded(0.0, min=0, unit="seconds", note="0: no limit")  # whole run; 0: no limit
+    placement_timeout_s: float = _bounded(
+        300.0, above=0, unit="seconds"
+    )  # waiting for the cluster to grant the trainers' bundles
 
 
 @dataclass
@@ -106,9 +149,14 @@ class MooncakeConfig:
     master_address: str | None = None  # None: start a local master
     metadata_server: str = "P2PHANDSHAKE"
     protocol: Literal["tcp", "rdma"] = "tcp"
-    global_segment_size_mb: int | None = None  # per producer; None: room for 2 global batches of the longest samples
-    local_buffer_size_mb: int | None = None  # per client; None: the largest shard (from max_seq_length)
-    put_timeout_s: float = 600.0  # a put into a full pool waits this long for readers to drain it
+    # Per producer; None: room for 2 global batches of the longest samples. Mooncake refuses less than 16.
+    global_segment_size_mb: int | None = _bounded(None, min=16, note="MiB")
+    local_buffer_size_mb: int | None = _bounded(
+        None, min=1
+    )  # per client; None: the largest shard (from max_seq_length)
+    put_timeout_s: float = _bounded(
+        600.0, above=0, unit="seconds"
+    )  # a put into a full pool waits this long for readers to drain it
     # Whose memory the pool lives in: trainers (shards outlive a producer that dies) or producers.
     segments_on: Literal["trainers", "producers"] = "trainers"
     device_name: str = ""
@@ -123,18 +171,20 @@ class StoreConfig:
     backend: Literal["ray", "mooncake"] = "ray"
     # Bytes of produced but not yet trained samples; producers wait beyond it (one global batch is
     # always let through). None: half the Ray object store, or the Mooncake pool.
-    max_inflight_mb: int | None = None
+    max_inflight_mb: int | None = _bounded(None, min=1, note="MiB")
     mooncake: MooncakeConfig = field(default_factory=MooncakeConfig)
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 64
-    num_prompts: int = 16
+    max_new_tokens: int = _bounded(64, min=1)
+    num_prompts: int = _bounded(16, min=1)
     enabled: bool = False
     # Also measure acceptance after prompts of exactly these many tokens of held-out text
     # (eval_context.json, eval_context.png); None: not measured.
-    context_lengths: list[int] | None = None
+    context_lengths: list[int] | None = _rule(
+        None, _token_counts, "a list of token counts >= 2, e.g. [256, 1024, 2048], or null"
+    )
     # Documents to cut those prompts from (long ones); None: data.eval_path (else the training data).
     context_path: str | None = _path()
 

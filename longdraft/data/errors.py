@@ -24,6 +24,11 @@ class DataError(UserError, ValueError):
         self.location = location
         super().__init__(f"{location}: {reason}" if location else reason)
 
+    def __reduce__(self):
+        # Pickled by its own fields: a controller actor's bad row reaches the driver through Ray,
+        # which cannot rebuild an exception from the message alone.
+        return DataError, (self.kind, self.reason, self.location)
+
     def at(self, location: str) -> DataError:
         """The same error, attributed to a row."""
         return DataError(self.kind, self.reason, location)

@@ -1,8 +1,7 @@
 """Run-length packed 0/1 loss masks.
 
 Runs alternate 0,1,0,1,... and always start with a 0-run (which may have length 0), so
-`0011100110` packs to `[2, 3, 2, 2, 1]` and serialises as `"2,3,2,2,1"`. An empty mask packs
-to `[]`.
+`0011100110` packs to `[2, 3, 2, 2, 1]`. An empty mask packs to `[]`.
 """
 
 from __future__ import annotations
@@ -31,40 +30,15 @@ def pack_loss_mask(mask: Sequence[int] | Sequence[bool] | torch.Tensor) -> list[
     return runs
 
 
-def serialize_loss_mask(packed: Sequence[int]) -> str:
-    return ",".join(str(int(n)) for n in packed)
-
-
-def parse_loss_mask(text: str) -> list[int]:
-    """Inverse of `serialize_loss_mask`; the empty string is the empty mask."""
-    text = text.strip()
-    if not text:
-        return []
-    try:
-        runs = [int(part) for part in text.split(",")]
-    except ValueError as e:
-        raise ValueError(f"packed loss mask {text!r} is not a comma-separated list of integers") from e
-    _check_runs(runs)
-    return runs
-
-
 def _check_runs(runs: Sequence[int]) -> None:
     for i, n in enumerate(runs):
         if n < 0:
             raise ValueError(f"packed loss mask run {i} has negative length {n}")
 
 
-def count_loss_tokens(packed: Sequence[int] | str) -> int:
-    """Number of ones: the sum of the odd-indexed runs."""
-    runs = parse_loss_mask(packed) if isinstance(packed, str) else packed
-    return int(sum(runs[1::2]))
-
-
-def unpack_loss_mask(
-    packed: Sequence[int] | str, length: int | None = None, dtype: torch.dtype = torch.long
-) -> torch.Tensor:
+def unpack_loss_mask(packed: Sequence[int], length: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Expand a packed mask to a 1-D tensor; with `length`, truncate or zero-pad to it."""
-    runs = parse_loss_mask(packed) if isinstance(packed, str) else [int(n) for n in packed]
+    runs = [int(n) for n in packed]
     _check_runs(runs)
     bits = torch.tensor([i % 2 for i in range(len(runs))], dtype=dtype)
     mask = torch.repeat_interleave(bits, torch.tensor(runs, dtype=torch.long)) if runs else torch.zeros(0, dtype=dtype)

@@ -8,14 +8,20 @@ import json
 import sys
 from pathlib import Path
 
+from longdraft.cli_args import Parser, device_name, existing_dir, existing_file, int_at_least, output_file
+from longdraft.engines.base import resolve_aux_layers
+from longdraft.engines.head_weights import read_target_config
+from longdraft.errors import UserError
+
 
 def _aux_layers(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",")]
+        layers = [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--aux-layers={text!r}: expected comma-separated layer ids, e.g. 1,3,4"
-        ) from None
+        layers = []
+    if len(layers) != 3 or len(set(layers)) != 3 or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 3 distinct comma-separated layer ids >= 0, e.g. 1,3,4")
+    return layers
 
 
 def _lengths(text: str) -> list[int]:
@@ -24,14 +30,12 @@ def _lengths(text: str) -> list[int]:
     except ValueError:
         lengths = []
     if not lengths or min(lengths) < 2:
-        raise argparse.ArgumentTypeError(
-            f"--context-lengths={text!r}: expected comma-separated token counts >= 2, e.g. 256,1024,2048"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated token counts >= 2, e.g. 256,1024,2048")
     return lengths
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="longdraft eval",
         description="Greedy chain speculative decoding with an HF target and an exported EAGLE-3 draft; "
         "reports the acceptance length tau (tokens per target verification step, bonus included).",
@@ -52,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL file: conversations (prompt = turns before the first "
         "assistant turn) or text rows (prompt = first half of the tokens)",
     )
-    p.add_argument("--num-prompts", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-steps", type=int, default=7, help="draft tokens per verification step K (default 7)")
-    p.add_argument("--max-text-prompt-tokens", type=int, default=128)
+    p.add_argument("--num-prompts", type=int_at_least(1), default=16)
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=64)
+    p.add_argument(
+        "--num-steps", type=int_at_least(1), default=7, help="draft tokens per verification step K (default 7)"
+    )
+    p.add_argument("--max-text-prompt-tokens", type=int_at_least(1), default=128)
     p.add_argument(
         "--aux-layers",
         type=_aux_layers,
@@ -83,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every path and choice, before the target is loaded."""
+    target = existing_dir(args.target, "--target", ["config.json"], "a local Hugging Face model directory")
+    existing_dir(args.draft, "--draft", ["config.json", "model.safetensors"], "an export: <output.dir>/final")
+    existing_file(args.data, "--data")
+    for name in ("out", "plot"):
+        if getattr(args, name) is not None:
+            output_file(getattr(args, name), f"--{name}")
+    if args.plot is not None and args.context_lengths is None:
+        raise UserError("--plot draws tau against context length: it needs --context-lengths")
+    if args.context_lengths is not None and args.engine != "hf":
+        raise UserError("--context-lengths runs with --engine hf")
+    device_name(args.device)
+    num_layers = read_target_config(target)[1].get("num_hidden_layers")
+    if args.aux_layers is not None and num_layers is not None:
+        try:
+            resolve_aux_layers(args.aux_layers, int(num_layers))
+        except ValueError as e:
+            raise UserError(f"--aux-layers: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from longdraft.eval.evaluate import run_speculative_eval
     from longdraft.eval.report import format_table
@@ -91,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # `longdraft eval -- --target ...`: the separator argparse REMAINDER may pass on
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    for name in ("num_prompts", "max_new_tokens", "num_steps", "max_text_prompt_tokens"):
-        if getattr(args, name) < 1:
-            print(f"longdraft eval: --{name.replace('_', '-')}={getattr(args, name)}: expected >= 1", file=sys.stderr)
-            return 2
+    check_arguments(args)
     if args.context_lengths is not None:
         return _context(args)
     common = dict(
@@ -133,9 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 def _context(args) -> int:
     from longdraft.eval.context import format_context_table, plot_context, run_context_eval
 
-    if args.engine != "hf":
-        print("longdraft eval: --context-lengths runs with --engine hf", file=sys.stderr)
-        return 2
     report = run_context_eval(
         args.target,
         args.draft,

@@ -15,6 +15,7 @@ import torch
 
 from longdraft.engines.head_weights import read_target_config
 from longdraft.eval.context_prompts import context_prompts, document_ids
+from longdraft.eval.errors import EvalInputError
 from longdraft.eval.evaluate import load_for_eval, run_prompts
 from longdraft.eval.report import summarize
 
@@ -27,7 +28,7 @@ def check_context_fits(
     for n in context_lengths:
         need = n + max_new_tokens + num_draft_tokens
         if need > max_positions:
-            raise ValueError(
+            raise EvalInputError(
                 f"context length {n}: {n} prompt + {max_new_tokens} new + {num_draft_tokens} draft "
                 f"tokens = {need} positions, more than the target's max_position_embeddings "
                 f"= {max_positions}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
 from longdraft.data.tokenize import render_chat
+from longdraft.eval.errors import EvalInputError
 from longdraft.eval.prompts import Prompt
 
 
@@ -53,7 +54,7 @@ def context_prompts(
     eligible = [(loc, ids) for loc, ids in docs if len(ids) >= length + tail]
     if not eligible:
         longest = max((len(ids) for _, ids in docs), default=0)
-        raise ValueError(
+        raise EvalInputError(
             f"no document has the {length} + {tail} tokens a context length of {length} needs "
             f"(context + generated tokens; the longest has {longest})"
         )

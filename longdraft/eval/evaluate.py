@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from longdraft.eval.errors import EvalInputError
 from longdraft.eval.prompts import Prompt, load_prompts
 from longdraft.eval.proposers import Eagle3Proposer, Proposer
 from longdraft.eval.report import PromptOutcome, summarize
@@ -46,10 +47,14 @@ def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) 
         )
     cfg = json.loads(path.read_text())
     if cfg.get("vocab_size") != vocab_size:
-        raise ValueError(f"{path}: vocab_size={cfg.get('vocab_size')}, but the target vocab has {vocab_size} tokens")
+        raise EvalInputError(
+            f"{path}: vocab_size={cfg.get('vocab_size')}, but the target vocab has {vocab_size} tokens"
+        )
     target_hidden = cfg.get("target_hidden_size", cfg.get("hidden_size"))
     if target_hidden != hidden_size:
-        raise ValueError(f"{path}: target_hidden_size={target_hidden}, but the target's hidden size is {hidden_size}")
+        raise EvalInputError(
+            f"{path}: target_hidden_size={target_hidden}, but the target's hidden size is {hidden_size}"
+        )
 
 
 def load_for_eval(

@@ -15,6 +15,7 @@ from longdraft.data import errors as E
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
 from longdraft.data.tokenize import render_chat
+from longdraft.eval.errors import EvalInputError
 
 
 @dataclass(frozen=True)
@@ -60,5 +61,5 @@ def load_prompts(path: str | Path, tokenizer: Any, num_prompts: int, max_text_pr
         except DataError as e:
             raise (e if e.location else e.at(location)) from None
     if not prompts:
-        raise ValueError(f"{p}: no prompts (the file has no rows)")
+        raise EvalInputError(f"{p}: no prompts (the file has no rows)")
     return prompts

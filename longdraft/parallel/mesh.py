@@ -88,7 +88,7 @@ class USPMesh:
     """This rank's place in the grid and the process groups it belongs to.
 
     ``ulysses_ranks`` / ``ring_ranks`` / ``sp_ranks`` / ``dp_ranks`` are the global ranks of this
-    rank's groups, in group-rank order. ``ring_next`` / ``ring_prev`` are global ranks.
+    rank's groups, in group-rank order.
     """
 
     world_size: int
@@ -106,18 +106,6 @@ class USPMesh:
     @property
     def sp_size(self) -> int:
         return self.ulysses_size * self.ring_size
-
-    @property
-    def dp_size(self) -> int:
-        return self.world_size // self.sp_size
-
-    @property
-    def ring_next(self) -> int:
-        return self.ring_ranks[(self.coords.ring + 1) % self.ring_size]
-
-    @property
-    def ring_prev(self) -> int:
-        return self.ring_ranks[(self.coords.ring - 1) % self.ring_size]
 
     @classmethod
     def build(

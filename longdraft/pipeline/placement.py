@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longdraft.config import Config
+from longdraft.errors import UserError
 from longdraft.parallel.mesh import grid_coords
 
 
-class PlacementError(RuntimeError):
+class PlacementError(UserError):
     """The cluster cannot hold the trainers as asked; the message gives what was needed and what is there."""
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from longdraft.data.loss_mask import parse_loss_mask, unpack_loss_mask
+from longdraft.data.loss_mask import unpack_loss_mask
 from longdraft.sharding.batch import ShardBatch, stack_batches
 from longdraft.sharding.header import check_shard
 from longdraft.sharding.layout import ShardLayout
@@ -20,18 +20,17 @@ from longdraft.sharding.split import split_sample, split_tensor
 
 
 def local_loss_mask(
-    packed: Sequence[int] | str, layout: ShardLayout, r: int, dtype: torch.dtype = torch.long
+    packed: Sequence[int], layout: ShardLayout, r: int, dtype: torch.dtype = torch.long
 ) -> torch.Tensor:
     """Rank ``r``'s slice of the global run-length packed loss mask, [local_length]; the global
     mask is first truncated or zero-padded to L, exactly as the writer sliced the tokens."""
     return split_tensor(unpack_loss_mask(packed, layout.length, dtype=dtype), layout, r)
 
 
-def should_skip(packed: Sequence[int] | str, min_loss_tokens: int, length: int) -> bool:
+def should_skip(packed: Sequence[int], min_loss_tokens: int, length: int) -> bool:
     """Skip a sample with fewer than ``max(1, min_loss_tokens)`` loss tokens in the GLOBAL mask
     truncated to ``length`` = L, so every rank of an SP group decides alike."""
-    runs = parse_loss_mask(packed) if isinstance(packed, str) else [int(n) for n in packed]
-    return int(unpack_loss_mask(runs, length).sum()) < max(1, min_loss_tokens)
+    return int(unpack_loss_mask(packed, length).sum()) < max(1, min_loss_tokens)
 
 
 def read_shard(

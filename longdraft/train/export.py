@@ -21,10 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
+from longdraft.errors import UserError
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import rope_theta_and_scaling
 
 WEIGHT_PREFIXES = ("fc.", "midlayer.", "norm.", "lm_head.")
+
+
+class ExportError(UserError, ValueError):
+    """An export that cannot be written or read as asked: the message names the file and the field."""
 
 
 def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
@@ -65,7 +70,7 @@ def export_draft(
     (vLLM and SGLang would clamp the positions the draft was trained on)."""
     limit = model.config.max_position_embeddings
     if trained_length is not None and limit < trained_length:
-        raise ValueError(
+        raise ExportError(
             f"the draft was trained on sequences of {trained_length} tokens but its config says "
             f"max_position_embeddings = {limit}: a serving engine would clamp positions past {limit}"
         )
@@ -121,7 +126,7 @@ def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) 
     path = Path(export_dir)
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("architectures") != ["LlamaForCausalLMEagle3"]:
-        raise ValueError(
+        raise ExportError(
             f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']"
         )
     model = Eagle3Draft(draft_config_from_export(cfg), target_embedding.float())
@@ -130,5 +135,5 @@ def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) 
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     missing = [k for k in missing if k not in ("d2t", "t2d")]
     if missing or unexpected:
-        raise ValueError(f"{path / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
+        raise ExportError(f"{path / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
     return model

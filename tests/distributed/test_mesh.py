@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from longdraft.attention.ring import RingComm
 from longdraft.attention.usp import USPAttentionBackend
 from longdraft.parallel.mesh import (
     USPMesh,
@@ -202,14 +203,19 @@ def _grid_worker(rank: int, world: int) -> dict:
     for U, R in GRIDS:
         mesh = USPMesh.build(U, R, num_heads=8, num_kv_heads=2)
         meshes[(U, R)] = mesh
+        ring = RingComm(mesh.ring_group, mesh.ring_size, mesh.coords.ring)
         report[(U, R)] = {
             "coords": (mesh.coords.dp, mesh.coords.ring, mesh.coords.ulysses, mesh.coords.sp_rank),
             "ulysses": (mesh.ulysses_ranks, _members(mesh.ulysses_group, world)),
             "ring": (mesh.ring_ranks, _members(mesh.ring_group, world)),
             "sp": (mesh.sp_ranks, None),  # rank lists only: no process group is built for them
             "dp": (mesh.dp_ranks, None),
-            "next_prev": (mesh.ring_next, mesh.ring_prev),
-            "dp_size": mesh.dp_size,
+            # the ring neighbours as the attention's ring exchange finds them (group ranks -> global)
+            "next_prev": (
+                dist.get_global_rank(mesh.ring_group, ring.next),
+                dist.get_global_rank(mesh.ring_group, ring.prev),
+            ),
+            "dp_size": len(mesh.dp_ranks),
         }
     calls, messages = _bad_sizes_issue_no_collective(meshes[(4, 1)])
     # The ranks are still in lockstep afterwards.

@@ -236,7 +236,7 @@ def _run_model_case(mesh: USPMesh, case: Case, seed: int, empty_rank: int) -> di
     outs = model(loc_inputs, positions, backend)
     local_sum, local_count = _masked_loss(outs, [shard(w) for w in weights], loc_mask)
     count = local_count.clone()
-    assert mesh.dp_size == 1  # the SP group is the whole world
+    assert mesh.sp_size == mesh.world_size  # the SP group is the whole world
     dist.all_reduce(count)
     if local_count.item() == 0:
         # As a trainer does for a shard without loss tokens: a loss that does not depend on the

@@ -9,7 +9,7 @@ import yaml
 
 from longdraft.cli import main
 from longdraft.engines.head_weights import load_embedding_and_head
-from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
+from longdraft.testing.tiny_target import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import load_exported_draft
 from longdraft.train.metrics_log import read_metrics
 

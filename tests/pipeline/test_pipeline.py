@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from longdraft.config import config_from_dict
-from longdraft.engines.tiny import build_tiny_target, tiny_rows, write_tiny_jsonl
 from longdraft.pipeline.launch import run_pipeline
 from longdraft.run import run_training
+from longdraft.testing.tiny_target import build_tiny_target, tiny_rows, write_tiny_jsonl
 from longdraft.train.checkpoint import latest_checkpoint
 from longdraft.train.metrics_log import read_metrics
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
+from longdraft.testing.tiny_target import build_tiny_target, write_tiny_jsonl
 from tests.ray_cluster import live_session_procs, private_dir_prefix, ray_env, two_node_cluster
 
 

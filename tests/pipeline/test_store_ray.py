@@ -10,7 +10,8 @@ from longdraft.sharding.header import check_shard
 from longdraft.sharding.layout import ShardLayout
 from longdraft.sharding.split import split_sample
 from longdraft.store.base import SampleHandle, StoreError, shard_nbytes
-from longdraft.store.ray_store import RayTensorStore, local_object_store_usage
+from longdraft.store.ray_store import RayTensorStore
+from tests.object_store_usage import local_object_store_usage
 from tests.sample_tensors import make_sample
 
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from longdraft.config import config_from_dict
-from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.run import run_training
+from longdraft.testing.tiny_target import build_tiny_target, write_tiny_jsonl
 from longdraft.train.metrics_log import read_metrics
 from tests.ray_cluster import live_session_procs, ray_env, two_node_cluster
 

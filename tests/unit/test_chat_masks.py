@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText
 from longdraft.data.tokenize import tokenize_conversation, tokenize_row
-from longdraft.engines.tiny import END_OF_TURN, build_tiny_target
+from longdraft.testing.tiny_target import END_OF_TURN, build_tiny_target
 
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},

@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longdraft.config import config_from_dict
-from longdraft.engines.tiny import SENTENCES, build_tiny_target, write_tiny_jsonl
 from longdraft.errors import UserError
 from longdraft.eval.cli import main as eval_main
 from longdraft.eval.context import check_context_fits, run_context_eval
@@ -16,6 +15,7 @@ from longdraft.eval.context_prompts import context_prompts, cut_points, document
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
 from longdraft.run import run_training
+from longdraft.testing.tiny_target import SENTENCES, build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import export_draft
 
 BOS = 1
@@ -132,7 +132,7 @@ def test_cli_context_lengths(long_docs, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert [r["context_length"] for r in report["by_length"]] == [32, 64]
     assert (tmp_path / "ctx.png").stat().st_size > 0
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=r"argument --context-lengths: '1': expected comma-separated token counts >= 2"):
         eval_main(["--target", str(target), "--draft", str(export), "--data", str(data), "--context-lengths", "1"])
 
 

@@ -12,16 +12,10 @@ from transformers import AutoTokenizer
 from longdraft.data import errors as E
 from longdraft.data.dataset import load_samples
 from longdraft.data.errors import DataError
-from longdraft.data.loss_mask import (
-    count_loss_tokens,
-    pack_loss_mask,
-    parse_loss_mask,
-    serialize_loss_mask,
-    unpack_loss_mask,
-)
+from longdraft.data.loss_mask import pack_loss_mask, unpack_loss_mask
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl, parse_row
 from longdraft.data.tokenize import tokenize_conversation
-from longdraft.engines.tiny import tiny_rows, write_tiny_jsonl
+from longdraft.testing.tiny_target import tiny_rows, write_tiny_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +26,13 @@ def tokenizer(tiny_target):
 # ------------------------------------------------------------------ packed masks
 
 
-def test_pack_example_and_string_form():
+def test_pack_example():
     mask = [int(c) for c in "0011100110"]
     assert pack_loss_mask(mask) == [2, 3, 2, 2, 1]
-    assert serialize_loss_mask([2, 3, 2, 2, 1]) == "2,3,2,2,1"
-    assert parse_loss_mask("2,3,2,2,1") == [2, 3, 2, 2, 1]
-    assert unpack_loss_mask("2,3,2,2,1").tolist() == mask
+    assert unpack_loss_mask([2, 3, 2, 2, 1]).tolist() == mask
     assert pack_loss_mask([1, 1, 0]) == [0, 2, 1]  # a leading 0-run of length 0
-    assert pack_loss_mask([]) == [] and unpack_loss_mask([]).numel() == 0 and parse_loss_mask("") == []
-    assert count_loss_tokens("2,3,2,2,1") == 5
+    assert pack_loss_mask([]) == [] and unpack_loss_mask([]).numel() == 0
+    assert int(unpack_loss_mask([2, 3, 2, 2, 1]).sum()) == 5
 
 
 def test_pack_unpack_round_trip_random():
@@ -51,7 +43,7 @@ def test_pack_unpack_round_trip_random():
             packed = pack_loss_mask(torch.tensor(bits))
             assert sum(packed) == n and all(r > 0 for r in packed[1:])
             assert unpack_loss_mask(packed, dtype=torch.bool).tolist() == bits
-            assert unpack_loss_mask(serialize_loss_mask(packed)).tolist() == [int(b) for b in bits]
+            assert unpack_loss_mask(packed).tolist() == [int(b) for b in bits]
 
 
 def test_unpack_length_truncates_or_pads_and_slice():
@@ -59,8 +51,8 @@ def test_unpack_length_truncates_or_pads_and_slice():
     assert unpack_loss_mask([1, 2, 3], length=2).tolist() == [0, 1]
     with pytest.raises(ValueError, match="expected 0 or 1"):
         pack_loss_mask([0, 2])
-    with pytest.raises(ValueError, match="comma-separated"):
-        parse_loss_mask("2,x")
+    with pytest.raises(ValueError, match="negative length"):
+        unpack_loss_mask([2, -1])
 
 
 # ------------------------------------------------------------------ rows
@@ -190,3 +182,19 @@ def test_load_samples_rejects_bad_arguments(tmp_path, tokenizer):
         load_samples(path, tokenizer, 64, on_bad_row="ignore")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_samples(tmp_path / "missing.jsonl", tokenizer, 64)
+
+
+def test_a_bad_row_error_survives_pickling():
+    # Ray sends the controller's exception to the driver pickled; without this it arrives as an
+    # "UnserializableException" instead of the row's file:line and reason.
+    import pickle
+
+    error = DataError(E.BAD_JSON, "invalid JSON (x at column 2)", "train.jsonl:3")
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), back.kind, back.reason, back.location, str(back)) == (
+        DataError,
+        E.BAD_JSON,
+        "invalid JSON (x at column 2)",
+        "train.jsonl:3",
+        "train.jsonl:3: invalid JSON (x at column 2)",
+    )

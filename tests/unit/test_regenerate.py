@@ -11,10 +11,10 @@ import longdraft.regenerate as regen
 from longdraft.config import config_from_dict
 from longdraft.data.errors import DataError
 from longdraft.data.tokenize import render_chat
-from longdraft.engines.tiny import build_tiny_target, tiny_rows
 from longdraft.errors import UserError
 from longdraft.eval.speculative import greedy_generate
 from longdraft.eval.target_runner import TargetRunner, stop_token_ids
+from longdraft.testing.tiny_target import build_tiny_target, tiny_rows
 
 NEW = 12
 SETTINGS = regen.RegenerateSettings(max_new_tokens=NEW, batch_size=3)

@@ -11,20 +11,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from longdraft.attention.factory import make_attention_backend
 from longdraft.config import config_from_dict
 from longdraft.data.vocab import VocabMapping
-from longdraft.engines.tiny import build_tiny_target, write_tiny_jsonl
 from longdraft.eval.after_training import final_evaluation
 from longdraft.eval.cli import main as eval_main
 from longdraft.eval.draft_runner import DraftRunner
 from longdraft.eval.evaluate import run_prompts
 from longdraft.eval.prompts import load_prompts
-from longdraft.eval.proposers import Eagle3Proposer, OracleProposer
+from longdraft.eval.proposers import Eagle3Proposer
 from longdraft.eval.report import summarize
 from longdraft.eval.speculative import greedy_generate, speculative_generate
 from longdraft.eval.target_runner import TargetRunner, stop_token_ids
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
+from longdraft.testing.tiny_target import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import export_draft, load_exported_draft
 from tests.draft_factory import HIDDEN, VOCAB, tiny_draft
+from tests.oracle_proposer import OracleProposer
 
 K = 4
 

@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def vllm_target(tmp_path_factory):
-    from longdraft.engines.tiny import build_tiny_target
+    from longdraft.testing.tiny_target import build_tiny_target
 
     return build_tiny_target(
         tmp_path_factory.mktemp("vllm_target"),

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from longdraft.config import config_from_dict
-from longdraft.engines.tiny import tiny_rows, write_tiny_jsonl
 from longdraft.pipeline.launch import run_pipeline
+from longdraft.testing.tiny_target import tiny_rows, write_tiny_jsonl
 from longdraft.train.metrics_log import read_metrics
 
 
