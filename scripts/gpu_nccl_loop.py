@@ -22,6 +22,7 @@ def _train(cfg, checkpoint) -> dict:
     from longdraft.attention.factory import make_attention_backend
     from longdraft.device import resolve_device
     from longdraft.engines.factory import build_engine
+    from longdraft.train.checkpoint import checkpoint_extra
     from longdraft.train.local_source import LocalSource
     from longdraft.train.loop import train_loop
     from longdraft.train.reduction import SumReducer
@@ -31,7 +32,9 @@ def _train(cfg, checkpoint) -> dict:
     held_out, _ = load_held_out(cfg, tokenizer)
     device = resolve_device(cfg.training.device)
     parts = build_train_parts(cfg, vocab_for(cfg, tokenizer), device)
-    source = LocalSource(cfg, training_stream(cfg, tokenizer), held_out, build_engine(cfg, device), device)
+    position = checkpoint_extra(checkpoint)["stream_position"] if checkpoint else 0
+    stream = training_stream(cfg, tokenizer, position)
+    source = LocalSource(cfg, stream, held_out, build_engine(cfg, device), device)
     loop = train_loop(
         cfg,
         parts,
