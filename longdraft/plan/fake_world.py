@@ -2,7 +2,8 @@
 
 Collectives return at once without moving data. All-to-all and all-gather hand back this rank's own
 input (correct shapes), all-reduce leaves its tensor as it was, and a ring receive completes with its
-buffer untouched: ``StepMemTracker`` zero-fills those buffers, so the step stays finite.
+buffer untouched (``torch.empty``: any bits): ``ZeroFilledReceives`` zero-fills those buffers, so the
+step stays finite.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from longdraft.errors import UserError
 
@@ -29,3 +32,14 @@ def fake_world(world: int, rank: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+class ZeroFilledReceives(TorchDispatchMode):
+    """Every ``recv`` of the fake group leaves zeros in its buffer (it writes nothing itself)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.ops.c10d.recv_.default:
+            for buffer in args[0]:
+                buffer.zero_()
+        return result

@@ -36,8 +36,7 @@ KINDS = {
 
 class StepMemTracker(MemTracker):
     """``MemTracker`` that also names communication buffers (every tensor a collective reads or
-    writes, while it lives), counts each collective's bytes, and zero-fills ring receives, which the
-    fake process group completes without writing."""
+    writes, while it lives) and counts each collective's bytes."""
 
     def __init__(self, group_names: list[tuple[object, str]]):
         super().__init__()
@@ -66,11 +65,7 @@ class StepMemTracker(MemTracker):
         buffers = [t for t in torch.utils._pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
         for t in buffers:
             self._update_and_maybe_create_winfos(t, _CommRef.COMM)
-        result = super().__torch_dispatch__(func, types, args, kwargs)
-        if func._opname == "recv_":
-            for t in buffers:
-                t.zero_()
-        return result
+        return super().__torch_dispatch__(func, types, args, kwargs)
 
     def peak_by_kind(self, device: torch.device) -> dict[str, int]:
         snap = self.get_tracker_snapshot("peak")

@@ -20,7 +20,7 @@ from longdraft.device import resolve_device
 from longdraft.errors import UserError
 from longdraft.pipeline.sizes import sample_sizes
 from longdraft.plan.estimate_mode import PlanFakeMode
-from longdraft.plan.fake_world import fake_world
+from longdraft.plan.fake_world import ZeroFilledReceives, fake_world
 from longdraft.plan.memory import StepMemTracker
 from longdraft.plan.parts import PlanParts, build_plan_parts
 from longdraft.plan.step_call import run_train_step
@@ -52,7 +52,8 @@ def _sync(device: torch.device) -> None:
 def _timed_step(parts: PlanParts, device: torch.device) -> tuple[float, dict]:
     _sync(device)
     start = time.perf_counter()
-    metrics = run_train_step(parts)
+    with ZeroFilledReceives():
+        metrics = run_train_step(parts)
     _sync(device)
     return time.perf_counter() - start, metrics
 
@@ -62,7 +63,7 @@ def _tracked_step(parts: PlanParts, device: torch.device) -> tuple[dict, dict]:
     tracker = StepMemTracker(groups)
     tensors = [t for b in parts.batches for t in vars(b).values()]
     tracker.track_external(parts.model, parts.optimizer, parts.head, *tensors)
-    with tracker:
+    with tracker, ZeroFilledReceives():
         run_train_step(parts)
     by_kind = tracker.peak_by_kind(device)
     shards = parts.shard_bytes()
@@ -84,7 +85,8 @@ def _measure(cfg: Config, planned: torch.device, memory: int, random_weights: bo
     parts = build_plan_parts(cfg, planned, planned, memory, random_weights)
     warmups = 1 if planned.type == "cuda" else 0  # the first CUDA step pays for kernel set-up
     for _ in range(warmups):
-        run_train_step(parts)
+        with ZeroFilledReceives():
+            run_train_step(parts)
     if planned.type == "cuda":
         torch.cuda.reset_peak_memory_stats(planned)
     step_s, metrics = _timed_step(parts, planned)

@@ -45,7 +45,9 @@ def test_plan_of_the_quick_start_config_is_measured_and_estimated_alike():
 
 @pytest.mark.timeout(600)
 def test_plan_of_llama_8b_shapes_with_random_weights_without_a_gpu():
-    short = _plan(LLAMA, "--random-weights", "--world", "2", "training.max_seq_length=32768", "training.sp_ulysses_size=2")
+    short = _plan(
+        LLAMA, "--random-weights", "--world", "2", "training.max_seq_length=32768", "training.sp_ulysses_size=2"
+    )
     assert short["measured"] is None and short["measured_skipped"] == "no GPU here"
     assert short["precision"] == "bf16" and short["layout"] == "DP1 x U2 x R1"
     peak = short["estimate"]["peak_bytes"]
