@@ -58,10 +58,10 @@ if summary == "plan" and rc == 0:
         "step_time_s": p["step_time_s"], "measured_skipped": p["measured_skipped"], "fits": p["fits"],
         "device_memory": p["device_memory_source"],
     }
-elif rc != 0:
-    line["stderr_tail"] = open(err_path, errors="replace").read()[-800:]
 else:
     line["stdout_tail"] = text[-600:]
+    if rc != 0:
+        line["stderr_tail"] = open(err_path, errors="replace").read()[-800:]
 print(json.dumps(line))
 EOF
 }
