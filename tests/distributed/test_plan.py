@@ -114,3 +114,46 @@ def test_per_rank_activation_memory_falls_as_one_over_sp_size(tmp_path):
         activations[sp] = result["estimate"]["peak_bytes"]["activations"]
     for sp in (2, 4, 8):
         assert activations[sp] * sp == pytest.approx(activations[1], rel=0.15), activations
+
+
+_RSS_SCRIPT = """
+import json, torch
+from longdraft.bench.memory import PeakMeter
+from longdraft.config import load_config
+from longdraft.plan.fake_world import fake_world
+from longdraft.plan.parts import build_plan_parts
+from longdraft.plan.run import _tracked_step
+from longdraft.plan.step_call import run_train_step
+torch.set_num_threads(1)
+cfg = load_config("examples/shakespeare/draft.yaml")
+with fake_world(1, 0):
+    parts = build_plan_parts(cfg, torch.device("cpu"), torch.device("cpu"), 1 << 34, False)
+    run_train_step(parts)
+    meter = PeakMeter(torch.device("cpu"))
+    meter.start()
+    run_train_step(parts)
+    rss = meter.peak()
+    peak, _ = _tracked_step(parts, torch.device("cpu"))
+print(json.dumps({"rss_delta": rss, "peak": peak}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_measured_peak_agrees_with_the_resident_set_on_cpu():
+    """The tracker counts live tensor bytes; the resident set (glibc returning every freed block, as
+    ``bench memory`` sets it) is an independent count of the same step's memory above its start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT], cwd=repo, env=env, capture_output=True, text=True, timeout=280
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak = result["peak"]
+    above_start = peak["total"] - peak["weights"] - peak["optimizer"] - peak["shards"]
+    assert above_start == pytest.approx(result["rss_delta"], rel=0.10), result
