@@ -39,8 +39,8 @@ def to_table(plan: dict) -> str:
     measured = plan["measured"]
     if measured and measured.get("allocator_peak_bytes") is not None:
         lines.append(f"  {'allocator peak':<22}{'':>16}{_gib(measured['allocator_peak_bytes']):>16}")
-    for name, col in columns:
-        lines.append(f"  {name}: {col['method']}")
+    for _, col in columns:
+        lines.append(f"  {col['method']}")
     if not measured:
         lines.append(f"  not measured: {plan['measured_skipped']}")
     step = plan["step_time_s"]

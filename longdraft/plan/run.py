@@ -142,7 +142,8 @@ def plan(
         if do_measure:
             measured, parts = _measure(cfg, planned, memory, random_weights)
     best = measured or estimate
-    total = best["peak_bytes"]["total"] + (CUDA_RESERVE if planned.type == "cuda" else 0)
+    peak = max(best["peak_bytes"]["total"], (measured or {}).get("allocator_peak_bytes") or 0)
+    total = peak + (CUDA_RESERVE if planned.type == "cuda" else 0)
     c = parts.mesh.coords
     return {
         "config": config_path,
@@ -170,17 +171,17 @@ def plan(
         "store_bytes_per_sample": sample_sizes(cfg).sample_bytes(t.max_seq_length),
         "fits": total <= memory,
         "fits_from": "measured" if measured else "estimate",
-        "notes": _notes(t, planned),
+        "notes": _notes(t, planned, parts.ring_mode),
     }
 
 
-def _notes(t, planned: torch.device) -> list[str]:
+def _notes(t, planned: torch.device, ring_mode: str) -> list[str]:
     notes = [
         "collectives run on torch's fake process group: they return at once, so the step time has no communication; "
         "bytes are what this rank would send",
         "worst case for memory: every sample max_seq_length tokens, every position in the loss",
     ]
-    if t.sp_ring_size > 1:
+    if t.sp_ring_size > 1 and ring_mode == "ring":
         notes.append("ring send/recv complete without data under the fake group; their receive buffers are zero-filled")
     if planned.type == "cuda":
         notes.append(f"fits: peak + {CUDA_RESERVE // GiB} GiB (CUDA context, allocator slack) <= device memory")
