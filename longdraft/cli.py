@@ -15,6 +15,7 @@ USAGE_EXAMPLES = """examples:
   longdraft export runs/try2/checkpoints/step_200 runs/try2/exported
   longdraft eval --target examples/shakespeare/target --draft runs/try2/final --data heldout.jsonl --json
   longdraft bench attention --json
+  longdraft plan examples/plan/llama31_8b/plan_128k.yaml --random-weights
 
 Errors print one line; add --debug (anywhere) for the full traceback.
 """
@@ -70,6 +71,12 @@ def _bench(args) -> int:
     return importlib.import_module(BENCHES[args.what]).main(args.rest) or 0
 
 
+def _plan(args) -> int:
+    from longdraft.plan.cli import main as plan_main
+
+    return plan_main(args.rest) or 0
+
+
 def _eval(args) -> int:
     from longdraft.eval.cli import main as eval_main
 
@@ -108,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("rest", nargs=argparse.REMAINDER)
     evaluate.set_defaults(func=_eval)
+    plan = sub.add_parser("plan", help="one rank's training step at any scale on this device: memory, time, bytes")
+    plan.add_argument("rest", nargs=argparse.REMAINDER)
+    plan.set_defaults(func=_plan)
     bench = sub.add_parser("bench", help=f"benchmarks that print JSON: {', '.join(BENCHES)}")
     bench.add_argument("what", choices=list(BENCHES))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -133,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["eval"]:
             args = argparse.Namespace(func=_eval, rest=argv[1:])
+        elif argv[:1] == ["plan"]:
+            args = argparse.Namespace(func=_plan, rest=argv[1:])
         elif argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCHES:
             args = argparse.Namespace(func=_bench, what=argv[1], rest=argv[2:])
         else:
