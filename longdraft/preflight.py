@@ -22,6 +22,7 @@ def preflight(cfg: Config) -> None:
     _heads_split_over_ulysses(cfg, text)
     if cfg.inference.engine == "vllm":
         _vllm_length(cfg, text)
+        _vllm_own_gpus(cfg)
     if cfg.training.num_trainers > 1 and cfg.store.backend == "mooncake":
         from longdraft.pipeline.sizes import sample_sizes
         from longdraft.pipeline.stores import mooncake_sizes
@@ -90,6 +91,15 @@ def _vllm_length(cfg: Config, text: dict) -> None:
             f"training.max_seq_length = {length}: the vLLM engine needs a context of {length + 1}, more than "
             f"the target's max_position_embeddings = {limit}; expected at most {int(limit) - 1}"
         )
+
+
+def _vllm_own_gpus(cfg: Config) -> None:
+    """A vLLM producer configured to share a trainer's GPU (``pipeline/placement.py``)."""
+    from longdraft.pipeline.placement import vllm_share_problem
+
+    problem = vllm_share_problem(cfg) if cfg.training.device != "cpu" and cfg.training.num_trainers > 1 else None
+    if problem:
+        raise UserError(problem)
 
 
 def _first_global_batch(cfg: Config) -> None:

@@ -122,6 +122,16 @@ class InferenceConfig:
         _gpu_share,
         "null (auto), 0 (CPU), a fraction below 0.5 (shares a trainer's GPU) or a whole number >= 1",
     )
+    # vLLM on GPU only: the share of each of its GPUs' memory vLLM takes (weights, activations and
+    # the KV cache in what is left); vLLM refuses to start unless that much is free.
+    gpu_memory_utilization: float = _bounded(0.9, above=0, max=1)
+    # vLLM only: GPUs one producer shards the target over; its placement takes that many GPUs.
+    tensor_parallel_size: int = _bounded(1, min=1)
+    # vLLM only: no CUDA graphs. auto: on on CPU, off on GPU.
+    enforce_eager: bool | Literal["auto"] = "auto"
+    # HF only: transformers' device_map for the target. null: "auto" (spread over the producer's GPUs)
+    # when a producer has more than one GPU, else the whole target on its one device.
+    device_map: str | None = None
 
 
 @dataclass

@@ -31,6 +31,13 @@ from pathlib import Path
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
 from longdraft.engines.head_weights import read_target_config
 from longdraft.engines.spool import create_spool
+from longdraft.engines.vllm_memory import (
+    DeviceMemory,
+    check_gpu_fits,
+    kv_bytes_per_token,
+    vllm_memory_kwargs,
+    weights_bytes,
+)
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
@@ -53,14 +60,8 @@ def vllm_capture_ids(aux_layers: Sequence[int], num_layers: int) -> tuple[list[i
 
 
 def default_kv_cache_bytes(text_config: dict, captured: int, dtype_bytes: int, tokens: int) -> int:
-    """KV cache for ``tokens`` tokens in flight, twice over (at least 64 MiB): the K/V of every layer
-    plus the ``captured`` hidden-state rows, which share vLLM's KV-cache budget."""
-    hidden = int(text_config["hidden_size"])
-    heads = int(text_config["num_attention_heads"])
-    head_dim = int(text_config.get("head_dim") or hidden // heads)
-    kv_heads = int(text_config.get("num_key_value_heads") or heads)
-    per_token = dtype_bytes * (int(text_config["num_hidden_layers"]) * 2 * kv_heads * head_dim + captured * hidden)
-    return max(64 << 20, 2 * tokens * per_token)
+    """The CPU default: KV cache for ``tokens`` tokens in flight, twice over (at least 64 MiB)."""
+    return max(64 << 20, 2 * tokens * kv_bytes_per_token(text_config, captured, dtype_bytes))
 
 
 def vllm_dtype(dtype: str, config: dict) -> str:
@@ -90,7 +91,12 @@ class VLLMTargetEngine(TargetEngine):
         kv_cache_mb: int | None = None,
         batch_size: int = 4,
         wait_timeout_s: float = 600.0,
+        gpu_memory: DeviceMemory | None = None,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool | str = "auto",
     ) -> None:
+        """``gpu_memory``: the producer's GPUs' memory (None on CPU), checked before vLLM starts."""
         path = Path(path)
         cfg, text = read_target_config(path)
         self.dtype = vllm_dtype(dtype, cfg)
@@ -113,14 +119,24 @@ class VLLMTargetEngine(TargetEngine):
         self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, True)  # also if never closed
         self._ids = itertools.count()
         ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
-        kv_bytes = (
-            kv_cache_mb << 20
-            if kv_cache_mb is not None
-            else default_kv_cache_bytes(text, len(ids), dtype_bytes(self.dtype), batch_size * self.max_model_len)
+        size = dtype_bytes(self.dtype)
+        if gpu_memory is not None:
+            per_token = kv_bytes_per_token(text, len(ids), size, tensor_parallel_size)
+            weights = weights_bytes(path, cfg, size)
+            check_gpu_fits(
+                gpu_memory, gpu_memory_utilization, weights, per_token, self.max_model_len, tensor_parallel_size
+            )
+        memory_kwargs = vllm_memory_kwargs(
+            gpu_memory,
+            utilization=gpu_memory_utilization,
+            tensor_parallel=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            kv_cache_mb=kv_cache_mb,
+            default_kv_bytes=default_kv_cache_bytes(text, len(ids), size, batch_size * self.max_model_len),
         )
-        self.llm = self._start(ids, kv_bytes, max_num_batched_tokens)
+        self.llm = self._start(ids, memory_kwargs, max_num_batched_tokens)
 
-    def _start(self, ids: list[int], kv_bytes: int, max_num_batched_tokens: int | None):
+    def _start(self, ids: list[int], memory_kwargs: dict, max_num_batched_tokens: int | None):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -133,8 +149,7 @@ class VLLMTargetEngine(TargetEngine):
             tokenizer=str(self.path),
             dtype=self.dtype,
             max_model_len=self.max_model_len,
-            kv_cache_memory_bytes=kv_bytes,
-            enforce_eager=True,
+            **memory_kwargs,
             enable_prefix_caching=False,
             seed=0,
             speculative_config={

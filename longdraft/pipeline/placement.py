@@ -4,7 +4,8 @@ On a cluster with GPUs every trainer rank gets a GPU of its own (or ``1 - f`` of
 take a fraction ``f < 0.5`` of the same GPU), so two trainer ranks never share a device. Each SP
 group is packed on one node when some node can hold it, else each Ulysses group is (its all-to-alls
 need the fast links); ring neighbours may then cross nodes. Producers ask for
-``inference.gpus_per_producer`` GPUs and are restarted by Ray if their process dies.
+``inference.gpus_per_producer`` GPUs and are restarted by Ray if their process dies; a vLLM producer
+takes whole GPUs of its own (``tensor_parallel_size`` of them), never a share of a trainer's.
 """
 
 from __future__ import annotations
@@ -45,9 +46,49 @@ def gpu_shares(cfg: Config, cluster_gpus: float) -> tuple[bool, float, float]:
     if not use_gpu:
         return False, 0.0, 0.0
     f = inf.gpus_per_producer
+    if inf.engine == "vllm":
+        return True, 1.0, vllm_producer_gpus(cfg, cluster_gpus)
     if f is None:
         f = 1.0 if cluster_gpus >= t.num_trainers + inf.num_producers else 0.25
     return True, (1.0 - f if 0 < f < 1 else 1.0), f
+
+
+def vllm_share_problem(cfg: Config) -> str | None:
+    """Why the configured GPUs per producer cannot hold a vLLM producer, from the config alone.
+
+    vLLM takes ``gpu_memory_utilization`` of each of its GPUs and refuses to start unless that much
+    is free, so it never shares a trainer's GPU; with tensor parallelism it needs exactly that many."""
+    inf = cfg.inference
+    f, tp = inf.gpus_per_producer, inf.tensor_parallel_size
+    if f is not None and 0 < f < 1:
+        return (
+            f"inference.gpus_per_producer = {f}: a vLLM producer cannot share a trainer's GPU (vLLM claims "
+            f"inference.gpu_memory_utilization = {inf.gpu_memory_utilization} of it at start-up); expected "
+            f"{tp} (inference.tensor_parallel_size), 0 (CPU) or null"
+        )
+    if f is not None and f >= 1 and f != tp:
+        return (
+            f"inference.gpus_per_producer = {f} but inference.tensor_parallel_size = {tp}: a vLLM producer "
+            f"uses exactly its tensor-parallel GPUs; expected gpus_per_producer = {tp} or null"
+        )
+    return None
+
+
+def vllm_producer_gpus(cfg: Config, cluster_gpus: float) -> float:
+    """Whole GPUs per vLLM producer (``tensor_parallel_size`` when auto), refused when the cluster
+    cannot give every producer GPUs besides the trainers'."""
+    problem = vllm_share_problem(cfg)
+    if problem:
+        raise PlacementError(problem)
+    t, inf = cfg.training, cfg.inference
+    f = inf.gpus_per_producer if inf.gpus_per_producer is not None else float(inf.tensor_parallel_size)
+    if f and cluster_gpus < t.num_trainers + inf.num_producers * f:
+        raise PlacementError(
+            f"{inf.num_producers} vLLM producers of {f:g} GPUs each need GPUs of their own besides the "
+            f"{t.num_trainers} trainers' ({t.num_trainers + inf.num_producers * f:g} in all), but the Ray cluster "
+            f"has {cluster_gpus:g}: lower inference.num_producers, or set inference.gpus_per_producer = 0 (CPU)"
+        )
+    return f
 
 
 def trainer_groups(cfg: Config, per_node_capacity: int) -> list[list[int]]:
