@@ -15,13 +15,29 @@ from dataclasses import replace
 import torch
 
 from longdraft.config import Config
+from longdraft.errors import UserError
 from longdraft.train.step import resolve_precision
 
 
-def decided_for_ranks(cfg: Config, use_gpu: bool) -> Config:
-    """``cfg`` with ``training.device``, ``precision`` and ``attention_backend`` concrete, for
-    trainer ranks placed with (``use_gpu``) or without a GPU each."""
-    device = "cuda" if use_gpu else "cpu"
+def trainer_device(use_gpu: bool, sees_cuda: list[bool]) -> str:
+    """The device of every trainer rank: ``cuda`` when the placement gave each a GPU and each one
+    sees it, ``cpu`` when none does (GPUs declared as Ray resources on a machine without CUDA, as the
+    loopback test clusters do). Ranks that disagree are refused: one device kind for all."""
+    if not use_gpu or not any(sees_cuda):
+        return "cpu"
+    if not all(sees_cuda):
+        blind = [rank for rank, sees in enumerate(sees_cuda) if not sees]
+        raise UserError(
+            f"trainer ranks {blind} were placed on a GPU but see no CUDA device, while the others do; "
+            "every trainer rank must train on the same kind of device (check the nodes' drivers and "
+            "CUDA_VISIBLE_DEVICES)"
+        )
+    return "cuda"
+
+
+def decided_for_ranks(cfg: Config, device: str) -> Config:
+    """``cfg`` with ``training.device`` (``trainer_device``), ``precision`` and ``attention_backend``
+    concrete, the same for every trainer rank."""
     t = cfg.training
     training = replace(
         t,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
-from longdraft.pipeline.decisions import decided_for_ranks
+from longdraft.pipeline.decisions import decided_for_ranks, trainer_device
 from longdraft.pipeline.prompt_feed import FeedSpec
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
@@ -151,12 +151,11 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             max_inflight_bytes=_inflight_budget(cfg, store),
             sizes=sizes,
         )
-        rank_cfg = decided_for_ranks(cfg, placement.use_gpu)  # the same device, precision, backend on every rank
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
                 rank,
                 world,
-                rank_cfg,
+                cfg,
                 queues[rank // sp][rank % sp],
                 controller,
                 store.trainer_factory(),
@@ -171,8 +170,16 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
         init_method = _wait_all(
             {trainers[0].rendezvous_address.remote(): "trainer rank 0 (rendezvous)"}, actors, c.placement_timeout_s
         )["trainer rank 0 (rendezvous)"]
+        sees_cuda = _wait_all(
+            {trainer.sees_cuda.remote(): r for r, trainer in enumerate(trainers)}, actors, c.placement_timeout_s
+        )
+        device = trainer_device(placement.use_gpu, [sees_cuda[r] for r in range(world)])
+        rank_cfg = decided_for_ranks(cfg, device)  # the same device, precision, backend on every rank
         _wait_all(
-            {trainer.setup.remote(init_method): f"trainer rank {r} (setup)" for r, trainer in enumerate(trainers)},
+            {
+                trainer.setup.remote(init_method, rank_cfg): f"trainer rank {r} (setup)"
+                for r, trainer in enumerate(trainers)
+            },
             actors,
             c.placement_timeout_s + c.collective_timeout_s,
         )

@@ -68,6 +68,10 @@ class TrainerRank:
             "peak_mem_bytes": [],
         }
 
+    def sees_cuda(self) -> bool:
+        """Whether this actor sees a CUDA device (the driver decides one device kind for all ranks)."""
+        return torch.cuda.is_available()
+
     def mark_output(self, token: str) -> dict:
         """This run's marker in the directory the driver reads back (``pipeline/shared_output.py``)."""
         return write_marker(self.cfg, token, self.rank, self.node_ip)
@@ -79,11 +83,13 @@ class TrainerRank:
             port = s.getsockname()[1]
         return f"tcp://{self.node_ip}:{port}"
 
-    def setup(self, init_method: str) -> None:
+    def setup(self, init_method: str, decided: Config) -> None:
+        """``decided``: the config with the driver's device, precision and backend (``pipeline/decisions.py``)."""
         from longdraft.attention.factory import make_attention_backend
         from longdraft.engines.head_weights import head_rows
         from longdraft.parallel.mesh import USPMesh, process_group_backend
 
+        self.cfg = decided
         t = self.cfg.training
         self.device = resolve_device(t.device)  # decided by the driver (pipeline/decisions.py)
         self.report["rendezvous"] = init_method
