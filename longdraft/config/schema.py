@@ -179,8 +179,9 @@ class MooncakeConfig:
 @dataclass
 class StoreConfig:
     backend: Literal["ray", "mooncake"] = "ray"
-    # Bytes of produced but not yet trained samples; producers wait beyond it (one global batch is
-    # always let through). None: half the Ray object store, or the Mooncake pool.
+    # Bytes of produced but not yet trained samples, in all; producers wait beyond it (one global batch
+    # is always let through). None: the Mooncake pool; the Ray store's bound is per node, always
+    # (half of each node's object store).
     max_inflight_mb: int | None = _bounded(None, min=1, note="MiB")
     mooncake: MooncakeConfig = field(default_factory=MooncakeConfig)
 

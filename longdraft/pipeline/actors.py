@@ -43,9 +43,9 @@ def trainer_actor(options: dict):
     return ray.remote(TrainerRank).options(**options)
 
 
-def object_owner_actor():
+def shard_owners_actor():
     import ray
 
-    from longdraft.store.ray_store import ShardOwner
+    from longdraft.store.ray_store import ShardOwners
 
-    return ray.remote(num_cpus=0, max_concurrency=8)(ShardOwner)
+    return ray.remote(num_cpus=0)(ShardOwners)  # one call at a time: never two owners for one node

@@ -13,9 +13,11 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from longdraft.pipeline.inflight import nodes_of
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PromptItem, SampleMeta
 
 if TYPE_CHECKING:
+    from longdraft.pipeline.inflight import InflightBudget
     from longdraft.pipeline.prompt_feed import FeedSpec
 
 RESTART_WAIT_S = 600.0  # how long a restarting producer may keep refusing calls
@@ -41,7 +43,7 @@ class Controller:
         pool_size: int,
         producer_batch: int,
         held_out: list[PromptItem] | None = None,
-        max_inflight_bytes: int | None = None,
+        budget: InflightBudget | None = None,
         sizes=None,
     ):
         from longdraft.pipeline.prompt_feed import PromptFeed
@@ -62,10 +64,11 @@ class Controller:
         self.max_producer_failures = 3 * max(1, len(producers))
         self.dispatched: Counter = Counter()  # train seq -> times dispatched (must end at 1 each)
         self.heartbeats: dict[int, tuple[int, float]] = {}  # trainer rank -> (last finished step, when)
-        # Backpressure by bytes: samples issued to producers and not yet trained hold their store bytes.
-        self.max_inflight_bytes, self.sizes = max_inflight_bytes, sizes
-        self.inflight: dict[int, int] = {}  # train seq -> bytes it holds in the store
-        self.peak_inflight_bytes, self.budget_waits = 0, 0
+        # Backpressure by bytes: samples issued to producers and not yet trained hold their store bytes,
+        # against the node of the producer that writes them (pipeline/inflight.py).
+        self.budget, self.sizes = budget, sizes
+        self.producer_nodes: list[str | None] = [None] * len(producers)
+        self.budget_waits = 0
 
     def run(self) -> dict:
         """Feed producers (bounded pool) and dispatch in stream order; ends every queue with EndOfRun."""
@@ -79,18 +82,21 @@ class Controller:
         next_prompt, next_dispatch = 0, 0
         staged: list[PromptItem] = []  # drawn, waiting for room in the in-flight byte budget
         idle = list(range(len(self.producers)))
+        if self.budget is not None and self.budget.per_node is not None:
+            self.producer_nodes = nodes_of(self.producers)  # a per-node budget needs them before any batch
         while next_dispatch < total:
             while idle and (retry or (next_prompt < total and next_prompt - next_dispatch < self.pool_size)):
-                if retry:
-                    first, items = retry.pop(0)
+                if retry:  # already reserved; moved to the node that writes it once it is back
+                    p, (first, items) = idle[0], retry.pop(0)
                 else:
                     count = min(self.producer_batch, self.pool_size - (next_prompt - next_dispatch))
                     staged = staged or self._items(held_out, next_prompt, count)
-                    if not self._reserve(staged):
+                    p = self._reserve(staged, idle)
+                    if p is None:
                         break
                     first, items, staged = next_prompt, staged, []
                     next_prompt += len(items)
-                p = idle.pop(0)
+                idle.remove(p)
                 pending[self.producers[p].produce.remote(items)] = (p, first, items)
                 for item in items:
                     if not item.held_out:
@@ -107,6 +113,7 @@ class Controller:
                     p, first, items = pending.pop(future)
                     idle.append(p)  # a dead producer is restarted by Ray and takes calls again
                     metas = self._produced(future, p, first, items, retry)
+                    self._landed(p, metas)
                     for offset, meta in enumerate(metas):
                         ready[first + offset] = meta
                         if not meta.held_out:
@@ -121,19 +128,22 @@ class Controller:
         self._put_everywhere(EndOfRun())
         return self.summary()
 
-    def _reserve(self, items: list[PromptItem]) -> bool:
-        """Take the store bytes of ``items`` from the budget; False (nothing taken) when they do not
-        fit. Fewer samples than one global batch in flight always fit, so the trainers never starve."""
-        if self.max_inflight_bytes is None or self.sizes is None:
-            return True
+    def _reserve(self, items: list[PromptItem], idle: list[int]) -> int | None:
+        """The first idle producer whose node's budget takes the store bytes of ``items`` (taken
+        there), or None (nothing taken): a full node holds its producers back, the others go on."""
+        if self.budget is None or self.sizes is None:
+            return idle[0]
         need = {item.seq: self.sizes.sample_bytes(len(item.input_ids)) for item in items if not item.held_out}
-        with self._lock:
-            held = sum(self.inflight.values())
-            if len(self.inflight) >= self.batch_size and held + sum(need.values()) > self.max_inflight_bytes:
-                return False
-            self.inflight.update(need)
-            self.peak_inflight_bytes = max(self.peak_inflight_bytes, held + sum(need.values()))
-        return True
+        return next((p for p in idle if self.budget.reserve(need, self.producer_nodes[p])), None)
+
+    def _landed(self, producer: int, metas: list[SampleMeta]) -> None:
+        """Samples are in the store of the node their handle names: after a restart on another
+        node, their reserved bytes move there, and so do the producer's next ones."""
+        for meta in metas:
+            node = getattr(meta.handle, "node", None)
+            if node is not None and self.budget is not None:
+                self.producer_nodes[producer] = node
+                self.budget.move(meta.seq, node)
 
     def _items(self, held_out: list[PromptItem], first: int, count: int) -> list[PromptItem]:
         """``count`` prompts from stream index ``first`` on (a batch never mixes held-out and training)."""
@@ -201,9 +211,8 @@ class Controller:
 
     def mark(self, seqs: list[int], outcome: str) -> None:
         """Called by SP rank 0 of a replica: ``trained`` or ``skipped:<reason>``."""
-        with self._lock:
-            for seq in seqs:
-                self.inflight.pop(seq, None)
+        if self.budget is not None:
+            self.budget.release(seqs)
         for seq in seqs:
             self._set(seq, outcome)
             if outcome.startswith("skipped:"):
@@ -235,8 +244,7 @@ class Controller:
             "duplicated": sum(n - 1 for n in self.dispatched.values() if n > 1),
             "producer_failures": self.producer_failures,
             "reissued": self.reissued,
-            "max_inflight_bytes": self.max_inflight_bytes,
-            "peak_inflight_bytes": self.peak_inflight_bytes,
+            **(self.budget.summary() if self.budget is not None else {}),
             "budget_waits": self.budget_waits,
             "dispatch_wait_s": self.dispatch_wait_s,
         }

@@ -13,6 +13,7 @@ from pathlib import Path
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
 from longdraft.pipeline.decisions import decided_for_ranks, trainer_device
+from longdraft.pipeline.inflight import inflight_budget
 from longdraft.pipeline.prompt_feed import FeedSpec
 from longdraft.pipeline.ray_runtime import actor_cpus, start_ray
 from longdraft.pipeline.records import PromptItem
@@ -32,17 +33,6 @@ def _held_out(cfg: Config, samples: list[Sample]) -> list[PromptItem] | None:
     if not cfg.evaluates_during_training:
         return None
     return [PromptItem(i, s.sample_id, s.input_ids, s.packed_loss_mask, held_out=True) for i, s in enumerate(samples)]
-
-
-def _inflight_budget(cfg: Config, store: StoreService) -> int:
-    """``store.max_inflight_mb``, or what the store holds: the Mooncake pool, half of Ray's object store."""
-    import ray
-
-    if cfg.store.max_inflight_mb is not None:
-        return cfg.store.max_inflight_mb << 20
-    if store.capacity_bytes is not None:
-        return store.capacity_bytes
-    return int(ray.cluster_resources().get("object_store_memory", 1 << 30) // 2)
 
 
 PUT_DISCARD_WAIT_S = 40.0  # mooncake_master drops an unfinished put after 30 s (put_start_discard_timeout_sec)
@@ -114,7 +104,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     import ray
     from ray.util.queue import Queue
 
-    from longdraft.pipeline.actors import controller_actor, object_owner_actor, producer_actor, trainer_actor
+    from longdraft.pipeline.actors import controller_actor, producer_actor, shard_owners_actor, trainer_actor
     from longdraft.pipeline.placement import place, release
 
     t, c = cfg.training, cfg.cluster
@@ -128,9 +118,9 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     placement, store, actors = None, None, []
     try:
         placement = place(cfg, actor_cpus(cfg))
-        owner = object_owner_actor().remote()  # owns the Ray-store shards, so they outlive a dead producer
-        actors.append(owner)
-        store = StoreService(cfg, owner, sizes)
+        owners = shard_owners_actor().remote()  # an owner per producer node: shards outlive a dead producer
+        actors.append(owners)
+        store = StoreService(cfg, owners, sizes)
         world, dp, sp = t.num_trainers, cfg.dp_size, cfg.sp_size
         queues = [
             [Queue(maxsize=2 * t.batch_size, actor_options={"num_cpus": 0}) for _ in range(sp)] for _ in range(dp)
@@ -148,7 +138,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             pool_size=max(2 * t.batch_size, cfg.inference.batch_size),
             producer_batch=cfg.inference.batch_size,
             held_out=_held_out(cfg, held_out),
-            max_inflight_bytes=_inflight_budget(cfg, store),
+            budget=inflight_budget(cfg, store.capacity_bytes),
             sizes=sizes,
         )
         trainers = [

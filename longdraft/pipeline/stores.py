@@ -1,8 +1,8 @@
 """The run's tensor store: which backend, the local Mooncake master if one is needed, client factories.
 
 Factories are picklable (module-level functions + partial) so each actor builds its own client on
-its own node: a Mooncake client announces that node's IP, and Ray-store objects are owned by one
-long-lived actor rather than by the producer that wrote them. By default the trainers lend the
+its own node: a Mooncake client announces that node's IP, and Ray-store objects are owned by a
+long-lived actor on the producer's node rather than by the producer that wrote them. By default the trainers lend the
 Mooncake pool its memory (``store.mooncake.segments_on``), so shards outlive a producer that dies.
 """
 
@@ -19,10 +19,10 @@ from longdraft.store.base import TensorStore
 from longdraft.store.bind_address import master_bind_address
 
 
-def _ray_store(owner) -> TensorStore:
+def _ray_store(owners) -> TensorStore:
     from longdraft.store.ray_store import RayTensorStore
 
-    return RayTensorStore(owner)
+    return RayTensorStore(owners)
 
 
 def _mooncake_store(mooncake_cfg, master_address: str, lend_segment: bool) -> TensorStore:
@@ -80,12 +80,13 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
 
 
 class StoreService:
-    def __init__(self, cfg: Config, owner=None, sizes: SampleSizes | None = None):
+    def __init__(self, cfg: Config, owners=None, sizes: SampleSizes | None = None):
+        """``owners``: the run's ``ShardOwners`` actor (Ray store), which starts an owner per producer node."""
         from longdraft.store.leash import reap_orphans
 
         reap_orphans()  # a master an earlier driver left when it was killed, whichever store this run uses
         self.backend = cfg.store.backend
-        self.owner = owner
+        self.owners = owners
         self.master = None
         self.master_address = None
         self.capacity_bytes: int | None = None  # what the store can hold (Mooncake pool; None: Ray's own)
@@ -110,7 +111,7 @@ class StoreService:
 
     def producer_factory(self):
         if self.backend == "ray":
-            return partial(_ray_store, self.owner)
+            return partial(_ray_store, self.owners)
         return partial(_mooncake_store, self._mooncake_cfg, self.master_address, not self.trainers_lend)
 
     def trainer_factory(self):

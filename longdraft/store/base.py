@@ -28,6 +28,7 @@ class SampleHandle:
     num_shards: int
     shard_nbytes: tuple[int, ...]
     refs: list[Any] | None = None  # backend-specific per-shard references (Ray ObjectRefs), else None
+    node: str | None = None  # the Ray node whose object store holds the shards (Ray store), else None
 
     def for_rank(self, r: int) -> SampleHandle:
         """A copy that keeps only shard ``r``'s reference, for the queue of SP rank ``r``: no
