@@ -16,8 +16,11 @@ Plain-text rows: every token carries loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
@@ -85,15 +88,21 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return text, spans
 
 
-def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    mask = [0] * len(offsets)
-    j = 0
-    for t, (s, e) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if j < len(spans) and s < spans[j][1] and e > spans[j][0] and e > s:
-            mask[t] = 1
-    return mask
+def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """1 where a token's (non-empty) character range overlaps a loss span; spans in order.
+
+    Vectorised: token t is compared with the first span ending after the start of any token up to t
+    (a running maximum, as a scan that only moves forward), so no per-token Python loop runs."""
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if not spans or not len(offs):
+        return np.zeros(len(offs), dtype=np.int64)
+    starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+    ends = np.asarray([b for _, b in spans], dtype=np.int64)
+    s, e = offs[:, 0], offs[:, 1]
+    j = np.maximum.accumulate(np.searchsorted(ends, s, side="right"))
+    inside = j < len(spans)
+    jj = np.minimum(j, len(spans) - 1)
+    return (inside & (s < ends[jj]) & (e > starts[jj]) & (e > s)).astype(np.int64)
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -102,7 +111,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
     text, spans = assistant_spans(tokenizer, messages)
     # The template already wrote BOS (if any); do not add special tokens again.
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), _mask_from_offsets([tuple(o) for o in enc["offset_mapping"]], spans)
+    return list(enc["input_ids"]), mask_from_offsets(enc["offset_mapping"], spans).tolist()
 
 
 def tokenize_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
