@@ -1,7 +1,8 @@
 """Tokenising rows with the tokenizer's chat template and an assistant-only loss mask.
 
 The mask is found from character spans, not from token patterns, so it works for any chat
-template that renders conversations prefix-stably:
+template that renders conversations prefix-stably. The reference algorithm (below) renders prefixes;
+`turn_shape.py` finds the same spans from the one rendering of the whole conversation:
 
 1. For each assistant message i, render messages[:i] with the generation prompt (`gen`) and
    messages[:i+1] (`full_i`). The assistant content is searched in `full_i` after `gen`.
@@ -25,6 +26,7 @@ import numpy as np
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText, Row
+from longdraft.data.turn_shape import spans_from_one_render, turn_shape_for
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,18 @@ def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], add_generatio
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages`; return the text and the [start, end) character spans that carry loss."""
+    """Render `messages` once; return the text and the [start, end) character spans that carry loss.
+
+    The spans come from that one rendering when the template's turn shape is known
+    (`turn_shape.py`); otherwise from the prefix renders below, which also name what went wrong."""
     text = render_chat(tokenizer, messages)
+    shape = turn_shape_for(tokenizer, lambda m, gen: render_chat(tokenizer, m, gen))
+    spans = spans_from_one_render(shape, text, messages) if shape is not None else None
+    return text, spans if spans is not None else spans_by_prefix_renders(tokenizer, messages, text)
+
+
+def spans_by_prefix_renders(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+    """The reference: 2-3 renders of the prefix per assistant turn (see the module's docstring)."""
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
@@ -85,7 +97,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         end = len(full.rstrip())
         if end > start:
             spans.append((start, end))
-    return text, spans
+    return spans
 
 
 def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> np.ndarray:
