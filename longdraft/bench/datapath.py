@@ -53,8 +53,10 @@ def _tokenizer(target_dir: str):
     return AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
 
 
-def _time_rows(target_dir: str, rows: int, turns: int, words: int, max_len: int, seed: int) -> tuple[int, float, int]:
-    """Turn ``rows`` rows into samples; return (samples, seconds, tokens)."""
+def _time_rows(
+    target_dir: str, rows: int, turns: int, words: int, max_len: int, seed: int
+) -> tuple[int, float, int, float]:
+    """Turn ``rows`` rows into samples; return (samples, wall seconds, tokens, CPU seconds of this process)."""
     import torch
 
     from longdraft.data.dataset import DataReport, sample_from_row
@@ -66,13 +68,13 @@ def _time_rows(target_dir: str, rows: int, turns: int, words: int, max_len: int,
     report = DataReport(path="bench")
     sample_from_row("warm:0", convs[0], tokenizer, max_len, "error", report)  # per-template set-up, once
     report = DataReport(path="bench")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i, conv in enumerate(convs):
         sample_from_row(f"bench:{i}", conv, tokenizer, max_len, "error", report)
-    return report.num_samples, time.perf_counter() - start, report.num_tokens
+    return report.num_samples, time.perf_counter() - start, report.num_tokens, time.process_time() - cpu_start
 
 
-def _worker(args: tuple) -> tuple[int, float, int]:
+def _worker(args: tuple) -> tuple[int, float, int, float]:
     return _time_rows(*args)
 
 
@@ -88,12 +90,17 @@ def run(tokens: int, turns: int, rows: int, procs: list[int]) -> dict:
         probe = tokenize_row(tokenizer, Conversation(chat_row(0, turns, 100)), 1 << 30)
         words = max(1, round(100 * tokens / len(probe.input_ids)))
         max_len = 2 * tokens
-        n, seconds, n_tokens = _time_rows(target_dir, rows, turns, words, max_len, 0)
+        n, seconds, n_tokens, cpu = _time_rows(target_dir, rows, turns, words, max_len, 0)
         result = {
             "tokens_per_row": n_tokens / n,
             "turns": turns,
             "rows": rows,
-            "one_process": {"samples_per_s": n / seconds, "tokens_per_s": n_tokens / seconds},
+            # per CPU second too: on a shared machine the wall rate measures the neighbours as well
+            "one_process": {
+                "samples_per_s": n / seconds,
+                "tokens_per_s": n_tokens / seconds,
+                "samples_per_cpu_s": n / cpu,
+            },
             "processes": {},
         }
         ctx = mp.get_context("spawn")
@@ -107,6 +114,7 @@ def run(tokens: int, turns: int, rows: int, procs: list[int]) -> dict:
                 # Each process's own rate, summed: what p tokenising producers sustain together.
                 "samples_per_s": sum(part[0] / part[1] for part in parts),
                 "wall_samples_per_s_with_startup": samples / wall,
+                "samples_per_cpu_s_each": [part[0] / part[3] for part in parts],
             }
         return result
 

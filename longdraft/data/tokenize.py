@@ -17,6 +17,7 @@ Plain-text rows: every token carries loss.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,8 @@ def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: list[tuple[int, i
 
     Vectorised: token t is compared with the first span ending after the start of any token up to t
     (a running maximum, as a scan that only moves forward), so no per-token Python loop runs."""
-    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    # fromiter over the flattened pairs: several times faster than np.asarray on a list of tuples
+    offs = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
     if not spans or not len(offs):
         return np.zeros(len(offs), dtype=np.int64)
     starts = np.asarray([a for a, _ in spans], dtype=np.int64)
