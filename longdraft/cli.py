@@ -62,6 +62,7 @@ BENCHES = {
     "memory": "longdraft.bench.memory",
     "stream": "longdraft.bench.stream",
     "producer": "longdraft.bench.producer",
+    "datapath": "longdraft.bench.datapath",
 }
 
 

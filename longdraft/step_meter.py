@@ -5,7 +5,9 @@ collectives), never reached through a global: on CUDA the backward runs in autog
 so each autograd function keeps the meter on its ``ctx``. ``train_step`` starts it afresh each step.
 
 - ``lap(name)``: the step's own phases (forward, backward, the gradient sum's exposed wait,
-  optimizer), summed over micro-batches. On CUDA a lap synchronises once, so the times are the device's.
+  optimizer), summed over micro-batches. When the meter times, a lap on CUDA synchronises once, so the
+  times are the device's; when it does not (CUDA's default), laps never synchronise and report host
+  wall time: the time the host spent launching each phase plus any wait it could not avoid.
 - ``phase(meter, kind, device)``: a compute phase inside them (attention, loss), timed inside its
   autograd function, so its backward counts too.
 - ``communicating(meter, kind, device, nbytes)``: communication that blocks compute. Bytes are what this rank
@@ -13,7 +15,7 @@ so each autograd function keeps the meter on its ``ctx``. ``train_step`` starts 
   compute do not show up, which is the point of measuring.
 
 Phases and waits synchronise a CUDA device at every call, so ``timing`` is off there unless asked for
-(the benchmarks); laps and bytes are always measured.
+(the benchmarks); laps (host wall time without it) and bytes are always measured.
 """
 
 from __future__ import annotations
@@ -61,10 +63,14 @@ class StepMeter:
         for measured in (self.comm_bytes, self.comm_wait_s, self._laps, self._phases):
             measured.clear()
         self._device = device
-        self._lap_start = _now(device)
+        self._lap_start = self._clock()
+
+    def _clock(self) -> float:
+        # Untimed laps must not synchronise: a sync per lap stalls the launch queue every micro-batch.
+        return _now(self._device if self.timing else None)
 
     def lap(self, name: str) -> None:
-        now = _now(self._device)
+        now = self._clock()
         self._laps[name] += now - self._lap_start
         self._lap_start = now
 

@@ -8,26 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
-def pack_loss_mask(mask: Sequence[int] | Sequence[bool] | torch.Tensor) -> list[int]:
-    """Run-length encode a 0/1 mask; the first run counts zeros (possibly 0 of them)."""
-    values = mask.flatten().tolist() if isinstance(mask, torch.Tensor) else list(mask)
-    runs: list[int] = []
-    current, length = 0, 0
-    for i, v in enumerate(values):
-        bit = int(v)
-        if bit not in (0, 1):
-            raise ValueError(f"loss mask value at position {i} is {v!r}; expected 0 or 1")
-        if bit == current:
-            length += 1
-        else:
-            runs.append(length)
-            current, length = bit, 1
-    if values:
-        runs.append(length)
-    return runs
+def pack_loss_mask(mask: Sequence[int] | Sequence[bool] | torch.Tensor | np.ndarray) -> list[int]:
+    """Run-length encode a 0/1 mask; the first run counts zeros (possibly 0 of them).
+
+    Vectorised (a 32K-token mask per sample): values are truncated to integers as ``int()`` does."""
+    values = mask.detach().flatten().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask).reshape(-1)
+    if values.size == 0:
+        return []
+    bits = values.astype(np.int64)
+    bad = np.flatnonzero((bits != 0) & (bits != 1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"loss mask value at position {i} is {values[i].item()!r}; expected 0 or 1")
+    changes = np.flatnonzero(bits[1:] != bits[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], changes, [bits.size]))).tolist()
+    return [0, *runs] if bits[0] == 1 else runs
 
 
 def _check_runs(runs: Sequence[int]) -> None:
@@ -40,7 +39,7 @@ def unpack_loss_mask(packed: Sequence[int], length: int | None = None, dtype: to
     """Expand a packed mask to a 1-D tensor; with `length`, truncate or zero-pad to it."""
     runs = [int(n) for n in packed]
     _check_runs(runs)
-    bits = torch.tensor([i % 2 for i in range(len(runs))], dtype=dtype)
+    bits = (torch.arange(len(runs)) % 2).to(dtype)
     mask = torch.repeat_interleave(bits, torch.tensor(runs, dtype=torch.long)) if runs else torch.zeros(0, dtype=dtype)
     if length is not None:
         if length < 0:

@@ -1,7 +1,8 @@
 """Tokenising rows with the tokenizer's chat template and an assistant-only loss mask.
 
 The mask is found from character spans, not from token patterns, so it works for any chat
-template that renders conversations prefix-stably:
+template that renders conversations prefix-stably. The reference algorithm (below) renders prefixes;
+`turn_shape.py` finds the same spans from the one rendering of the whole conversation:
 
 1. For each assistant message i, render messages[:i] with the generation prompt (`gen`) and
    messages[:i+1] (`full_i`). The assistant content is searched in `full_i` after `gen`.
@@ -16,12 +17,17 @@ Plain-text rows: every token carries loss.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText, Row
+from longdraft.data.turn_shape import spans_from_one_render, turn_shape_for
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,18 @@ def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], add_generatio
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages`; return the text and the [start, end) character spans that carry loss."""
+    """Render `messages` once; return the text and the [start, end) character spans that carry loss.
+
+    The spans come from that one rendering when the template's turn shape is known
+    (`turn_shape.py`); otherwise from the prefix renders below, which also name what went wrong."""
     text = render_chat(tokenizer, messages)
+    shape = turn_shape_for(tokenizer, lambda m, gen: render_chat(tokenizer, m, gen))
+    spans = spans_from_one_render(shape, text, messages) if shape is not None else None
+    return text, spans if spans is not None else spans_by_prefix_renders(tokenizer, messages, text)
+
+
+def spans_by_prefix_renders(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+    """The reference: 2-3 renders of the prefix per assistant turn (see the module's docstring)."""
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
@@ -82,18 +98,25 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
         end = len(full.rstrip())
         if end > start:
             spans.append((start, end))
-    return text, spans
+    return spans
 
 
-def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    mask = [0] * len(offsets)
-    j = 0
-    for t, (s, e) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if j < len(spans) and s < spans[j][1] and e > spans[j][0] and e > s:
-            mask[t] = 1
-    return mask
+def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """1 where a token's (non-empty) character range overlaps a loss span; spans in order.
+
+    Vectorised: token t is compared with the first span ending after the start of any token up to t
+    (a running maximum, as a scan that only moves forward), so no per-token Python loop runs."""
+    # fromiter over the flattened pairs: several times faster than np.asarray on a list of tuples
+    offs = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
+    if not spans or not len(offs):
+        return np.zeros(len(offs), dtype=np.int64)
+    starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+    ends = np.asarray([b for _, b in spans], dtype=np.int64)
+    s, e = offs[:, 0], offs[:, 1]
+    j = np.maximum.accumulate(np.searchsorted(ends, s, side="right"))
+    inside = j < len(spans)
+    jj = np.minimum(j, len(spans) - 1)
+    return (inside & (s < ends[jj]) & (e > starts[jj]) & (e > s)).astype(np.int64)
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -102,7 +125,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tup
     text, spans = assistant_spans(tokenizer, messages)
     # The template already wrote BOS (if any); do not add special tokens again.
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), _mask_from_offsets([tuple(o) for o in enc["offset_mapping"]], spans)
+    return list(enc["input_ids"]), mask_from_offsets(enc["offset_mapping"], spans).tolist()
 
 
 def tokenize_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
