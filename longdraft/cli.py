@@ -61,6 +61,7 @@ BENCHES = {
     "memory": "longdraft.bench.memory",
     "stream": "longdraft.bench.stream",
     "producer": "longdraft.bench.producer",
+    "loss": "longdraft.bench.loss",
 }
 
 
