@@ -3,7 +3,8 @@
 Per precision, over ``rows`` query positions: the full-vocabulary pass that masks targets outside the
 draft vocab (``target_argmax_in_vocab``) and the forward + backward of the K-step loss
 (``soft_cross_entropy_steps``, every step scoring ``rows`` queries, as an unroll without padding does).
-Reported per 1,024 positions: time, peak memory above the resident inputs, the resident frozen head
+Reported: time per 1,024 positions, peak memory above the resident inputs at ``rows`` positions (the
+default 1,024; part of it, the ``[Vd, H]`` gradient and casts, does not scale with rows), the resident frozen head
 (full and draft rows, in the dtype setup keeps them in), and the deviation of loss, gradients and
 mask from fp32 on the same inputs. Inputs are random with logits of standard deviation ~3; the
 head is rounded to bf16 first, as a bf16 checkpoint holds it, so deviations come from the compute.
@@ -112,7 +113,8 @@ def run_loss_bench(cfg: LossBenchConfig) -> list[dict]:
                 precision=precision,
                 mask_s_per_1024=best[0] * scale,
                 loss_fwd_bwd_s_per_1024=best[1] * scale,
-                peak_bytes_per_1024=int(best[2] * scale),
+                rows=cfg.rows,
+                peak_bytes=int(best[2]),
                 resident_head_bytes=resident,
                 loss_rel_dev=_rel(sums, ref_sums),
                 grad_lm_head_rel_dev=_rel(grads[0], ref_grads[0]),
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(
                 f"{r['precision']}: mask {r['mask_s_per_1024']:.3f} s, loss fwd+bwd {r['loss_fwd_bwd_s_per_1024']:.3f} s, "
-                f"peak {r['peak_bytes_per_1024'] / 2**20:.0f} MiB per 1024 positions; head {r['resident_head_bytes'] / 2**20:.0f} MiB; "
+                f"per 1024 positions; peak {r['peak_bytes'] / 2**20:.0f} MiB at {r['rows']}; head {r['resident_head_bytes'] / 2**20:.0f} MiB; "
                 f"dev loss {r['loss_rel_dev']:.1e} grad W {r['grad_lm_head_rel_dev']:.1e} grad x {r['grad_x_rel_dev']:.1e}",
                 file=sys.stderr,
             )

@@ -140,7 +140,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     dlogits = (torch.softmax(logits, dim=-1) - probs[where[k][lo:hi] - start]) * grad_totals[k]
                     dlogits = dlogits.to(dtype)  # bf16: operands only, accumulated in fp32 below
                     grad_xs[k][lo:hi] = dlogits @ weight_op
-                    grad_w += (dlogits.t() @ x).float()
+                    grad_w.add_(dlogits.t() @ x)  # into fp32: no fp32 copy of a [Vd, H] product
         grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
         return (grad_w.to(weight.dtype), None, None, None, None, None, None, *grads_x, *(None for _ in xs))
 
