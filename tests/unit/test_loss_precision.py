@@ -158,3 +158,26 @@ def test_head_rows_are_cut_once_and_the_vocab_mask_once_per_micro_batch(monkeypa
     assert spy.count == 1, f"the target head was indexed {spy.count} times over 3 steps"
     assert len(mask_passes) == 3 * len(batches), "one full-vocabulary pass per micro-batch per step, not per TTT step"
     assert metrics["loss_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "precision,dtype", [("bf16", torch.bfloat16), ("auto", torch.float32), ("tf32", torch.float32)]
+)
+def test_setup_keeps_the_frozen_embedding_and_head_in_the_loss_dtype(tmp_path, precision, dtype):
+    from longdraft.config.loading import config_from_dict
+    from longdraft.data.vocab import build_vocab_mapping
+    from longdraft.testing.tiny_target import build_tiny_target
+    from longdraft.train.setup import build_train_parts
+
+    build_tiny_target(tmp_path / "target", vocab_size=384)
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": str(tmp_path / "train.jsonl")},
+            "model": {"target_path": str(tmp_path / "target"), "draft_vocab_size": 100},
+            "training": {"loss_precision": precision, "max_seq_length": 64},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
+    parts = build_train_parts(cfg, build_vocab_mapping([], 384, 100), torch.device("cpu"))  # auto on CPU: fp32
+    assert parts.model.embed_tokens.dtype == parts.target_head.full.dtype == dtype
+    assert torch.equal(parts.target_head.draft_rows, parts.target_head.full[parts.model.draft_to_target])
