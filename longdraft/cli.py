@@ -63,6 +63,7 @@ BENCHES = {
     "stream": "longdraft.bench.stream",
     "producer": "longdraft.bench.producer",
     "datapath": "longdraft.bench.datapath",
+    "loss": "longdraft.bench.loss",
 }
 
 

@@ -98,6 +98,8 @@ class TrainingConfig:
     # auto: gather when the gathered K/V fit a memory estimate (attention/choice.py)
     ring_mode: RingMode = "auto"
     loss_chunk_size: int = _bounded(1024, min=1)
+    # auto: bf16 logits matmuls on CUDA (fp32 log-sum-exp/softmax; frozen head and embedding in bf16), fp32 on CPU
+    loss_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     activation_checkpointing: bool = False
     min_loss_tokens: int = _bounded(1, min=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -5,12 +5,17 @@ their targets: the target distribution of a position is computed once per chunk 
 step whose queries land there, in the forward and again in the backward (not once per step).
 Neither the draft logits nor the target distribution is ever held for all positions at once: each
 chunk's logits are computed, used and dropped in the forward, and recomputed in the backward, so
-memory is bounded by ``chunk_size x draft_vocab`` whatever the sequence length. Everything is fp32,
-with autocast switched off, so under bf16 autocast the logged loss is the same function whose
-gradient the backward takes.
+memory is bounded by ``chunk_size x draft_vocab`` whatever the sequence length. Autocast is switched
+off, so under bf16 autocast the logged loss is the same function whose gradient the backward takes.
+
+``precision`` (``training.loss_precision``) picks the logits matmuls only: ``fp32`` exact; ``tf32``
+float32 matmuls may use TF32, inside the loss's forward and backward only (the global setting comes
+back after); ``bf16`` bf16 operands with fp32 results. Log-sum-exp, softmax and every sum stay fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -33,67 +38,111 @@ def _chunks(target_rows: list[torch.Tensor], chunk_size: int):
     return used, where, plan
 
 
-def _target_probs(target_hidden, target_weight32, rows):
-    with torch.autocast(device_type=target_hidden.device.type, enabled=False):
-        return torch.softmax(target_hidden[rows].float() @ target_weight32.t(), dim=-1)
+LOSS_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def resolve_loss_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA (tensor cores run bf16 at twice TF32's rate, and the frozen head can then
+    live in bf16, as the target's checkpoint stores it), fp32 on CPU (exact, and CPUs have no TF32)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in LOSS_PRECISIONS:
+        raise ValueError(f"training.loss_precision must be auto or one of {LOSS_PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def frozen_dtype(loss_precision: str) -> torch.dtype:
+    """The dtype the frozen target embedding and head live in: bf16 only where the loss reads them as bf16."""
+    return torch.bfloat16 if loss_precision == "bf16" else torch.float32
+
+
+def operand_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """``tf32``: float32 matmuls may use TF32 until the block ends; the previous setting is restored
+    (never left on globally). Other precisions change nothing."""
+    if precision != "tf32":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` with ``x`` cast to the weight's (operand) dtype; the result is fp32."""
+    return (x.to(weight.dtype) @ weight.t()).float()
+
+
+def _target_probs(target_hidden, target_weight, rows):
+    return torch.softmax(_logits(target_hidden[rows], target_weight), dim=-1)
 
 
 class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows):
-        with phase(meter, "loss_s", weight.device):
+    def forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows):
+        with phase(meter, "loss_s", weight.device), matmul_precision(precision):
             return _StepsSoftCrossEntropy._forward(
-                ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows
+                ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows
             )
 
     @staticmethod
-    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, n_steps, *xs_and_rows):
+    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows):
         xs, target_rows = xs_and_rows[:n_steps], xs_and_rows[n_steps:]
         used, where, plan = _chunks(list(target_rows), chunk_size)
-        weight32, target_weight32 = weight.float(), target_weight.float()
+        dtype = operand_dtype(precision)
+        weight_op, target_weight_op = weight.to(dtype), target_weight.to(dtype)  # cast once, not per chunk
         totals = torch.zeros(n_steps, dtype=torch.float32, device=weight.device)
         agrees = [torch.empty(x.shape[0], dtype=torch.bool, device=x.device) for x in xs]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             for start, end, slices in plan:
-                probs = _target_probs(target_hidden, target_weight32, used[start:end])
+                probs = _target_probs(target_hidden, target_weight_op, used[start:end])
                 best = probs.argmax(-1)
                 for k, (lo, hi) in enumerate(slices):
                     if lo == hi:
                         continue
-                    logits = xs[k][lo:hi].float() @ weight32.t()
+                    logits = _logits(xs[k][lo:hi], weight_op)
                     p = probs[where[k][lo:hi] - start]
                     totals[k] += (torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)).sum()
                     agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
         ctx.save_for_backward(weight, target_hidden, target_weight, *xs)
-        ctx.plan, ctx.meter = (used, where, plan), meter  # index tensors only: the backward reuses them
+        ctx.plan, ctx.meter, ctx.precision = (used, where, plan), meter, precision  # the backward reuses the plan
         ctx.mark_non_differentiable(*agrees)
         return (totals, *agrees)
 
     @staticmethod
     def backward(ctx, grad_totals, *_grad_agrees):
-        with phase(ctx.meter, "loss_s", grad_totals.device):
+        with phase(ctx.meter, "loss_s", grad_totals.device), matmul_precision(ctx.precision):
             return _StepsSoftCrossEntropy._backward(ctx, grad_totals)
 
     @staticmethod
     def _backward(ctx, grad_totals):
         weight, target_hidden, target_weight, *xs = ctx.saved_tensors
         used, where, plan = ctx.plan
-        weight32, target_weight32 = weight.float(), target_weight.float()
+        dtype = operand_dtype(ctx.precision)
+        weight_op, target_weight_op = weight.to(dtype), target_weight.to(dtype)
         grad_xs = [torch.empty_like(x, dtype=torch.float32) for x in xs]
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
         with torch.autocast(device_type=weight.device.type, enabled=False):
             for start, end, slices in plan:
-                probs = _target_probs(target_hidden, target_weight32, used[start:end])
+                probs = _target_probs(target_hidden, target_weight_op, used[start:end])
                 for k, (lo, hi) in enumerate(slices):
                     if lo == hi:
                         continue
-                    x = xs[k][lo:hi].float()
-                    logits = x @ weight32.t()
+                    x = xs[k][lo:hi].to(dtype)
+                    logits = _logits(x, weight_op)
                     dlogits = (torch.softmax(logits, dim=-1) - probs[where[k][lo:hi] - start]) * grad_totals[k]
-                    grad_xs[k][lo:hi] = dlogits @ weight32
-                    grad_w += dlogits.t() @ x
+                    dlogits = dlogits.to(dtype)  # bf16: operands only, accumulated in fp32 below
+                    grad_xs[k][lo:hi] = dlogits @ weight_op
+                    grad_w.add_(dlogits.t() @ x)  # into fp32: no fp32 copy of a [Vd, H] product
         grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
-        return (grad_w.to(weight.dtype), None, None, None, None, None, *grads_x, *(None for _ in xs))
+        return (grad_w.to(weight.dtype), None, None, None, None, None, None, *grads_x, *(None for _ in xs))
 
 
 def soft_cross_entropy_steps(
@@ -104,6 +153,7 @@ def soft_cross_entropy_steps(
     target_weight: torch.Tensor,
     chunk_size: int = 1024,
     meter: StepMeter | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per step ``k``: ``Σ_i H(softmax(target_hidden[target_rows[k][i]] @ target_weight.T), softmax(xs[k][i] @ weight.T))``.
 
@@ -112,15 +162,16 @@ def soft_cross_entropy_steps(
     ``[Vd, H]``; target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
     Returns ``(sums, agrees)``: ``[K]`` fp32 with gradients for every ``xs[k]`` and ``weight``, and per
     step ``[N_k]`` bool, whether the draft argmax equals the target argmax. ``meter`` (optional) adds
-    the forward and backward time as ``loss_s``.
+    the forward and backward time as ``loss_s``; ``precision``: fp32, tf32 or bf16 logits matmuls.
     """
     if chunk_size < 1:
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
     if len(xs) != len(target_rows):
         raise ValueError(f"{len(xs)} steps of draft states but {len(target_rows)} of target rows")
+    precision = resolve_loss_precision(precision, target_hidden.device)
     target_weight = target_weight.to(device=target_hidden.device)  # loaded on the CPU; fp32 below by design
     sums, *agrees = _StepsSoftCrossEntropy.apply(
-        weight, target_hidden, target_weight, chunk_size, meter, len(xs), *xs, *target_rows
+        weight, target_hidden, target_weight, chunk_size, meter, precision, len(xs), *xs, *target_rows
     )
     return sums, agrees
 
@@ -140,12 +191,19 @@ def soft_cross_entropy_sum(
 
 @torch.no_grad()
 def target_argmax_in_vocab(
-    target_hidden: torch.Tensor, target_lm_head: torch.Tensor, t2d: torch.Tensor, chunk_size: int = 1024
+    target_hidden: torch.Tensor,
+    target_lm_head: torch.Tensor,
+    t2d: torch.Tensor,
+    chunk_size: int = 1024,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Per row: is the target's full-vocabulary argmax inside the draft vocab? ``[N]`` bool."""
+    """Per row: is the target's full-vocabulary argmax inside the draft vocab? ``[N]`` bool. Under
+    ``bf16``/``tf32`` a near-tie may resolve differently than in fp32: it only decides a mask."""
+    precision = resolve_loss_precision(precision, target_hidden.device)
     out = torch.empty(target_hidden.shape[0], dtype=torch.bool, device=target_hidden.device)
-    head = target_lm_head.to(device=target_hidden.device, dtype=torch.float32)
-    for start in range(0, target_hidden.shape[0], chunk_size):
-        logits = target_hidden[start : start + chunk_size].float() @ head.t()
-        out[start : start + chunk_size] = t2d[logits.argmax(-1)]
+    head = target_lm_head.to(device=target_hidden.device, dtype=operand_dtype(precision))
+    with torch.autocast(device_type=target_hidden.device.type, enabled=False), matmul_precision(precision):
+        for start in range(0, target_hidden.shape[0], chunk_size):
+            logits = _logits(target_hidden[start : start + chunk_size], head)
+            out[start : start + chunk_size] = t2d[logits.argmax(-1)]
     return out

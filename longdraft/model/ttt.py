@@ -41,13 +41,16 @@ def _queries(x: torch.Tensor, offset: int, c: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_ok(batch: ShardBatch, target_lm_head: torch.Tensor, t2d: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Per position: a real target exists and its argmax is inside the draft vocab. ``[B, n_seg, c+K]``."""
+def target_ok(
+    batch: ShardBatch, target_lm_head: torch.Tensor, t2d: torch.Tensor, chunk_size: int, precision: str = "fp32"
+) -> torch.Tensor:
+    """Per position: a real target exists and its argmax is inside the draft vocab. ``[B, n_seg, c+K]``.
+    The one pass over the full target vocabulary: run once per micro-batch per step, shared by all K steps."""
     ok = batch.is_real.bool().clone()
     if bool(t2d.all()):
         return ok
     rows = ok.nonzero(as_tuple=True)
-    ok[rows] = target_argmax_in_vocab(batch.last_hidden[rows], target_lm_head, t2d, chunk_size)
+    ok[rows] = target_argmax_in_vocab(batch.last_hidden[rows], target_lm_head, t2d, chunk_size, precision)
     return ok
 
 
@@ -77,9 +80,11 @@ def ttt_unroll(
     loss_chunk_size: int = 1024,
     activation_checkpointing: bool = False,
     meter: StepMeter | None = None,
+    loss_precision: str = "fp32",
 ) -> UnrollResult:
     """Run the K-step unroll; ``normalisers[k]`` is the global valid count of step k (>= 1);
-    ``meter`` (optional) adds the loss's time (the attention backend times its own)."""
+    ``meter`` (optional) adds the loss's time (the attention backend times its own);
+    ``loss_precision``: the logits matmuls' precision (``soft_cross_entropy_steps``)."""
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
     feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
@@ -109,6 +114,7 @@ def ttt_unroll(
         target_lm_head_draft_rows,
         loss_chunk_size,
         meter,
+        loss_precision,
     )
     weights = torch.tensor([STEP_WEIGHT_DECAY**k for k in range(ttt_length)], device=sums.device)
     loss = (weights * sums / normalisers).sum()

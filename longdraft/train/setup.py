@@ -19,6 +19,8 @@ from longdraft.engines.head_weights import head_rows, load_embedding_and_head
 from longdraft.errors import UserError
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
+from longdraft.model.loss import frozen_dtype, resolve_loss_precision
+from longdraft.model.target_head import TargetHead
 from longdraft.train.optim import build_optimizer, build_scheduler
 
 
@@ -67,12 +69,19 @@ def vocab_for(cfg: Config, tokenizer) -> VocabMapping:
 
 
 def build_draft(
-    target_config, embedding: torch.Tensor, vocab: VocabMapping, device, seed: int, aux_layers=None
+    target_config,
+    embedding: torch.Tensor,
+    vocab: VocabMapping,
+    device,
+    seed: int,
+    aux_layers=None,
+    embedding_dtype: torch.dtype = torch.float32,
 ) -> Eagle3Draft:
-    """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike."""
+    """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike.
+    The frozen target embedding lives in ``embedding_dtype``."""
     config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers)
     torch.manual_seed(seed)
-    model = Eagle3Draft(config, embedding.float().cpu())
+    model = Eagle3Draft(config, embedding.to(dtype=embedding_dtype).cpu())
     model.set_vocab_mapping(vocab.d2t, vocab.t2d)
     return model.to(device)
 
@@ -82,7 +91,7 @@ class TrainParts:
     """What the loop updates: the draft, the frozen target head it learns from, optimizer, schedule."""
 
     model: Eagle3Draft
-    target_head: torch.Tensor
+    target_head: TargetHead
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
@@ -107,8 +116,11 @@ def check_training_length(cfg: Config) -> None:
 def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:
     t = cfg.training
     embedding, head = load_embedding_and_head(cfg.model.target_path)
-    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers)
+    # bf16 only where the loss reads them as bf16 (checkpoints store them so: nothing is lost)
+    frozen = frozen_dtype(resolve_loss_precision(t.loss_precision, device))
+    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
-    return TrainParts(model, head.to(device), optimizer, scheduler)
+    target = TargetHead.cut(head.to(device=device, dtype=frozen), model.draft_to_target)  # once per run
+    return TrainParts(model, target, optimizer, scheduler)

@@ -11,6 +11,8 @@ import torch
 from longdraft.attention.factory import AttentionBackend
 from longdraft.config import Config
 from longdraft.model.draft import Eagle3Draft
+from longdraft.model.loss import resolve_loss_precision
+from longdraft.model.target_head import TargetHead
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
 from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.batch import ShardBatch
@@ -25,6 +27,7 @@ class StepSettings:
     max_grad_norm: float = 0.5
     precision: str = "fp32"
     grad_bucket_mb: float = 25.0
+    loss_precision: str = "fp32"  # resolved: fp32, tf32 or bf16 (never auto)
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> StepSettings:
@@ -36,6 +39,7 @@ class StepSettings:
             t.max_grad_norm,
             resolve_precision(t.precision, device),
             t.grad_bucket_mb,
+            resolve_loss_precision(t.loss_precision, device),
         )
 
 
@@ -78,19 +82,26 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
     }
 
 
-def _valid_masks(model, batches, target_lm_head, settings):
+def _valid_masks(model, batches, target: TargetHead, settings):
+    """Per micro-batch, once per step: the full-vocabulary pass, shared by every TTT step and chunk."""
     masks = []
     for batch in batches:
-        ok = target_ok(batch, target_lm_head, model.t2d, settings.loss_chunk_size)
+        ok = target_ok(batch, target.full, model.t2d, settings.loss_chunk_size, settings.loss_precision)
         masks.append(step_valid_masks(batch, ok, settings.ttt_length))
     return masks
+
+
+def _as_target_head(target: TargetHead | torch.Tensor, model: Eagle3Draft) -> TargetHead:
+    """A bare head tensor (benchmarks, tests) is cut here, per call; a run passes the ``TargetHead``
+    its setup cut once."""
+    return target if isinstance(target, TargetHead) else TargetHead.cut(target, model.draft_to_target)
 
 
 def train_step(
     model: Eagle3Draft,
     batches: list[ShardBatch],
     backend: AttentionBackend,
-    target_lm_head: torch.Tensor,
+    target: TargetHead | torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scheduler,
     settings: StepSettings,
@@ -101,9 +112,10 @@ def train_step(
     ``time_s`` holds the phases (forward, backward, the gradient sum's exposed wait, optimizer) and
     ``attention_s`` and ``loss_s`` inside them; with several ranks ``comm_bytes`` and ``comm_wait_s``
     per collective kind. ``meter`` (the attention backend's, if it has one) is started afresh here."""
-    device = target_lm_head.device
+    target = _as_target_head(target, model)
+    device = target.device
     meter = meter if meter is not None else StepMeter.for_device(device)
-    masks = _valid_masks(model, batches, target_lm_head, settings)
+    masks = _valid_masks(model, batches, target, settings)
     counts = torch.zeros(settings.ttt_length + 1, dtype=torch.int64, device=device)
     for valid in masks:
         counts[:-1] += torch.stack([v.sum() for v in valid])
@@ -113,7 +125,6 @@ def train_step(
     # does nothing; every rank does the same (no zeros summed), decided from the global count.
     counts, any_batch = counts[:-1], bool(counts[-1] > 0)
     normalisers = counts.clamp(min=1).float()
-    draft_rows = target_lm_head[model.draft_to_target]
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     chains = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
@@ -128,11 +139,12 @@ def train_step(
                 batch,
                 valid,
                 normalisers,
-                draft_rows,
+                target.draft_rows,
                 backend,
                 settings.loss_chunk_size,
                 settings.activation_checkpointing,
                 meter,
+                settings.loss_precision,
             )
         meter.lap("forward_s")
         if buckets is not None and i == len(batches) - 1:
@@ -171,14 +183,14 @@ def evaluate(
     model: Eagle3Draft,
     batches: list[ShardBatch],
     backend: AttentionBackend,
-    target_lm_head: torch.Tensor,
+    target: TargetHead | torch.Tensor,
     settings: StepSettings,
     reducer: SumReducer,
 ) -> dict:
     """Held-out per-step loss/accuracy and simulated acceptance length, reduced as sums."""
-    device = target_lm_head.device
-    masks = _valid_masks(model, batches, target_lm_head, settings)
-    draft_rows = target_lm_head[model.draft_to_target]
+    target = _as_target_head(target, model)
+    device = target.device
+    masks = _valid_masks(model, batches, target, settings)
     sums = torch.zeros(settings.ttt_length, dtype=torch.float32, device=device)
     correct = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
     counts = torch.zeros(settings.ttt_length, dtype=torch.int64, device=device)
@@ -186,7 +198,16 @@ def evaluate(
     ones = torch.ones(settings.ttt_length, device=device)
     for batch, valid in zip(batches, masks):
         with autocast_for(settings.precision, device):
-            result = ttt_unroll(model, batch, valid, ones, draft_rows, backend, settings.loss_chunk_size)
+            result = ttt_unroll(
+                model,
+                batch,
+                valid,
+                ones,
+                target.draft_rows,
+                backend,
+                settings.loss_chunk_size,
+                loss_precision=settings.loss_precision,
+            )
         sums += result.loss_sums
         correct += result.correct
         counts += result.counts
