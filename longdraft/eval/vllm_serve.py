@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from longdraft.engines.head_weights import read_target_config
-from longdraft.engines.vllm_engine import default_kv_cache_bytes, dtype_bytes, vllm_dtype
+from longdraft.engines.vllm_settings import default_kv_cache_bytes, dtype_bytes, vllm_dtype
 from longdraft.errors import UserError
 
 

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from longdraft.config import config_from_dict
-from longdraft.engines.vllm_engine import default_kv_cache_bytes, vllm_capture_ids
 from longdraft.engines.vllm_memory import (
     DeviceMemory,
     GiB,
@@ -18,6 +17,7 @@ from longdraft.engines.vllm_memory import (
     vllm_memory_kwargs,
     weights_bytes,
 )
+from longdraft.engines.vllm_settings import default_kv_cache_bytes, vllm_capture_ids
 from longdraft.errors import UserError
 from longdraft.pipeline.placement import PlacementError, gpu_shares
 

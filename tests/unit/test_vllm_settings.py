@@ -2,7 +2,7 @@
 
 import pytest
 
-from longdraft.engines.vllm_engine import default_kv_cache_bytes, vllm_capture_ids, vllm_dtype
+from longdraft.engines.vllm_settings import default_kv_cache_bytes, vllm_capture_ids, vllm_dtype
 
 
 def test_auto_dtype_is_the_checkpoints_own():
