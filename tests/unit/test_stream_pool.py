@@ -87,3 +87,27 @@ def test_in_error_mode_the_first_bad_row_raises_the_same_error_and_ends_the_pool
         pooled.take(40)
     assert str(from_pool.value) == str(in_process.value) and "mixed.jsonl:" in str(from_pool.value)
     assert set(_workers_alive()) - before == set()  # the error finished the stream and its workers
+
+
+def test_the_prompt_feed_uses_data_tokenizer_workers_and_ends_the_pool_after_the_last_prompt(
+    mixed, tiny_target, tokenizer
+):
+    from longdraft.config import config_from_dict
+    from longdraft.pipeline.prompt_feed import FeedSpec, PromptFeed
+
+    def feed(workers):
+        cfg = config_from_dict(
+            {
+                "data": {"train_path": str(mixed), "on_bad_row": "skip", "tokenizer_workers": workers},
+                "model": {"target_path": str(tiny_target(chat_template="chatml"))},
+                "training": {"max_seq_length": 16, "batch_size": 2, "num_steps": 3, "device": "cpu"},
+                "output": {"dir": str(mixed.parent / "out")},
+            }
+        )
+        return PromptFeed(FeedSpec(cfg, 0, 0))
+
+    expected = [(p.sample_id, p.stream_position) for p in feed(0).take(6)]
+    before = set(_workers_alive())
+    pooled = feed(2)
+    assert [(p.sample_id, p.stream_position) for p in pooled.take(6)] == expected
+    assert pooled.stream._pool is None and set(_workers_alive()) - before == set()
