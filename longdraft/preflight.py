@@ -120,4 +120,8 @@ def _first_global_batch(cfg: Config) -> None:
         raise UserError(f"model.target_path {cfg.model.target_path}: cannot load its tokenizer: {first}") from None
     checkpoint = latest_checkpoint(Path(cfg.output.dir)) if cfg.training.resume else None
     position = checkpoint_extra(checkpoint)["stream_position"] if checkpoint is not None else 0
-    training_stream(cfg, tokenizer, position).take(cfg.training.batch_size)
+    stream = training_stream(cfg, tokenizer, position)
+    try:
+        stream.take(cfg.training.batch_size)
+    finally:
+        stream.close()  # its tokenizer pool, if any

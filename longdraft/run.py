@@ -81,7 +81,10 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
         device,
         meter,
     )
-    loop = train_loop(cfg, parts, rank, checkpoint)
+    try:
+        loop = train_loop(cfg, parts, rank, checkpoint)
+    finally:
+        stream.close()  # its tokenizer pool, if any
     reports = [r for r in (stream.report, held_out_report) if r is not None]
     for report in reports:
         print(report.summary())

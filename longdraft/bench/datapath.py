@@ -4,7 +4,9 @@ Builds multi-turn chat rows of about ``--tokens`` tokens (``--turns`` user/assis
 tiny target's tokenizer and chat template, then times what turns a row into a sample: the chat
 template, tokenisation with offsets, the assistant-only mask and its run-length packing
 (``data.dataset.sample_from_row``). It runs in one process, then in each of ``--procs`` processes at
-once (each its own rows), and prints the samples per second of each as JSON.
+once (each its own rows), and prints the samples per second of each as JSON. With
+``--tokenizer-workers`` it also draws the rows through the training stream (``SampleStream``) with each
+pool size (0: in-process), as the controller does.
 """
 
 from __future__ import annotations
@@ -78,7 +80,32 @@ def _worker(args: tuple) -> tuple[int, float, int, float]:
     return _time_rows(*args)
 
 
-def run(tokens: int, turns: int, rows: int, procs: list[int]) -> dict:
+_WARM_SAMPLES = 16
+
+
+def _time_stream(target_dir: str, path: Path, rows: int, max_len: int, workers: int) -> dict:
+    """Samples per second the training stream yields with ``workers`` tokenizer processes, after its first."""
+    from longdraft.data.stream import SampleStream
+
+    stream = SampleStream(path, _tokenizer(target_dir), max_len, seed=0, tokenizer_workers=workers)
+    try:
+        start = time.perf_counter()
+        next(stream)  # pool start-up and the first row, timed apart
+        first = time.perf_counter() - start
+        stream.take(_WARM_SAMPLES)  # every worker started and past its first row (template set-up)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        stream.take(rows)
+        seconds = time.perf_counter() - start
+        return {
+            "samples_per_s": rows / seconds,
+            "first_sample_s": first,
+            "controller_cpu_s_per_sample": (time.process_time() - cpu_start) / rows,
+        }
+    finally:
+        stream.close()
+
+
+def run(tokens: int, turns: int, rows: int, procs: list[int], tokenizer_workers: list[int] | None = None) -> dict:
     from longdraft.data.rows import Conversation
     from longdraft.data.tokenize import tokenize_row
     from longdraft.testing.tiny_target import build_tiny_target
@@ -116,6 +143,10 @@ def run(tokens: int, turns: int, rows: int, procs: list[int]) -> dict:
                 "wall_samples_per_s_with_startup": samples / wall,
                 "samples_per_cpu_s_each": [part[0] / part[3] for part in parts],
             }
+        if tokenizer_workers:
+            path = Path(tmp) / "chat.jsonl"
+            path.write_text("".join(json.dumps({"messages": chat_row(i, turns, words)}) + "\n" for i in range(rows)))
+            result["stream"] = {str(w): _time_stream(target_dir, path, rows, max_len, w) for w in tokenizer_workers}
         return result
 
 
@@ -125,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=32, help="user/assistant pairs per row")
     parser.add_argument("--rows", type=int, default=8, help="rows timed per process")
     parser.add_argument("--procs", default="2", help="comma-separated process counts, e.g. 2,4")
+    parser.add_argument(
+        "--tokenizer-workers",
+        default="",
+        help="comma-separated data.tokenizer_workers to time the stream with, e.g. 0,2",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args(argv)
     procs = [int(p) for p in args.procs.split(",") if p]
-    result = run(args.tokens, args.turns, args.rows, procs)
+    workers = [int(w) for w in args.tokenizer_workers.split(",") if w]
+    result = run(args.tokens, args.turns, args.rows, procs, workers)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

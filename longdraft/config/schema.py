@@ -54,6 +54,7 @@ class DataConfig:
     max_rows: int | None = _bounded(None, min=1, null="all rows")  # read only the first N rows of train_path
     shuffle_window: int = _bounded(4096, min=1)  # rows shuffled together; the file streams one window at a time
     vocab_rows: int = _bounded(10_000, min=1)  # training samples counted to choose the draft vocab
+    tokenizer_workers: int = _bounded(0, min=0, max=64)  # processes tokenising the stream ahead; 0: in the controller
 
 
 @dataclass

@@ -4,7 +4,9 @@ The file is read ``window`` rows at a time and each window is shuffled by its ow
 permutation (seed, epoch, window), so memory holds one window of raw lines however large the file
 is, and the order is a pure function of the seed. ``position`` counts the rows consumed (bad rows
 included): a stream opened at ``position`` continues exactly where one that consumed that many rows
-stands, re-reading the skipped part of the file without tokenising it.
+stands, re-reading the skipped part of the file without tokenising it. With ``tokenizer_workers``
+the upcoming rows are tokenised ahead in a process pool (``token_pool``), accounted for in stream
+order, so samples, positions and the report are the same as in-process; ``close()`` ends the pool.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from longdraft.data.dataset import DataReport, Sample, check_sample_options, sample_from_row
 from longdraft.data.rows import iter_lines, parse_line
+from longdraft.data.token_pool import Outcome, TokenizerPool, add_counts
 from longdraft.errors import UserError
 
 DEFAULT_WINDOW = 4096
@@ -42,10 +45,13 @@ class SampleStream:
         max_rows: int | None = None,
         window: int = DEFAULT_WINDOW,
         position: int = 0,
+        tokenizer_workers: int = 0,
     ):
         self.path = check_sample_options(path, max_seq_length, on_bad_row)
         if window < 1:
             raise ValueError(f"window={window}: expected >= 1")
+        if tokenizer_workers < 0:
+            raise ValueError(f"tokenizer_workers={tokenizer_workers}: expected >= 0")
         self.tokenizer, self.max_seq_length, self.on_bad_row = tokenizer, max_seq_length, on_bad_row
         self.seed, self.max_rows, self.window = seed, max_rows, window
         self.position = position
@@ -53,6 +59,8 @@ class SampleStream:
         self.report = DataReport(path=str(self.path))  # rows this stream consumed (not the skipped start)
         self.rows_per_epoch: int | None = None  # known after the first full pass over the file
         self._rows = self._ordered_rows(position)
+        self.tokenizer_workers = tokenizer_workers
+        self._pool: TokenizerPool | None = None  # started on the first sample drawn
 
     def _windows(self) -> Iterator[list[tuple[str, str]]]:
         window: list[tuple[str, str]] = []
@@ -89,13 +97,16 @@ class SampleStream:
         return self
 
     def __next__(self) -> Sample:
+        try:
+            return self._next_sample()
+        except BaseException:  # a bad row in error mode, or no usable rows: the stream is finished
+            self.close()
+            raise
+
+    def _next_sample(self) -> Sample:
         tried = 0
         while True:
-            self.epoch, location, line = next(self._rows)
-            self.position += 1
-            sample = sample_from_row(
-                location, parse_line(location, line), self.tokenizer, self.max_seq_length, self.on_bad_row, self.report
-            )
+            sample = self._next_row_sample()
             if sample is not None:
                 return sample
             tried += 1
@@ -104,6 +115,34 @@ class SampleStream:
                     f"{self.path}: every one of its {self.rows_per_epoch} rows is bad and was skipped "
                     f"({dict(self.report.skipped)}); nothing to train on"
                 )
+
+    def _next_row_sample(self) -> Sample | None:
+        if not self.tokenizer_workers:
+            self.epoch, location, line = next(self._rows)
+            self.position += 1
+            return sample_from_row(
+                location, parse_line(location, line), self.tokenizer, self.max_seq_length, self.on_bad_row, self.report
+            )
+        if self._pool is None:
+            self._pool = TokenizerPool(self._rows, self.tokenizer, self.max_seq_length, self.tokenizer_workers)
+        self.epoch, location, outcome = next(self._pool)
+        self.position += 1
+        return self._account(location, outcome)
+
+    def _account(self, location: str, outcome: Outcome) -> Sample | None:
+        sample, counts = outcome
+        if counts is None:  # a bad row: counted, then raised or skipped, exactly as in-process
+            return sample_from_row(location, sample, self.tokenizer, self.max_seq_length, self.on_bad_row, self.report)
+        add_counts(self.report, counts)
+        return sample
+
+    def close(self) -> None:
+        """End the tokenizer pool, if any (its worker processes exit); the stream cannot be drawn from after."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+            self.tokenizer_workers = 0
+            self._rows = iter(())
 
     def take(self, count: int) -> list[Sample]:
         return [next(self) for _ in range(count)]

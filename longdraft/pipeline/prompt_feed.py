@@ -51,4 +51,6 @@ class PromptFeed:
                 )
                 self._next_seq += 1
             self._drawn += len(samples)
+            if self._drawn >= self.total:
+                self.stream.close()  # every prompt of the run drawn: end its tokenizer pool, if any
         return [self._ready.popleft() for _ in range(min(count, len(self._ready)))]

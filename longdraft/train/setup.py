@@ -36,6 +36,7 @@ def training_stream(cfg: Config, tokenizer, position: int = 0) -> SampleStream:
         d.max_rows,
         d.shuffle_window,
         position,
+        d.tokenizer_workers,
     )
 
 
