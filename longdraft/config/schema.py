@@ -84,6 +84,8 @@ class TrainingConfig:
     # Gradients are summed over ranks in buckets of this size, each started as soon as the backward
     # has finished it (overlapped); 0: one all-reduce after the backward.
     grad_bucket_mb: float = _bounded(25.0, min=0)
+    # Read shards a trainer rank holds ahead of its steps, in (pinned) host memory; at least one is always held.
+    prefetch_mb: float = _bounded(4096.0, min=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
     save_every: int = _bounded(0, min=0)  # 0: only at the end

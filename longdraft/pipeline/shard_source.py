@@ -2,7 +2,9 @@
 
 A background thread fetches the rank's shards ahead of the steps and rebuilds the local batches;
 it issues no collectives (ARCHITECTURE.md, invariant 2). Held-out samples come first on the queue
-(up to ``EndOfHeldOut``) and are kept for the whole run.
+(up to ``EndOfHeldOut``) and are kept, on the host, for the whole run. Read shards wait in host memory
+(pinned on CUDA), at most ``training.prefetch_mb`` of them; the step gets them as ``DeviceBatches``,
+moved to the device one micro-batch at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 from longdraft.config import Config
 from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, SampleMeta
 from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.byte_queue import ByteBoundedQueue
+from longdraft.sharding.device_batches import DeviceBatches, batch_bytes, to_host
 from longdraft.sharding.header import ShardMismatchError
 from longdraft.sharding.layout import ShardGrid
 from longdraft.sharding.reader import read_shard, should_skip
@@ -57,7 +61,7 @@ class ShardSource:
         self._counts = ReadCounters()  # written by the prefetch thread only
         self.grid = ShardGrid.from_training(cfg.training)
         self.timeout_s = cfg.cluster.data_timeout_s
-        self._prefetched: local_queue.Queue = local_queue.Queue(maxsize=2 * cfg.accumulation_steps)
+        self._prefetched = ByteBoundedQueue(int(cfg.training.prefetch_mb * (1 << 20)))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,13 +81,13 @@ class ShardSource:
     def epoch(self) -> int:
         return self._epoch
 
-    def eval_batches(self) -> list[ShardBatch]:
+    def eval_batches(self) -> DeviceBatches:
         if not self.cfg.evaluates_during_training:
-            return []
+            return DeviceBatches([], self.device)
         batches = []
         while not isinstance(item := self._from_queue(), EndOfHeldOut):
-            batches.append(self._load(item)[1])
-        return [b for b in batches if b is not None]
+            batches.append(self._load(item, pin=False)[1])  # tens of GB at long lengths: pageable
+        return DeviceBatches([b for b in batches if b is not None], self.device)
 
     def next_step(self) -> StepBatches:
         if self._thread is None:
@@ -102,7 +106,7 @@ class ShardSource:
             if skipped:
                 self.controller.mark.remote(skipped, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
         self.position, self._epoch = items[-1][0].stream_position, items[-1][0].epoch  # the same for the whole batch
-        return StepBatches(batches, len(batches), len(skipped), wait)
+        return StepBatches(DeviceBatches(batches, self.device), len(batches), len(skipped), wait)
 
     def counters(self) -> dict[str, int]:
         """The rank's read counters, for its report (read them after the last step)."""
@@ -131,15 +135,17 @@ class ShardSource:
             while not self._stop.is_set():
                 item = self._from_queue()
                 if isinstance(item, EndOfRun):
-                    self._prefetched.put(item)
+                    self._prefetched.put(item, 0)
                     return
-                self._prefetched.put(self._load(item))
+                meta, batch = self._load(item)
+                if not self._prefetched.put((meta, batch), 0 if batch is None else batch_bytes(batch), self._stop):
+                    return
         except BaseException as exc:  # handed to the main thread, which raises it
-            self._prefetched.put(exc)
+            self._prefetched.put(exc, 0)
 
     def _next(self):
         try:
-            item = self._prefetched.get(timeout=self.timeout_s)
+            item = self._prefetched.get(self.timeout_s)
         except local_queue.Empty:
             raise TimeoutError(
                 f"trainer rank {self.rank}: its prefetch thread delivered nothing within "
@@ -151,7 +157,7 @@ class ShardSource:
             ) from item
         return item
 
-    def _load(self, meta: SampleMeta) -> tuple[SampleMeta, ShardBatch | None]:
+    def _load(self, meta: SampleMeta, pin: bool = True) -> tuple[SampleMeta, ShardBatch | None]:
         if meta.layout != self.grid.for_length(meta.length):
             raise ShardMismatchError(
                 f"sample {meta.sample_id}: written as {meta.layout}, but this rank trains "
@@ -171,4 +177,4 @@ class ShardSource:
             n.samples_skipped += 1
             return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike
         batch = read_shard(shard, meta.layout, self.sp_rank, meta.packed_loss_mask, key=f"{meta.key}_usp{self.sp_rank}")
-        return meta, batch.to(self.device)
+        return meta, to_host(batch, self.device if pin else torch.device("cpu"))

@@ -23,6 +23,7 @@ from longdraft.model.draft_config import draft_config_from_target
 from longdraft.parallel.mesh import USPMesh
 from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.device_batches import DeviceBatches, batch_bytes
 from longdraft.sharding.layout import ShardGrid
 from longdraft.train.optim import build_optimizer, build_scheduler
 from longdraft.train.setup import target_text_config
@@ -41,12 +42,25 @@ class PlanParts:
     reducer: SumReducer
     mesh: USPMesh
     ring_mode: str
+    device: torch.device  # where the step runs; ``batches`` stay on the host, as a trainer rank keeps them
+    ahead: bool  # the next micro-batch is copied while the step computes (CUDA's side stream)
 
-    def shard_bytes(self) -> int:
-        """This rank's micro-batches (all read before the step, as the pipeline prefetches them)."""
-        return sum(
-            t.numel() * t.element_size() for b in self.batches for t in vars(b).values() if isinstance(t, torch.Tensor)
-        )
+    def step_batches(self, on_copy=None) -> DeviceBatches:
+        """The step's micro-batches as a trainer rank hands them: each copied to the device when read."""
+        return DeviceBatches(self.batches, self.device, self.ahead, on_copy, copy=True)
+
+    def micro_batch_bytes(self) -> int:
+        return batch_bytes(self.batches[0])
+
+    def host_bytes(self, cfg: Config) -> dict[str, int]:
+        """What the rank holds on the host at the defaults: the step's micro-batches, the read-ahead
+        queue (``training.prefetch_mb``, plus the one sample it may pass it by) and the held-out set
+        (``eval.num_prompts x 4`` samples, the most it keeps) when the run evaluates."""
+        per_sample = self.micro_batch_bytes() // cfg.training.micro_batch_size
+        held_out = cfg.eval.num_prompts * 4 * per_sample if cfg.training.eval_every else 0
+        prefetch = int(cfg.training.prefetch_mb * (1 << 20)) + per_sample
+        step = sum(batch_bytes(b) for b in self.batches)
+        return {"step_batches": step, "prefetch": prefetch, "held_out": held_out, "total": step + prefetch + held_out}
 
 
 def feature_dtype(cfg: Config, text) -> torch.dtype:
@@ -124,11 +138,20 @@ def build_plan_parts(
         _micro_batch(cfg, mesh.coords.sp_rank, dtype, hidden, int(text.vocab_size))
         for _ in range(cfg.accumulation_steps)
     ]
-    if device.type != "cpu":
-        batches = [b.to(device) for b in batches]
     group = torch.distributed.group.WORLD if mesh.world_size > 1 else None  # one trainer: the local run's reducer
     return PlanParts(
-        model, head, optimizer, scheduler, settings, batches, backend, SumReducer(group, device), mesh, ring_mode
+        model,
+        head,
+        optimizer,
+        scheduler,
+        settings,
+        batches,
+        backend,
+        SumReducer(group, device),
+        mesh,
+        ring_mode,
+        device,
+        planned_device.type == "cuda",
     )
 
 

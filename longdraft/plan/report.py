@@ -52,7 +52,11 @@ def to_table(plan: dict) -> str:
     for kind, nbytes in sorted(plan["collective_bytes"].items()):
         lines.append(f"    {kind:<24}{_mib(nbytes):>16}")
     lines += [
-        f"  store bytes per sample: {_mib(plan['store_bytes_per_sample'])} (pipeline/sizes.py)",
+        f"  store bytes per sample: {_mib(plan['store_bytes_per_sample'])} (pipeline/sizes.py); "
+        f"one micro-batch's shard on this rank: {_mib(plan['micro_batch_shard_bytes'])}",
+        "  host memory of this rank (shards wait there; the device holds the micro-batch being trained "
+        "and, on CUDA, the next one): "
+        + ", ".join(f"{k.replace('_', ' ')} {_gib(v)}" for k, v in plan["host_bytes"].items()),
         f"  device memory: {_gib(plan['device_memory_bytes'])} ({plan['device_memory_source']}); "
         f"fits: {'yes' if plan['fits'] else 'NO'} (from the {plan['fits_from']} peak)",
     ]

@@ -14,6 +14,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed._tools.mem_tracker import _MemRefType
 
 from longdraft.config import Config
 from longdraft.device import resolve_device
@@ -61,14 +62,19 @@ def _timed_step(parts: PlanParts, device: torch.device) -> tuple[float, dict]:
 def _tracked_step(parts: PlanParts, device: torch.device) -> tuple[dict, dict]:
     groups = [(parts.mesh.ulysses_group, "ulysses"), (parts.mesh.ring_group, "ring"), (dist.group.WORLD, "world")]
     tracker = StepMemTracker(groups)
-    tensors = [t for b in parts.batches for t in vars(b).values() if isinstance(t, torch.Tensor)]
-    tracker.track_external(parts.model, parts.optimizer, parts.head, *tensors)
+    tracker.track_external(parts.model, parts.optimizer, parts.head)
+
+    def label_shard(batch) -> None:  # the device copies of the micro-batches: inputs, not activations
+        for t in vars(batch).values():
+            if isinstance(t, torch.Tensor):
+                tracker._update_and_maybe_create_winfos(t, _MemRefType.OTH)
+
     with tracker, ZeroFilledReceives():
-        run_train_step(parts)
+        run_train_step(parts, label_shard)
     by_kind = tracker.peak_by_kind(device)
-    shards = parts.shard_bytes()
-    by_kind["weights"] += by_kind.pop("inputs") - shards  # the rest of the step's inputs: the frozen target head
-    by_kind["shards"] = shards
+    head = parts.head.numel() * parts.head.element_size()
+    by_kind["shards"] = by_kind.pop("inputs") - head  # the micro-batches on the device at the peak
+    by_kind["weights"] += head  # the frozen target head
     return by_kind, dict(tracker.collective_bytes)
 
 
@@ -171,6 +177,8 @@ def plan(
         "step_time_s": measured["step_time_s"] if measured else None,
         "collective_bytes": best["collective_bytes"],
         "store_bytes_per_sample": sample_sizes(cfg).sample_bytes(t.max_seq_length),
+        "micro_batch_shard_bytes": parts.micro_batch_bytes(),
+        "host_bytes": parts.host_bytes(cfg),
         "fits": total <= memory,
         "fits_from": "measured" if measured else "estimate",
         "notes": _notes(t, planned, parts.ring_mode),

@@ -6,11 +6,11 @@ from longdraft.plan.parts import PlanParts
 from longdraft.train.step import train_step
 
 
-def run_train_step(parts: PlanParts) -> dict:
+def run_train_step(parts: PlanParts, on_copy=None) -> dict:
     """One optimizer step of this rank's micro-batches: ``train/step.py``'s ``train_step``, unchanged."""
     return train_step(
         parts.model,
-        parts.batches,
+        parts.step_batches(on_copy),
         parts.backend,
         parts.head,
         parts.optimizer,

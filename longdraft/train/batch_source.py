@@ -8,6 +8,7 @@ DP x U x R layout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,17 +19,23 @@ SKIP_TOO_FEW_LOSS_TOKENS = "too_few_loss_tokens"
 
 @dataclass
 class StepBatches:
-    batches: list[ShardBatch]  # this rank's micro-batches of the step (skipped samples left out)
+    # this rank's micro-batches of the step (skipped samples left out); sources hand ``DeviceBatches``
+    batches: Sequence[ShardBatch]
     samples: int  # samples this rank trains in the step
     skipped: int  # samples skipped for too few loss tokens (decided from the global mask)
     data_wait_s: float = 0.0  # time spent waiting for the data
+
+    def query_tokens(self) -> int:
+        """Real query tokens of the step, counted on the host copies (no device copy)."""
+        count = getattr(self.batches, "query_tokens", None)
+        return count() if count is not None else sum(b.query_tokens() for b in self.batches)
 
 
 class BatchSource(Protocol):
     def resume_at(self, stream_position: int) -> None:
         """Check that the stream continues at row ``stream_position`` (a checkpoint's)."""
 
-    def eval_batches(self) -> list[ShardBatch]:
+    def eval_batches(self) -> Sequence[ShardBatch]:
         """This rank's held-out micro-batches (empty when the run does not evaluate)."""
 
     def next_step(self) -> StepBatches: ...

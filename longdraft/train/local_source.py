@@ -12,6 +12,7 @@ from longdraft.data.dataset import Sample
 from longdraft.data.stream import SampleStream
 from longdraft.engines.base import TargetEngine
 from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.device_batches import DeviceBatches
 from longdraft.sharding.reader import full_sequence_batch, should_skip
 from longdraft.train.batch_source import StepBatches
 
@@ -45,12 +46,14 @@ class LocalSource:
     def epoch(self) -> int:
         return self.stream.epoch
 
-    def _batches(self, samples: list[Sample]) -> list[ShardBatch]:
+    def _batches(self, samples: list[Sample]) -> DeviceBatches:
+        """Collated on the host; the step gets them on the device one micro-batch at a time."""
         mb, k = self.cfg.training.micro_batch_size, self.cfg.training.ttt_length
-        return [prefill_batch(samples[j : j + mb], self.engine, k, self.device) for j in range(0, len(samples), mb)]
+        host = [prefill_batch(samples[j : j + mb], self.engine, k, "cpu") for j in range(0, len(samples), mb)]
+        return DeviceBatches(host, self.device)
 
-    def eval_batches(self) -> list[ShardBatch]:
-        return self._batches(self.held_out) if self.cfg.evaluates_during_training else []
+    def eval_batches(self) -> DeviceBatches:
+        return self._batches(self.held_out if self.cfg.evaluates_during_training else [])
 
     def next_step(self) -> StepBatches:
         t = self.cfg.training

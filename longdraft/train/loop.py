@@ -94,7 +94,7 @@ def _train_and_reduce(
     result.data_wait_s += data.data_wait_s
     result.rank_peak_mem_bytes.append(mem)
     result.rank_time_s.append(dict(metrics["time_s"], data_wait_s=data.data_wait_s))
-    tokens = sum(b.query_tokens() for b in data.batches)
+    tokens = data.query_tokens()
     samples, skipped, tokens = map(int, rank.reducer.sum_numbers([data.samples, data.skipped, tokens]))
     (peak,) = rank.reducer.max_numbers([mem])
     # Every SP rank counts the sample once and its own shard's tokens.
