@@ -88,6 +88,7 @@ def _valid_masks(model, batches, target: TargetHead, settings):
     for batch in batches:
         ok = target_ok(batch, target.full, model.t2d, settings.loss_chunk_size, settings.loss_precision)
         masks.append(step_valid_masks(batch, ok, settings.ttt_length))
+        del batch, ok  # before the next micro-batch is copied in
     return masks
 
 
@@ -154,6 +155,7 @@ def train_step(
         sums += result.loss_sums
         correct += result.correct
         chains += result.chains
+        del batch, result  # before the next micro-batch is copied in: one on the device at a time
     if buckets is not None and any_batch:
         buckets.finish()
     meter.lap("grad_sum_s")  # with buckets: only the part of the sum the backward did not hide
