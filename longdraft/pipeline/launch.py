@@ -12,6 +12,7 @@ from pathlib import Path
 
 from longdraft.config import Config
 from longdraft.data.dataset import Sample
+from longdraft.errors import UserError
 from longdraft.pipeline.decisions import decided_for_ranks, trainer_device
 from longdraft.pipeline.inflight import inflight_budget
 from longdraft.pipeline.prompt_feed import FeedSpec
@@ -83,6 +84,8 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float, liveness=None
             except Exception as exc:
                 _stop(actors)
                 cause = getattr(exc, "cause", None) or exc  # the actor's own exception, without Ray's wrapper
+                if isinstance(cause, UserError):  # the user's to fix (a bad row found mid-run): one line, no type name
+                    raise UserError(f"{name}: {cause}") from exc
                 raise RuntimeError(f"{name} failed; the run was stopped: {type(cause).__name__}: {cause}") from exc
         if deadline is not None and time.monotonic() > deadline:
             _stop(actors)
