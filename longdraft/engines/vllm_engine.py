@@ -39,7 +39,7 @@ from longdraft.engines.vllm_memory import (
     weights_bytes,
 )
 from longdraft.engines.vllm_settings import default_kv_cache_bytes, dtype_bytes, vllm_capture_ids, vllm_dtype
-from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, new_children
+from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, dead, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
 
@@ -221,11 +221,14 @@ class VLLMTargetEngine(TargetEngine):
         except Exception as e:
             for p in plans:
                 self._cleanup(p.prefix)
-            if isinstance(e, ProcessDied):
-                self._died = f"its process {e}"
+            # A dead engine process is the reason, whichever error the client met first (a closed socket...).
+            gone = str(e) if isinstance(e, ProcessDied) else ", ".join(dead(self._processes))
+            if gone:
+                self._died = f"its process {gone}"
+                saw = "" if isinstance(e, ProcessDied) else f"; the client saw {_reason(e)}"
                 raise EngineError(
-                    f"vLLM failed during prefill of {len(batch)} prompts: its process {e} exited "
-                    "(vLLM's log above has its reason, if it had time to write one)"
+                    f"vLLM failed during prefill of {len(batch)} prompts: its process {gone} exited "
+                    f"(vLLM's log above has its reason, if it had time to write one{saw})"
                 ) from None
             if type(e).__name__ == "EngineDeadError":
                 self._died = "its engine core"
@@ -289,8 +292,7 @@ class VLLMTargetEngine(TargetEngine):
 
 
 def _reason(e: BaseException, limit: int = 400) -> str:
-    """vLLM's own reason on one line: the innermost cause (engine-core errors wrap the real one),
-    its lines joined and cut at ``limit`` characters (vLLM lists every supported model on some)."""
+    """vLLM's reason on one line: the innermost cause, cut at ``limit`` (some list every model vLLM has)."""
     while e.__cause__ is not None and str(e.__cause__):
         e = e.__cause__
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
