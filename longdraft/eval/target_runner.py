@@ -36,10 +36,15 @@ def stop_token_ids(model) -> set[int]:
 
 
 def new_cache(model) -> DynamicCache:
+    """A cache that can be cropped: sliding-window layers (Gemma-3, gpt-oss) then keep the states past
+    their window until the next ``crop``, which rolls back the rejected drafts and trims them again."""
     try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers: no config argument
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older transformers: no config argument (and no sliding-window layers)
         return DynamicCache()
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
 
 
 def forward_with_cache(model, input_ids: torch.Tensor, cache: DynamicCache):
@@ -95,8 +100,9 @@ class TargetRunner:
     def crop(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
-        if length < self.length:
-            self.cache.crop(length - self.length)  # negative: drop that many tokens (any transformers version)
+        # Negative: drop that many tokens (any transformers version). Called even for 0 tokens: that
+        # trims the sliding-window layers back to their window.
+        self.cache.crop(length - self.length)
         self.length = length
 
     def close(self) -> None:
