@@ -2,10 +2,11 @@
 
 Each `Family` builds its config from transformers' own config class with the family's quirks kept
 (RoPE scaling, tied embeddings, MoE, sliding + full layers, multipliers, MLA) and tiny dims: hidden
-64, 8 layers (so the default aux layers [1, N/2-1, N-4] = [1, 3, 4] are distinct), the vocab of the
-repo's tiny tokenizer. It also declares the EXPECTED status of three columns (HF producer, vLLM
-producer, vLLM serving): `PASS` or the reason it does not; the tests assert each, and the README's
-support table is generated from them (`python -m longdraft.testing.families --markdown`).
+64 (2 heads of 32, 1 KV head), 8 layers (so the default aux layers [1, N/2-1, N-4] = [1, 3, 4] are
+distinct), the vocab of the repo's tiny tokenizer. It also declares the EXPECTED status of three
+columns (HF producer, vLLM producer, vLLM serving): `PASS` or the reason it does not; the tests
+assert each, and the README's support table is generated from them
+(`python -m longdraft.testing.families --markdown`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PASS = "pass"
 VOCAB_SIZE = 384
 HIDDEN = 64
 LAYERS = 8
-HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
+HEADS, KV_HEADS, HEAD_DIM = 2, 1, 32  # head_dim 32: vLLM's CPU attention refuses small head sizes
 INTERMEDIATE = 128
 MAX_POSITIONS = 16384
 SLIDING_WINDOW = 16  # small, so the tests' prompts run past it and the sliding layers really slide
@@ -200,8 +201,8 @@ def _deepseek_v3(ids):
         kv_lora_rank=32,
         q_lora_rank=48,
         qk_rope_head_dim=8,
-        qk_nope_head_dim=16,
-        v_head_dim=16,
+        qk_nope_head_dim=HEAD_DIM - 8,
+        v_head_dim=HEAD_DIM,
         moe_intermediate_size=32,
         n_routed_experts=4,
         n_shared_experts=1,
