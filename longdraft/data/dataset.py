@@ -21,7 +21,7 @@ _PROGRESS_MIN_BYTES = 4 << 20  # show a progress bar only for files from 4 MiB u
 
 @dataclass
 class Sample:
-    sample_id: str  # "file:line"
+    sample_id: str  # "file:line" (JSONL) or "file:row" (a table; data/sources.py)
     input_ids: list[int]
     packed_loss_mask: list[int]
     num_loss_tokens: int

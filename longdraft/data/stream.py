@@ -5,10 +5,11 @@ The rows are read ``window`` at a time and each window is shuffled by its own se
 (seed, epoch, window), so memory holds one window of raw records however large the data is, and the
 order is a pure function of the seed, the same for every way of storing the same rows. ``position``
 counts the rows consumed (bad rows included): a stream opened at ``position`` continues exactly where
-one that consumed that many rows stands; it starts reading at the window holding that row (a JSONL
-file is re-read up to there, a table seeks to it) without tokenising the skipped rows. With ``tokenizer_workers``
-the upcoming rows are tokenised ahead in a process pool (``token_pool``), accounted for in stream
-order, so samples, positions and the report are the same as in-process; ``close()`` ends the pool.
+one that consumed that many rows stands, starting to read at the window holding that row (a JSONL file
+is counted once, then re-read up to there; a table seeks to it) without tokenising the skipped rows.
+With ``tokenizer_workers`` the upcoming rows are tokenised ahead in a process pool (``token_pool``),
+accounted for in stream order, so samples, positions and the report are the same as in-process;
+``close()`` ends the pool.
 """
 
 from __future__ import annotations
