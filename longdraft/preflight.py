@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from longdraft.cli_args import existing_dir, existing_file
+from longdraft.cli_args import existing_dir
 from longdraft.config import Config
+from longdraft.data.sources import check_data_path
 from longdraft.errors import UserError
 
 if TYPE_CHECKING:
@@ -45,11 +46,11 @@ def _target(cfg: Config) -> TargetSpec:
 
 
 def _data_files(cfg: Config) -> None:
-    existing_file(cfg.data.train_path, "data.train_path")
+    check_data_path(cfg.data.train_path, "data.train_path")
     if cfg.data.eval_path:
-        existing_file(cfg.data.eval_path, "data.eval_path")
+        check_data_path(cfg.data.eval_path, "data.eval_path")
     if cfg.eval.enabled and cfg.eval.context_lengths and cfg.eval.context_path:
-        existing_file(cfg.eval.context_path, "eval.context_path")
+        check_data_path(cfg.eval.context_path, "eval.context_path")
 
 
 def _draft_shape(cfg: Config, spec: TargetSpec) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from longdraft.cli_args import existing_dir, existing_file, output_file
+from longdraft.cli_args import existing_dir, output_file
 from longdraft.config import Config
 from longdraft.data.errors import DataError
-from longdraft.data.rows import Conversation, PlainText, iter_jsonl
+from longdraft.data.rows import Conversation, PlainText
+from longdraft.data.sources import check_data_path, iter_rows
 from longdraft.data.tokenize import render_chat
 from longdraft.errors import UserError
 
@@ -151,7 +152,7 @@ def regenerate(cfg: Config, out_path: str | Path, settings: RegenerateSettings, 
 
     # Mistakes in what was passed are refused before the target is loaded.
     out = output_file(out_path, "--out")
-    existing_file(cfg.data.train_path, "data.train_path")
+    check_data_path(cfg.data.train_path, "data.train_path")
     existing_dir(cfg.model.target_path, "model.target_path", ["config.json"], "a local Hugging Face model directory")
     state_path = out.with_name(out.name + ".progress.json")
     state = {"rows_done": 0, "bytes": 0, "written": 0, "skipped": {}}
@@ -169,7 +170,7 @@ def regenerate(cfg: Config, out_path: str | Path, settings: RegenerateSettings, 
         f.truncate(state["bytes"])  # a batch cut short by an interruption is dropped, then redone
     batch: list = []
     done = state["rows_done"]
-    rows = iter_jsonl(cfg.data.train_path)
+    rows = iter_rows(cfg.data.train_path)
     bar = tqdm(desc="regenerate", unit=" row", disable=not progress, initial=done)
 
     def flush() -> None:

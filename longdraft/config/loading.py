@@ -190,7 +190,8 @@ class _Builder:
         out = _coerce(value, tp)
         if out is _NO_MATCH:
             raise ConfigError(f"{origin}: {key} = {value!r} is invalid; expected {_type_name(tp)}")
-        if f.metadata.get("path") and isinstance(out, str) and base_dir is not None:
+        hub_name = f.metadata.get("data") and isinstance(out, str) and out.startswith("hf:")
+        if f.metadata.get("path") and isinstance(out, str) and base_dir is not None and not hub_name:
             p = Path(out).expanduser()
             out = str(p if p.is_absolute() else (base_dir / p).resolve())
         setattr(obj, f.name, out)

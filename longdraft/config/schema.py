@@ -16,8 +16,10 @@ class ConfigError(UserError, ValueError):
     """Invalid configuration: message names the key, the value and what was expected."""
 
 
-def _path(default: Any = None, *, required: bool = False) -> Any:
-    return field(default=default, metadata={"path": True, "required": required})
+def _path(default: Any = None, *, required: bool = False, data: bool = False) -> Any:
+    """A path resolved against the config's folder; ``data``: a data path (``data/sources.py``), which
+    may instead name a Hugging Face dataset, ``hf:org/name[:split]``, kept as written."""
+    return field(default=default, metadata={"path": True, "required": required, "data": data})
 
 
 def _bounded(
@@ -48,8 +50,9 @@ def _gpu_share(f: float) -> bool:
 
 @dataclass
 class DataConfig:
-    train_path: str = _path(required=True)
-    eval_path: str | None = _path()
+    # JSONL, Parquet file or folder, datasets.save_to_disk folder, or hf:org/name[:split]
+    train_path: str = _path(required=True, data=True)
+    eval_path: str | None = _path(data=True)
     on_bad_row: Literal["error", "skip"] = "error"
     max_rows: int | None = _bounded(None, min=1, null="all rows")  # read only the first N rows of train_path
     shuffle_window: int = _bounded(4096, min=1)  # rows shuffled together; the file streams one window at a time
@@ -202,7 +205,7 @@ class EvalConfig:
         None, _token_counts, "a list of token counts >= 2, e.g. [256, 1024, 2048], or null"
     )
     # Documents to cut those prompts from (long ones); None: data.eval_path (else the training data).
-    context_path: str | None = _path()
+    context_path: str | None = _path(data=True)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Loading a JSONL file into tokenised samples with packed loss masks."""
+"""Loading a data path (any kind of ``data/sources.py``) into tokenised samples with packed loss masks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from longdraft.data.errors import DataError
 from longdraft.data.loss_mask import pack_loss_mask
-from longdraft.data.rows import Row, iter_jsonl
+from longdraft.data.rows import Row
+from longdraft.data.sources import open_source, parse_record
 from longdraft.data.tokenize import tokenize_row
 
 _PROGRESS_MIN_BYTES = 4 << 20  # show a progress bar only for files from 4 MiB up
@@ -20,7 +21,7 @@ _PROGRESS_MIN_BYTES = 4 << 20  # show a progress bar only for files from 4 MiB u
 
 @dataclass
 class Sample:
-    sample_id: str  # "file:line"
+    sample_id: str  # "file:line" (JSONL) or "file:row" (a table; data/sources.py)
     input_ids: list[int]
     packed_loss_mask: list[int]
     num_loss_tokens: int
@@ -56,15 +57,11 @@ class DataReport:
         return s
 
 
-def check_sample_options(path: str | Path, max_seq_length: int, on_bad_row: str) -> Path:
+def check_sample_options(max_seq_length: int, on_bad_row: str) -> None:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row={on_bad_row!r}: expected 'error' or 'skip'")
     if max_seq_length < 1:
         raise ValueError(f"max_seq_length={max_seq_length}: expected >= 1")
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {p}")
-    return p
 
 
 def sample_from_row(
@@ -105,16 +102,22 @@ def iter_samples(
     max_rows: int | None = None,
     report: DataReport | None = None,
 ) -> Iterator[Sample]:
-    """The samples of a JSONL file in file order, one at a time (at most ``max_rows`` samples)."""
-    p = check_sample_options(path, max_seq_length, on_bad_row)
-    report = report if report is not None else DataReport(path=str(p))
-    rows = tqdm(
-        iter_jsonl(p), desc=f"tokenizing {p.name}", unit=" rows", disable=p.stat().st_size < _PROGRESS_MIN_BYTES
+    """The samples of a data path in its order, one at a time (at most ``max_rows`` samples)."""
+    check_sample_options(max_seq_length, on_bad_row)
+    source = open_source(path)
+    report = report if report is not None else DataReport(path=source.name)
+    records = tqdm(
+        source.records(),
+        desc=f"tokenizing {Path(source.name).name}",
+        unit=" rows",
+        disable=source.size_bytes < _PROGRESS_MIN_BYTES,
     )
-    for location, row in rows:
+    for location, record in records:
         if max_rows is not None and report.num_samples >= max_rows:
             break
-        sample = sample_from_row(location, row, tokenizer, max_seq_length, on_bad_row, report)
+        sample = sample_from_row(
+            location, parse_record(location, record), tokenizer, max_seq_length, on_bad_row, report
+        )
         if sample is not None:
             yield sample
 
@@ -126,7 +129,7 @@ def load_samples(
     on_bad_row: Literal["error", "skip"] = "error",
     max_rows: int | None = None,
 ) -> tuple[list[Sample], DataReport]:
-    """Read, tokenise and mask every row of a (small) JSONL file: held-out sets, evaluation prompts.
+    """Read, tokenise and mask every row of a (small) data path: held-out sets, evaluation prompts.
 
     A bad row raises `DataError` ("file:line: reason") unless `on_bad_row == "skip"`, in which
     case it is counted in `report.skipped[kind]`. `max_rows` caps the number of samples kept.

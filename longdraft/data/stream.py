@@ -1,24 +1,28 @@
-"""Training samples streamed from a JSONL file in a seeded order that changes every epoch.
+"""Training samples streamed from a data path (``data/sources.py``: JSONL, Parquet, a save_to_disk
+folder, ``hf:``) in a seeded order that changes every epoch.
 
-The file is read ``window`` rows at a time and each window is shuffled by its own seeded
-permutation (seed, epoch, window), so memory holds one window of raw lines however large the file
-is, and the order is a pure function of the seed. ``position`` counts the rows consumed (bad rows
-included): a stream opened at ``position`` continues exactly where one that consumed that many rows
-stands, re-reading the skipped part of the file without tokenising it. With ``tokenizer_workers``
-the upcoming rows are tokenised ahead in a process pool (``token_pool``), accounted for in stream
-order, so samples, positions and the report are the same as in-process; ``close()`` ends the pool.
+The rows are read ``window`` at a time and each window is shuffled by its own seeded permutation
+(seed, epoch, window), so memory holds one window of raw records however large the data is, and the
+order is a pure function of the seed, the same for every way of storing the same rows. ``position``
+counts the rows consumed (bad rows included): a stream opened at ``position`` continues exactly where
+one that consumed that many rows stands, starting to read at the window holding that row (a JSONL file
+is counted once, then re-read up to there; a table seeks to it) without tokenising the skipped rows.
+With ``tokenizer_workers`` the upcoming rows are tokenised ahead in a process pool (``token_pool``),
+accounted for in stream order, so samples, positions and the report are the same as in-process;
+``close()`` ends the pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from longdraft.data.dataset import DataReport, Sample, check_sample_options, sample_from_row
-from longdraft.data.rows import iter_lines, parse_line
+from longdraft.data.sources import Record, open_source, parse_record
 from longdraft.data.token_pool import Outcome, TokenizerPool, add_counts
 from longdraft.errors import UserError
 
@@ -47,7 +51,9 @@ class SampleStream:
         position: int = 0,
         tokenizer_workers: int = 0,
     ):
-        self.path = check_sample_options(path, max_seq_length, on_bad_row)
+        check_sample_options(max_seq_length, on_bad_row)
+        self.source = open_source(path)
+        self.path = self.source.name
         if window < 1:
             raise ValueError(f"window={window}: expected >= 1")
         if tokenizer_workers < 0:
@@ -57,41 +63,42 @@ class SampleStream:
         self.position = position
         self.epoch = 0
         self.report = DataReport(path=str(self.path))  # rows this stream consumed (not the skipped start)
-        self.rows_per_epoch: int | None = None  # known after the first full pass over the file
+        self.rows_per_epoch: int | None = None  # known after the first full pass (or the first row drawn at a position)
         self._rows = self._ordered_rows(position)
         self.tokenizer_workers = tokenizer_workers
         self._pool: TokenizerPool | None = None  # started on the first sample drawn
 
-    def _windows(self) -> Iterator[list[tuple[str, str]]]:
-        window: list[tuple[str, str]] = []
-        for count, row in enumerate(iter_lines(self.path)):
-            if self.max_rows is not None and count >= self.max_rows:
-                break
-            window.append(row)
-            if len(window) == self.window:
-                yield window
-                window = []
-        if window:
+    def _windows(self, first: int) -> Iterator[list[tuple[str, Record]]]:
+        """The epoch's windows from window ``first`` on (the rows of earlier windows are not read)."""
+        start = first * self.window
+        rows = self.source.records(start)
+        if self.max_rows is not None:
+            rows = islice(rows, max(0, self.max_rows - start))
+        while window := list(islice(rows, self.window)):
             yield window
 
-    def _ordered_rows(self, start: int) -> Iterator[tuple[int, str, str]]:
-        """(epoch, location, line) in stream order from row ``start`` on, epoch after epoch."""
-        position, epoch = 0, 0
+    def _ordered_rows(self, start: int) -> Iterator[tuple[int, str, Record]]:
+        """(epoch, location, record) in stream order from row ``start`` on, epoch after epoch."""
+        epoch, offset = 0, start
+        if start:  # whole epochs skipped by arithmetic: the row count is needed once
+            rows = len(self.source) if self.max_rows is None else min(len(self.source), self.max_rows)
+            if rows == 0:
+                raise NoUsableRows(f"{self.path}: no rows to train on")
+            epoch, offset = divmod(start, rows)
+            self.rows_per_epoch = rows
         while True:
-            rows_this_epoch = 0
-            for w, window in enumerate(self._windows()):
+            first = offset // self.window
+            rows_this_epoch = first * self.window
+            for w, window in enumerate(self._windows(first), start=first):
                 rows_this_epoch += len(window)
-                if position + len(window) <= start:  # skipped without shuffling or parsing
-                    position += len(window)
-                    continue
-                for i in _window_order(len(window), self.seed, epoch, w):
-                    if position >= start:
+                skip = offset - w * self.window  # rows of this window before ``start`` (first window only)
+                for k, i in enumerate(_window_order(len(window), self.seed, epoch, w)):
+                    if k >= skip:
                         yield (epoch, *window[i])
-                    position += 1
             if rows_this_epoch == 0:
                 raise NoUsableRows(f"{self.path}: no rows to train on")
             self.rows_per_epoch = rows_this_epoch
-            epoch += 1
+            epoch, offset = epoch + 1, 0
 
     def __iter__(self) -> SampleStream:
         return self
@@ -118,10 +125,15 @@ class SampleStream:
 
     def _next_row_sample(self) -> Sample | None:
         if not self.tokenizer_workers:
-            self.epoch, location, line = next(self._rows)
+            self.epoch, location, record = next(self._rows)
             self.position += 1
             return sample_from_row(
-                location, parse_line(location, line), self.tokenizer, self.max_seq_length, self.on_bad_row, self.report
+                location,
+                parse_record(location, record),
+                self.tokenizer,
+                self.max_seq_length,
+                self.on_bad_row,
+                self.report,
             )
         if self._pool is None:
             self._pool = TokenizerPool(self._rows, self.tokenizer, self.max_seq_length, self.tokenizer_workers)

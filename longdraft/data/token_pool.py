@@ -18,7 +18,7 @@ from typing import Any
 
 from longdraft.data.dataset import DataReport, Sample, sample_from_row
 from longdraft.data.errors import DataError
-from longdraft.data.rows import parse_line
+from longdraft.data.sources import Record, parse_record
 
 ROWS_PER_TASK = 4  # rows sent together: fewer round trips, still a small read-ahead
 TASKS_AHEAD_PER_WORKER = 2  # in flight per worker, so a worker never waits for the stream
@@ -36,12 +36,12 @@ def _start_worker(tokenizer: Any, max_seq_length: int) -> None:
     _worker_state.update(tokenizer=tokenizer, max_seq_length=max_seq_length)
 
 
-def _tokenise(rows: list[tuple[str, str]]) -> list[Outcome]:
+def _tokenise(rows: list[tuple[str, Record]]) -> list[Outcome]:
     out: list[Outcome] = []
-    for location, line in rows:
+    for location, record in rows:
         counts = DataReport(path="")
         try:
-            row = parse_line(location, line)
+            row = parse_record(location, record)
             sample = sample_from_row(
                 location, row, _worker_state["tokenizer"], _worker_state["max_seq_length"], "error", counts
             )
@@ -61,7 +61,7 @@ def add_counts(report: DataReport, counts: DataReport) -> None:
 class TokenizerPool:
     """(epoch, location, outcome) for each row of ``rows`` in order, tokenised ahead by ``workers`` processes."""
 
-    def __init__(self, rows: Iterator[tuple[int, str, str]], tokenizer: Any, max_seq_length: int, workers: int):
+    def __init__(self, rows: Iterator[tuple[int, str, Record]], tokenizer: Any, max_seq_length: int, workers: int):
         # spawn, not fork: the parent may hold torch or tokenizers threads (a forked child can deadlock on their locks)
         self._executor = ProcessPoolExecutor(
             workers, mp_context=mp.get_context("spawn"), initializer=_start_worker, initargs=(tokenizer, max_seq_length)
@@ -75,7 +75,7 @@ class TokenizerPool:
         while len(self._pending) < self._tasks_ahead:
             batch = list(islice(self._rows, ROWS_PER_TASK))  # the row iterator never ends (epoch after epoch)
             keys = [(epoch, location) for epoch, location, _ in batch]
-            self._pending.append((keys, self._executor.submit(_tokenise, [(loc, line) for _, loc, line in batch])))
+            self._pending.append((keys, self._executor.submit(_tokenise, [(loc, record) for _, loc, record in batch])))
 
     def __next__(self) -> tuple[int, str, Outcome]:
         self._submit_ahead()

@@ -14,16 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from longdraft.data.rows import Conversation, PlainText, iter_jsonl
+from longdraft.data.rows import Conversation, PlainText
+from longdraft.data.sources import iter_rows
 from longdraft.data.tokenize import render_chat
 from longdraft.eval.errors import EvalInputError
 from longdraft.eval.prompts import Prompt
 
 
 def document_ids(path: str | Path, tokenizer: Any) -> list[tuple[str, list[int]]]:
-    """(``file:line``, token ids) of every document of a JSONL file; bad rows are skipped."""
+    """(``file:row``, token ids) of every document of a data path; bad rows are skipped."""
     docs = []
-    for location, row in iter_jsonl(Path(path)):
+    for location, row in iter_rows(path):
         if isinstance(row, PlainText):
             # verbose=False: a whole document is meant to be longer than the model's context
             docs.append((location, list(tokenizer(row.text, add_special_tokens=True, verbose=False)["input_ids"])))

@@ -1,4 +1,4 @@
-"""Evaluation prompts from a JSONL data file.
+"""Evaluation prompts from a data path (any kind of ``data/sources.py``).
 
 Conversation rows: the messages before the first assistant turn, rendered with the chat template and
 ``add_generation_prompt=True`` (a row without an assistant turn uses all its messages). Text rows: the
@@ -13,7 +13,8 @@ from typing import Any
 
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
-from longdraft.data.rows import Conversation, PlainText, iter_jsonl
+from longdraft.data.rows import Conversation, PlainText
+from longdraft.data.sources import iter_rows
 from longdraft.data.tokenize import render_chat
 from longdraft.eval.errors import EvalInputError
 
@@ -41,14 +42,11 @@ def text_prompt(tokenizer: Any, text: str, max_text_prompt_tokens: int) -> list[
 
 
 def load_prompts(path: str | Path, tokenizer: Any, num_prompts: int, max_text_prompt_tokens: int = 128) -> list[Prompt]:
-    """The first ``num_prompts`` prompts of a JSONL file; a bad row raises ``DataError`` naming file:line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"eval data file not found: {p}")
+    """The first ``num_prompts`` prompts of a data path; a bad row raises ``DataError`` naming file:line."""
     if num_prompts < 1:
         raise ValueError(f"num_prompts={num_prompts}: expected >= 1")
     prompts: list[Prompt] = []
-    for location, row in iter_jsonl(p):
+    for location, row in iter_rows(path):
         if len(prompts) >= num_prompts:
             break
         try:
@@ -61,5 +59,5 @@ def load_prompts(path: str | Path, tokenizer: Any, num_prompts: int, max_text_pr
         except DataError as e:
             raise (e if e.location else e.at(location)) from None
     if not prompts:
-        raise EvalInputError(f"{p}: no prompts (the file has no rows)")
+        raise EvalInputError(f"{path}: no prompts (the file has no rows)")
     return prompts
