@@ -1,8 +1,13 @@
 """Tokenising rows with the tokenizer's chat template and an assistant-only loss mask.
 
-The mask is found from character spans, not from token patterns, so it works for any chat
-template that renders conversations prefix-stably. The reference algorithm (below) renders prefixes;
-`turn_shape.py` finds the same spans from the one rendering of the whole conversation:
+The mask is found from character spans of ONE rendering of the whole conversation, not from token
+patterns. The spans come, in this order of preference, from
+- the template's own ``{% generation %}`` markers, where it has them;
+- `turn_shape.py`: the rendering walked message by message, for templates that render each message
+  the same wherever it stands (one render);
+- `turn_spans.py`: each assistant turn found inside the rendering, for templates that render a turn
+  differently by what follows it (Qwen3 reasoning, gpt-oss channels; two renders);
+- the reference algorithm below (prefix renders), which also names what is wrong when nothing fits:
 
 1. For each assistant message i, render messages[:i] with the generation prompt (`gen`) and
    messages[:i+1] (`full_i`). The assistant content is searched in `full_i` after `gen`.
@@ -18,6 +23,7 @@ Plain-text rows: every token carries loss.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +32,12 @@ import numpy as np
 
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
+from longdraft.data.messages import template_view
 from longdraft.data.rows import Conversation, PlainText, Row
 from longdraft.data.turn_shape import spans_from_one_render, turn_shape_for
+from longdraft.data.turn_spans import has_structure, spans_in_full_render, turn_ends_for
+
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass(frozen=True)
@@ -37,9 +47,11 @@ class TokenizedRow:
     truncated: bool
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.apply_chat_template(
+            template_view(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     except Exception as e:  # jinja errors, raise_exception() in templates, missing template
         raise DataError(E.TEMPLATE_MISMATCH, f"chat template failed: {type(e).__name__}: {e}") from e
     if not isinstance(text, str):
@@ -47,7 +59,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
     return text
 
 
-def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _render_prefix(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
     if not messages and not add_generation_prompt:
         return ""
     try:
@@ -58,18 +70,53 @@ def _render_prefix(tokenizer: Any, messages: list[dict[str, str]], add_generatio
         return ""  # some templates refuse an empty conversation; nothing precedes message 0 then
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages` once; return the text and the [start, end) character spans that carry loss.
+def _generation_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]] | None:
+    """The rendering and its ``{% generation %}`` spans, for a template that marks them; else None."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not _GENERATION.search(template):
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template  # what apply_chat_template calls
 
-    The spans come from that one rendering when the template's turn shape is known
-    (`turn_shape.py`); otherwise from the prefix renders below, which also name what went wrong."""
+    try:
+        texts, indices = render_jinja_template(
+            [template_view(messages)],
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map,
+        )
+    except Exception as e:
+        raise DataError(E.TEMPLATE_MISMATCH, f"chat template failed: {type(e).__name__}: {e}") from e
+    return texts[0], [(a, b) for a, b in indices[0] if b > a]
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` once; return the text and the [start, end) character spans that carry loss
+    (the module's docstring says from where)."""
+    marked = _generation_spans(tokenizer, messages)
+    if marked is not None:
+        return marked
     text = render_chat(tokenizer, messages)
-    shape = turn_shape_for(tokenizer, lambda m, gen: render_chat(tokenizer, m, gen))
+
+    def render(m: list[dict[str, Any]], gen: bool) -> str:
+        return render_chat(tokenizer, m, gen)
+
+    shape = turn_shape_for(tokenizer, render)
     spans = spans_from_one_render(shape, text, messages) if shape is not None else None
-    return text, spans if spans is not None else spans_by_prefix_renders(tokenizer, messages, text)
+    if spans is not None:
+        return text, spans
+    if has_structure(messages):  # the reference would start each turn at its content, past its reasoning
+        spans = spans_in_full_render(turn_ends_for(tokenizer, render), render, text, messages)
+        return text, spans if spans is not None else spans_by_prefix_renders(tokenizer, messages, text)
+    try:
+        return text, spans_by_prefix_renders(tokenizer, messages, text)
+    except DataError as e:  # not prefix-stable (Qwen3, gpt-oss): the turns are found in the whole rendering
+        spans = spans_in_full_render(turn_ends_for(tokenizer, render), render, text, messages)
+        if spans is None:
+            raise e from None
+        return text, spans
 
 
-def spans_by_prefix_renders(tokenizer: Any, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+def spans_by_prefix_renders(tokenizer: Any, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
     """The reference: 2-3 renders of the prefix per assistant turn (see the module's docstring)."""
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
@@ -119,7 +166,7 @@ def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: list[tuple[int, i
     return (inside & (s < ends[jj]) & (e > starts[jj]) & (e > s)).astype(np.int64)
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("assistant loss masks need a fast tokenizer (offset mapping)")
     text, spans = assistant_spans(tokenizer, messages)
