@@ -104,13 +104,16 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str
     spans = spans_from_one_render(shape, text, messages) if shape is not None else None
     if spans is not None:
         return text, spans
-    if has_structure(messages):  # the reference would start each turn at its content, past its reasoning
-        spans = spans_in_full_render(turn_ends_for(tokenizer, render), render, text, messages)
+    ends = turn_ends_for(tokenizer, render)
+    if ends.has_prompt or has_structure(messages):
+        # What the model writes after the generation prompt, reasoning, tool calls and channel headers
+        # included (the reference starts each turn at its content)
+        spans = spans_in_full_render(ends, render, text, messages)
         return text, spans if spans is not None else spans_by_prefix_renders(tokenizer, messages, text)
-    try:
+    try:  # no generation prompt: only the reference tells an assistant header from the answer
         return text, spans_by_prefix_renders(tokenizer, messages, text)
-    except DataError as e:  # not prefix-stable (Qwen3, gpt-oss): the turns are found in the whole rendering
-        spans = spans_in_full_render(turn_ends_for(tokenizer, render), render, text, messages)
+    except DataError as e:  # not prefix-stable (a system prompt moved into the last turn...)
+        spans = spans_in_full_render(ends, render, text, messages)
         if spans is None:
             raise e from None
         return text, spans

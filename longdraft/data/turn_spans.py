@@ -14,7 +14,8 @@ user, tool and system content starts and ends. An assistant turn's span
 - starts after the text the template writes between the preceding content and the assistant's
   first generated character: that message's footer plus the generation prompt (the ``tail``, learned
   once per role from a probe rendered with ``add_generation_prompt``, else from this turn's prefix),
-  so reasoning and tool calls are in; a plain answer starts at its content, as in the reference;
+  so what the model writes before the content is in: reasoning, Qwen3's empty think block, harmony's
+  channel headers;
 - ends at the end of the last end-of-turn marker (``ends``: ``<|im_end|>``, ``<|eot_id|>``,
   ``<|end|>``/``<|return|>``/``<|call|>``, ``</s>``, ``<end_of_turn>`` ...) before the next content, so
   the next message's header is excluded; ``ends`` is learned once per template from probes: the first
@@ -40,6 +41,7 @@ _CALL = [{"type": "function", "function": {"name": "ldprobefn", "arguments": {"l
 class TurnEnds:
     tails: dict[str, str]  # role before an assistant turn -> its footer + the generation prompt (left-stripped)
     ends: tuple[str, ...]  # the strings that end an assistant turn
+    has_prompt: bool  # whether add_generation_prompt writes anything (else the reference reads turns better)
 
 
 def _after(render: Render, messages: list[dict[str, Any]], gen: bool, anchor: str) -> str | None:
@@ -70,6 +72,7 @@ def learn_turn_ends(tokenizer: Any, render: Render) -> TurnEnds:
     call = {"role": "assistant", "content": "", "tool_calls": _CALL}
     tool = {"role": "tool", "content": "ldprobetool", "name": "ldprobefn"}
     tails = {}
+    prompt = _after(render, [u], True, "ldprobeuser") != _after(render, [u], False, "ldprobeuser")
     for role, probe, anchor in (("user", [u], "ldprobeuser"), ("tool", [u, call, tool], "ldprobetool")):
         tail = _after(render, probe, True, anchor)
         if tail is not None:
@@ -88,7 +91,7 @@ def learn_turn_ends(tokenizer: Any, render: Render) -> TurnEnds:
             shared.append(x[0])
         if "".join(shared).strip():
             ends.add("".join(shared).strip())
-    return TurnEnds(tails, tuple(sorted(ends)))
+    return TurnEnds(tails, tuple(sorted(ends)), prompt)
 
 
 _LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (template, TurnEnds)
@@ -187,14 +190,8 @@ def spans_in_full_render(
             stop = bounds[2 * (i + 1)]
         else:
             stop = len(text)
-        content = msg["content"].strip()
-        found = text.find(content, start, stop) if content and not _structured(msg) else -1
-        if found >= 0:
-            # A plain answer is trained from its content on, as the reference does: what a template adds
-            # before it (Qwen3's empty think block) is the template's, not the answer's.
-            start = found
-        elif content or _structured(msg):  # what the template wrote for it (reasoning, tool calls, a rewrite)
-            while start < stop and text[start].isspace():  # from its first character, as the reference
+        if msg["content"].strip() or _structured(msg):  # from its first character written, as the reference
+            while start < stop and text[start].isspace():
                 start += 1
         found = [k + len(e) for e in ends.ends if (k := text.rfind(e, start, stop)) >= 0]
         if found:
