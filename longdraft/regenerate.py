@@ -3,8 +3,10 @@
 A draft learns best from the distribution it will be asked to predict: the target's. Each
 conversation row gets every assistant turn replaced, in order, by what the target generates after
 the turns before it (earlier turns already regenerated); each text row keeps the first half of
-its tokens and gets the rest generated. Rows are generated in batches (left-padded prefill), greedy
-or sampled, with a progress bar.
+its tokens and gets the rest generated. Thinking and tool calls stay intact: a turn that calls tools
+is kept as it is (the tool results after it answer exactly those calls), tool results are kept, and
+the target's own reasoning is stored as ``reasoning_content`` beside its answer (``data/reasoning.py``).
+Rows are generated in batches (left-padded prefill), greedy or sampled, with a progress bar.
 
 Resumable: after every batch ``OUT.progress.json`` records the input rows done, the output's
 length in bytes and the bad rows so far; a rerun truncates the output to that length and goes on
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from longdraft.cli_args import existing_dir, existing_file, output_file
 from longdraft.config import Config
 from longdraft.data.errors import DataError
+from longdraft.data.reasoning import split_reasoning
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
 from longdraft.data.tokenize import render_chat
 from longdraft.errors import UserError
@@ -87,6 +90,12 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def _new_turn(tokenizer: Any, ids: list[int]) -> dict[str, str]:
+    """The assistant message of a generated turn: its answer, and its reasoning where it wrote one."""
+    reasoning, answer = split_reasoning(_decode(tokenizer, ids), tokenizer.decode(ids, skip_special_tokens=False))
+    return {"content": answer} if reasoning is None else {"content": answer, "reasoning_content": reasoning}
+
+
 def text_split(n: int, budget: int) -> tuple[int, int]:
     """(prompt tokens kept, tokens to generate) of a text row of ``n`` tokens: its first half, then
     as many new tokens as the half it replaces, at most ``budget``."""
@@ -103,14 +112,14 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
     while True:  # the k-th assistant turn of every conversation that has one, as one batch
         jobs = []
         for i, messages in convs.items():
-            at = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+            at = [j for j, m in enumerate(messages) if m["role"] == "assistant" and "tool_calls" not in m]
             if turn < len(at):
                 text = render_chat(tok, messages[: at[turn]], add_generation_prompt=True)
                 jobs.append((i, at[turn], list(tok(text, add_special_tokens=False)["input_ids"])))
         if not jobs:
             break
         for (i, j, _), new in zip(jobs, gen.generate([p for _, _, p in jobs], [budget] * len(jobs))):
-            convs[i][j]["content"] = _decode(tok, new).strip()
+            convs[i][j] = {"role": "assistant", **_new_turn(tok, new)}
         turn += 1
     for i, messages in convs.items():
         out[i] = {"conversations": messages}
