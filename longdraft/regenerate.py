@@ -114,7 +114,7 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
         for i, messages in convs.items():
             at = [j for j, m in enumerate(messages) if m["role"] == "assistant" and "tool_calls" not in m]
             if turn < len(at):
-                text = render_chat(tok, messages[: at[turn]], add_generation_prompt=True)
+                text = render_chat(tok, messages[: at[turn]], True, rows[i].tools)
                 jobs.append((i, at[turn], list(tok(text, add_special_tokens=False)["input_ids"])))
         if not jobs:
             break
@@ -122,7 +122,7 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
             convs[i][j] = {"role": "assistant", **_new_turn(tok, new)}
         turn += 1
     for i, messages in convs.items():
-        out[i] = {"conversations": messages}
+        out[i] = {"conversations": messages} | ({"tools": rows[i].tools} if rows[i].tools else {})
     texts = [
         (i, list(tok(r.text, add_special_tokens=True)["input_ids"]))
         for i, r in enumerate(rows)
@@ -145,7 +145,7 @@ def _check_row(row, gen: Generator) -> None:
         if not gen.fits(*text_split(n, budget)):
             raise DataError(TOO_LONG, f"{n} tokens: more than the target's {gen.max_positions} positions")
         return
-    text = render_chat(tok, row.messages, add_generation_prompt=False)
+    text = render_chat(tok, row.messages, False, row.tools)
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     if not gen.fits(n, budget):
         raise DataError(TOO_LONG, f"{n} tokens + {budget} new: more than the target's {gen.max_positions} positions")

@@ -1,7 +1,8 @@
 """Reading JSONL rows into conversations or plain texts.
 
 Accepted rows (one JSON object per line; blank lines are ignored):
-- `{"conversations": [{"role": ..., "content": ...}, ...]}` (also under the key "messages"),
+- `{"conversations": [{"role": ..., "content": ...}, ...]}` (also under the key "messages"), optionally
+  with `"tools": [...]`, the tool definitions the chat template writes into the prompt,
 - ShareGPT: `{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}`,
 - `{"text": "..."}`.
 Messages are normalised by `messages.py` (roles, reasoning, tool calls, text parts; images refused).
@@ -23,6 +24,7 @@ from longdraft.data.messages import normalise_message
 @dataclass(frozen=True)
 class Conversation:
     messages: list[dict[str, Any]]  # [{"role": system|user|assistant|tool, "content": str, ...}] (messages.py)
+    tools: list[dict[str, Any]] | None = None  # the row's tool definitions, which templates write into the prompt
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,20 @@ class PlainText:
 
 
 Row = Conversation | PlainText
+
+
+def _tools(tools: object) -> list[dict[str, Any]] | None:
+    """A row's `tools`: a list of definitions (OpenAI shape), or a JSON string of one, as some data sets store it."""
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise DataError(E.BAD_FIELD_TYPE, f"'tools' is a string but not JSON ({e.msg})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataError(E.BAD_FIELD_TYPE, f"'tools' is {type(tools).__name__}, expected a list of tool definitions")
+    return tools or None
 
 
 def parse_row(obj: object) -> Row:
@@ -44,7 +60,7 @@ def parse_row(obj: object) -> Row:
                 raise DataError(E.BAD_FIELD_TYPE, f"'{key}' is {type(messages).__name__}, expected a list")
             if not messages:
                 raise DataError(E.EMPTY_CONVERSATION, f"'{key}' is an empty list")
-            return Conversation([normalise_message(i, m) for i, m in enumerate(messages)])
+            return Conversation([normalise_message(i, m) for i, m in enumerate(messages)], _tools(obj.get("tools")))
     if "text" in obj:
         text = obj["text"]
         if not isinstance(text, str):

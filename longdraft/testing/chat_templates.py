@@ -1,7 +1,7 @@
 """Chat templates of five target families, written here for tests (issue 20, item 3).
 
 Each reproduces the RENDERING RULES of its family's official template (read for its rules, not copied):
-- ``qwen3``: ChatML; an assistant's reasoning (``reasoning_content``, or ``<think>...</think>`` at the
+- ``qwen3``: ChatML; the tool definitions in the system turn, after the system prompt; an assistant's reasoning (``reasoning_content``, or ``<think>...</think>`` at the
   start of its content) is shown only for turns after the last user query, and the last turn always
   gets a (possibly empty) ``<think>\\n...\\n</think>\\n\\n`` block; tool calls as ``<tool_call>`` JSON;
   consecutive tool results grouped in one user turn of ``<tool_response>`` blocks.
@@ -33,8 +33,14 @@ QWEN3 = (
     " and m.content.endswith('</tool_response>')) -%}"
     "{%- set ns.looking = false -%}{%- set ns.query = messages|length - loop.index -%}"
     "{%- endif -%}{%- endfor -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' + (messages[0].content + '\\n\\n' if messages[0].role == 'system' else '') -}}"
+    "{{- '# Tools\\n\\n<tools>' -}}{%- for t in tools -%}{{- '\\n' + t|tojson -}}{%- endfor -%}"
+    "{{- '\\n</tools><|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for m in messages -%}"
-    "{%- if m.role == 'system' or m.role == 'user' -%}"
+    "{%- if m.role == 'system' and tools -%}"
+    "{%- elif m.role == 'system' or m.role == 'user' -%}"
     "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
     "{%- elif m.role == 'assistant' -%}"
     "{%- set answer = m.content -%}{%- set thought = '' -%}"

@@ -7,6 +7,8 @@ emits for each assistant turn, after its generation prompt and up to its end-of-
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from longdraft.data.errors import DataError
@@ -176,3 +178,17 @@ def test_a_template_with_generation_markers_is_taken_at_its_word(tiny_target):
     )
     ids, mask = tokenize_conversation(tok, FOLLOW_UP[:3] + FOLLOW_UP[-2:])
     assert masked_runs(tok, ids, mask) == ["The capital of France is Paris.", "You are welcome."]
+
+
+def test_a_rows_tool_definitions_are_written_into_the_prompt_and_carry_no_loss(tokenizers):
+    tok = tokenizers("qwen3")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    row = parse_row({"messages": FOLLOW_UP, "tools": json.dumps(tools)})  # as some data sets store them
+    assert row.tools == tools
+    ids, mask = tokenize_conversation(tok, row.messages, row.tools)
+    rendered = render_chat(tok, row.messages, tools=row.tools)
+    assert rendered.startswith(
+        "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\n<tools>\n" + json.dumps(tools[0])
+    )
+    assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    assert masked_runs(tok, ids, mask) == EXPECTED[("qwen3", "follow_up")]

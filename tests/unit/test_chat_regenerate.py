@@ -28,7 +28,8 @@ ROW = {
         {"role": "assistant", "content": "It is sunny.", "reasoning_content": "The tool says sunny."},
         {"role": "user", "content": "Thanks!"},
         {"role": "assistant", "content": "You are welcome."},
-    ]
+    ],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
 }
 NEW = 10
 
@@ -70,6 +71,7 @@ def test_tool_calls_tool_results_and_reasoning_survive_a_regeneration(qwen3_targ
     assert summary["rows_written"] == 1
     (got,) = [json.loads(line) for line in out.read_text().splitlines()]
     before, after = parse_row(ROW).messages, got["conversations"]
+    assert got["tools"] == ROW["tools"]
     assert [m["role"] for m in after] == [m["role"] for m in before]
     for j in (0, 1, 2, 3, 5):  # system, user, the tool-calling turn with its reasoning, the tool result
         assert after[j] == before[j]
@@ -79,12 +81,12 @@ def test_tool_calls_tool_results_and_reasoning_survive_a_regeneration(qwen3_targ
     runner = TargetRunner(model)
     with torch.no_grad():
         for j in (4, 6):
-            prompt = tok(render_chat(tok, after[:j], add_generation_prompt=True), add_special_tokens=False)
+            prompt = tok(render_chat(tok, after[:j], True, ROW["tools"]), add_special_tokens=False)
             new = greedy_generate(runner, prompt["input_ids"], NEW, stop_token_ids(model) | {tok.eos_token_id})
             assert after[j] == {"role": "assistant", "content": tok.decode(new, skip_special_tokens=True).strip()}
     runner.close()
     assert after[4] != before[4]
-    ids, mask = tokenize_conversation(tok, parse_row(got).messages)  # the new row trains
+    ids, mask = tokenize_conversation(tok, parse_row(got).messages, ROW["tools"])  # the new row trains
     assert sum(mask) > 0
 
 

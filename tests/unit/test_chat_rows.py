@@ -96,3 +96,15 @@ def test_every_multi_turn_qwen3_row_trains_in_skip_mode(tmp_path, tiny_target):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples, report = load_samples(path, family_tokenizer(tiny_target(), "qwen3"), 4096, on_bad_row="skip")
     assert report.skipped == {} and len(samples) == 4
+
+
+def test_tool_definitions_are_a_list_or_its_json_string():
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    hi = [{"role": "user", "content": "Hi"}]
+    assert parse_row({"messages": hi, "tools": tools}).tools == tools
+    assert parse_row({"messages": hi, "tools": json.dumps(tools)}).tools == tools
+    assert parse_row({"messages": hi, "tools": None}).tools is None
+    with pytest.raises(DataError, match="'tools' is dict, expected a list of tool definitions"):
+        parse_row({"messages": hi, "tools": {"f": 1}})
+    with pytest.raises(DataError, match="'tools' is a string but not JSON"):
+        parse_row({"messages": hi, "tools": "f()"})
