@@ -14,7 +14,7 @@ Each reproduces the RENDERING RULES of its family's official template (read for 
   ``to=functions.NAME`` and ended by ``<|call|>``; the last answer ends with ``<|return|>``, others
   with ``<|end|>``; tool results from ``functions.NAME to=assistant``, written as JSON.
 - ``mistral``: BOS, ``[INST] ... [/INST]``, the system prompt prepended to the LAST user turn, answers
-  ended by ``</s>``, ``[TOOL_CALLS]`` lists and ``[TOOL_RESULTS]`` objects; user and answering assistant
+  ended by ``</s>``, ``[TOOL_CALLS]`` lists and ``[TOOL_RESULTS]`` objects (the result written as it is); user and answering assistant
   turns must alternate (tool calls and results may come between).
 - ``gemma3``: BOS, ``<start_of_turn>user|model``, the system prompt folded into the first user
   turn, trimmed contents, ``<end_of_turn>``; no tool or reasoning support.
@@ -95,7 +95,7 @@ GPT_OSS = (
     "{{- 'Knowledge cutoff: 2024-06\\n\\nReasoning: ' + (reasoning_effort if reasoning_effort is defined else 'medium') -}}"
     "{{- '\\n\\n# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>' -}}"
     "{%- if messages[0].role == 'system' -%}"
-    "{{- '<|start|>developer<|message|># Instructions\\n\\n' + messages[0].content + '\\n\\n<|end|>' -}}"
+    "{{- '<|start|>developer<|message|># Instructions\\n\\n' + messages[0].content + '<|end|>' -}}"
     "{%- set rest = messages[1:] -%}{%- else -%}{%- set rest = messages -%}{%- endif -%}"
     "{%- set ns = namespace(tool='') -%}"
     "{%- for m in rest -%}"
@@ -150,7 +150,7 @@ MISTRAL = (
     "{{- ']' + eos_token -}}"
     "{%- elif m.role == 'assistant' -%}{{- ' ' + m.content|trim + eos_token -}}"
     "{%- elif m.role == 'tool' -%}"
-    "{{- '[TOOL_RESULTS] {\"content\": ' + m.content|tojson -}}"
+    "{{- '[TOOL_RESULTS] {\"content\": ' + m.content|string -}}"
     "{%- if m.tool_call_id -%}{{- ', \"call_id\": \"' + m.tool_call_id + '\"' -}}{%- endif -%}"
     "{{- '}[/TOOL_RESULTS]' -}}"
     "{%- endif -%}{%- endfor -%}"
