@@ -6,7 +6,9 @@ patterns. The spans come, in this order of preference, from
 - `turn_shape.py`: the rendering walked message by message, for templates that render each message
   the same wherever it stands (one render);
 - `turn_spans.py`: each assistant turn found inside the rendering, for templates that render a turn
-  differently by what follows it (Qwen3 reasoning, gpt-oss channels; two renders);
+  differently by what follows it (Qwen3 reasoning, gpt-oss channels; two renders), and for turns with
+  reasoning or tool calls (the reference would start them at their content); a template without a
+  generation prompt tries the reference first, since only it tells an assistant header from the answer;
 - the reference algorithm below (prefix renders), which also names what is wrong when nothing fits:
 
 1. For each assistant message i, render messages[:i] with the generation prompt (`gen`) and

@@ -7,7 +7,8 @@ system prompt into the last user turn. Prefix renders then differ from the whole
 the loss must be found in the whole rendering itself: the tokens the template emits for each
 assistant turn there, reasoning and tool calls included, nothing else.
 
-How: the conversation is rendered a second time with two marker characters (Unicode private use)
+How: the conversation is rendered a second time with two marker characters (Unicode private use;
+a conversation that holds such characters itself is left to the other readers)
 around every non-assistant content. Removing the markers must give the first rendering back exactly
 (else the template reads its contents, and the caller falls back); the markers then say where every
 user, tool and system content starts and ends. An assistant turn's span
@@ -32,8 +33,8 @@ from typing import Any
 
 Render = Callable[[list[dict[str, Any]], bool], str]
 
-_BASE, _LAST = 0xE000, 0xF8FF  # the private use area: never written by templates
-_MARK = re.compile("[\ue000-\uf8ff]")
+_BASE, _LAST = 0xF0000, 0xFFFFD  # supplementary private use area A: never written by templates
+_MARK = re.compile("[\U000f0000-\U000ffffd]")
 _CALL = [{"type": "function", "function": {"name": "ldprobefn", "arguments": {"ldprobekey": "ldprobeval"}}}]
 
 
