@@ -41,11 +41,11 @@ def _text_of_parts(i: int, parts: list) -> str:
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
             continue
-        what = f"a {kind!r} part" if isinstance(kind, str) else f"{type(part).__name__} {str(part)[:40]!r}"
+        what = f"has type {kind!r}" if isinstance(kind, str) else f"is {type(part).__name__} {str(part)[:40]!r}"
         raise DataError(
             E.UNSUPPORTED_CONTENT,
-            f"message {i} content part {j} is {what}: only text parts {{'type': 'text', 'text': ...}} are accepted "
-            "(images, audio and video are not supported)",
+            f"message {i} content part {j} {what}: expected text parts {{'type': 'text', 'text': ...}} "
+            "(drafts train on text; images, audio and video are not supported)",
         )
     return "".join(texts)
 

@@ -53,8 +53,8 @@ def test_reasoning_tool_calls_tool_role_and_text_parts_are_kept():
 
 
 BAD = [
-    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "part 0 is a 'image_url' part"),
-    ({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}, "part 1 is a 'image' part"),
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "part 0 has type 'image_url'"),
+    ({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}, "part 1 has type 'image'"),
     ({"role": "user", "content": None}, "expected a string or a list of text parts"),
     ({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}, "not valid"),
     ({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}, "list"),
