@@ -7,11 +7,11 @@ system prompt into the last user turn. Prefix renders then differ from the whole
 the loss must be found in the whole rendering itself: the tokens the template emits for each
 assistant turn there, reasoning and tool calls included, nothing else.
 
-How: the conversation is rendered a second time with two marker characters (Unicode private use;
-a conversation that holds such characters itself is left to the other readers)
+How: the conversation is rendered a second time with two marker characters (Unicode private use)
 around every non-assistant content. Removing the markers must give the first rendering back exactly
-(else the template reads its contents, and the caller falls back); the markers then say where every
-user, tool and system content starts and ends. An assistant turn's span
+(else the template reads its contents, or the conversation holds such characters itself, and the
+caller falls back); the markers then say where every user, tool and system content starts and ends.
+An assistant turn's span
 - starts after the text the template writes between the preceding content and the assistant's
   first generated character: that message's footer plus the generation prompt (the ``tail``, learned
   once per role from a probe rendered with ``add_generation_prompt``, else from this turn's prefix),
@@ -68,6 +68,7 @@ def _first_special(tokens: list[tuple[str, bool]]) -> str | None:
 
 
 def learn_turn_ends(tokenizer: Any, render: Render) -> TurnEnds:
+    """A few probe renders of placeholder conversations (once per template); see the module's docstring."""
     u = {"role": "user", "content": "ldprobeuser"}
     a = {"role": "assistant", "content": "ldprobeanswer"}
     call = {"role": "assistant", "content": "", "tool_calls": _CALL}
@@ -155,11 +156,8 @@ def _content_bounds(render: Render, text: str, messages: list[dict[str, Any]]) -
 
 def _tail_by_prefix(render: Render, messages: list[dict[str, Any]], i: int) -> str | None:
     """This turn's tail from its own prefix rendered with the generation prompt."""
-    return (
-        None
-        if (after := _after(render, _marked(messages[:i]), True, chr(_BASE + 2 * i - 1))) is None
-        else after.lstrip()
-    )
+    after = _after(render, _marked(messages[:i]), True, chr(_BASE + 2 * i - 1))
+    return None if after is None else after.lstrip()
 
 
 def spans_in_full_render(

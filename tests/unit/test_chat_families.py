@@ -192,3 +192,15 @@ def test_a_rows_tool_definitions_are_written_into_the_prompt_and_carry_no_loss(t
     )
     assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
     assert masked_runs(tok, ids, mask) == EXPECTED[("qwen3", "follow_up")]
+
+
+def test_a_turn_after_a_role_not_probed_takes_its_start_from_its_own_prefix(tokenizers):
+    """No probe learns what follows a system prompt: the turn's own prefix render says where it starts.
+    Qwen3 with no user query shows no reasoning (no turn comes after the last query)."""
+    conversation = [
+        {"role": "system", "content": "Greet."},
+        {"role": "assistant", "reasoning_content": "Be kind.", "content": "Hello!"},
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "reasoning_content": "Short.", "content": "Bye."},
+    ]
+    check(tokenizers("qwen3"), conversation, ["Hello!<|im_end|>", "<think>\nShort.\n</think>\n\nBye.<|im_end|>"])
