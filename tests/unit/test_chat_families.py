@@ -204,3 +204,19 @@ def test_a_turn_after_a_role_not_probed_takes_its_start_from_its_own_prefix(toke
         {"role": "assistant", "reasoning_content": "Short.", "content": "Bye."},
     ]
     check(tokenizers("qwen3"), conversation, ["Hello!<|im_end|>", "<think>\nShort.\n</think>\n\nBye.<|im_end|>"])
+
+
+def test_qwen3_reasoning_written_inline_in_the_content_is_read_as_the_template_reads_it(tokenizers):
+    """Data that keeps the reasoning inside the content (<think>...</think> first): Qwen3's template
+    splits it off itself, and drops it for turns before the last query; the masks are the same."""
+    inline = [
+        {k: v for k, v in m.items() if k != "reasoning_content"}
+        | (
+            {"content": f"<think>\n{m['reasoning_content']}\n</think>\n\n{m['content'] or ''}"}
+            if "reasoning_content" in m
+            else {}
+        )
+        for m in TOOL_LOOP
+    ]
+    assert "reasoning_content" not in parse_row({"messages": inline}).messages[2]
+    check(tokenizers("qwen3"), inline, EXPECTED[("qwen3", "tool_loop")])
