@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from longdraft.cli_args import existing_dir, existing_file, output_file
 from longdraft.config import Config
+from longdraft.data import reasoning
 from longdraft.data.errors import DataError
-from longdraft.data.reasoning import split_reasoning
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
 from longdraft.data.tokenize import render_chat
 from longdraft.errors import UserError
@@ -92,8 +92,10 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 def _new_turn(tokenizer: Any, ids: list[int]) -> dict[str, str]:
     """The assistant message of a generated turn: its answer, and its reasoning where it wrote one."""
-    reasoning, answer = split_reasoning(_decode(tokenizer, ids), tokenizer.decode(ids, skip_special_tokens=False))
-    return {"content": answer} if reasoning is None else {"content": answer, "reasoning_content": reasoning}
+    thought, answer = reasoning.split_reasoning(
+        _decode(tokenizer, ids), tokenizer.decode(ids, skip_special_tokens=False)
+    )
+    return {"content": answer} if thought is None else {"content": answer, "reasoning_content": thought}
 
 
 def text_split(n: int, budget: int) -> tuple[int, int]:
