@@ -3,8 +3,10 @@
 A draft learns best from the distribution it will be asked to predict: the target's. Each
 conversation row gets every assistant turn replaced, in order, by what the target generates after
 the turns before it (earlier turns already regenerated); each text row keeps the first half of
-its tokens and gets the rest generated. Rows are generated in batches (left-padded prefill), greedy
-or sampled, with a progress bar.
+its tokens and gets the rest generated. Thinking and tool calls stay intact: a turn that calls tools
+is kept as it is (the tool results after it answer exactly those calls), tool results are kept, and
+the target's own reasoning is stored as ``reasoning_content`` beside its answer (``data/reasoning.py``).
+Rows are generated in batches (left-padded prefill), greedy or sampled, with a progress bar.
 
 Resumable: after every batch ``OUT.progress.json`` records the input rows done, the output's
 length in bytes and the bad rows so far; a rerun truncates the output to that length and goes on
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from longdraft.cli_args import existing_dir, output_file
 from longdraft.config import Config
+from longdraft.data import reasoning
 from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText
 from longdraft.data.sources import check_data_path, iter_rows
@@ -88,6 +91,14 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def _new_turn(tokenizer: Any, ids: list[int]) -> dict[str, str]:
+    """The assistant message of a generated turn: its answer, and its reasoning where it wrote one."""
+    thought, answer = reasoning.split_reasoning(
+        _decode(tokenizer, ids), tokenizer.decode(ids, skip_special_tokens=False)
+    )
+    return {"content": answer} if thought is None else {"content": answer, "reasoning_content": thought}
+
+
 def text_split(n: int, budget: int) -> tuple[int, int]:
     """(prompt tokens kept, tokens to generate) of a text row of ``n`` tokens: its first half, then
     as many new tokens as the half it replaces, at most ``budget``."""
@@ -104,17 +115,17 @@ def regenerate_rows(rows: list[Conversation | PlainText], gen: Generator) -> lis
     while True:  # the k-th assistant turn of every conversation that has one, as one batch
         jobs = []
         for i, messages in convs.items():
-            at = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+            at = [j for j, m in enumerate(messages) if m["role"] == "assistant" and "tool_calls" not in m]
             if turn < len(at):
-                text = render_chat(tok, messages[: at[turn]], add_generation_prompt=True)
+                text = render_chat(tok, messages[: at[turn]], True, rows[i].tools)
                 jobs.append((i, at[turn], list(tok(text, add_special_tokens=False)["input_ids"])))
         if not jobs:
             break
         for (i, j, _), new in zip(jobs, gen.generate([p for _, _, p in jobs], [budget] * len(jobs))):
-            convs[i][j]["content"] = _decode(tok, new).strip()
+            convs[i][j] = {"role": "assistant", **_new_turn(tok, new)}
         turn += 1
     for i, messages in convs.items():
-        out[i] = {"conversations": messages}
+        out[i] = {"conversations": messages} | ({"tools": rows[i].tools} if rows[i].tools else {})
     texts = [
         (i, list(tok(r.text, add_special_tokens=True)["input_ids"]))
         for i, r in enumerate(rows)
@@ -137,7 +148,7 @@ def _check_row(row, gen: Generator) -> None:
         if not gen.fits(*text_split(n, budget)):
             raise DataError(TOO_LONG, f"{n} tokens: more than the target's {gen.max_positions} positions")
         return
-    text = render_chat(tok, row.messages, add_generation_prompt=False)
+    text = render_chat(tok, row.messages, False, row.tools)
     n = len(tok(text, add_special_tokens=False)["input_ids"])
     if not gen.fits(n, budget):
         raise DataError(TOO_LONG, f"{n} tokens + {budget} new: more than the target's {gen.max_positions} positions")

@@ -12,6 +12,7 @@ BAD_FIELD_TYPE = "bad_field_type"
 UNKNOWN_ROLE = "unknown_role"
 EMPTY_CONVERSATION = "empty_conversation"
 TEMPLATE_MISMATCH = "template_mismatch"
+UNSUPPORTED_CONTENT = "unsupported_content"
 EMPTY_AFTER_TOKENIZATION = "empty_after_tokenization"
 
 

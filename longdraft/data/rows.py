@@ -1,10 +1,11 @@
 """Reading JSONL rows into conversations or plain texts.
 
 Accepted rows (one JSON object per line; blank lines are ignored):
-- `{"conversations": [{"role": ..., "content": ...}, ...]}` (also under the key "messages"),
+- `{"conversations": [{"role": ..., "content": ...}, ...]}` (also under the key "messages"), optionally
+  with `"tools": [...]`, the tool definitions the chat template writes into the prompt,
 - ShareGPT: `{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}`,
 - `{"text": "..."}`.
-Roles are normalised to system / user / assistant.
+Messages are normalised by `messages.py` (roles, reasoning, tool calls, text parts; images refused).
 """
 
 from __future__ import annotations
@@ -13,23 +14,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from longdraft.data import errors as E
 from longdraft.data.errors import DataError
-
-ROLE_ALIASES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-}
+from longdraft.data.messages import normalise_message
 
 
 @dataclass(frozen=True)
 class Conversation:
-    messages: list[dict[str, str]]  # [{"role": system|user|assistant, "content": str}]
+    messages: list[dict[str, Any]]  # [{"role": system|user|assistant|tool, "content": str, ...}] (messages.py)
+    tools: list[dict[str, Any]] | None = None  # the row's tool definitions, which templates write into the prompt
 
 
 @dataclass(frozen=True)
@@ -40,31 +35,18 @@ class PlainText:
 Row = Conversation | PlainText
 
 
-def _normalise_message(i: int, msg: object) -> dict[str, str]:
-    if not isinstance(msg, dict):
-        raise DataError(E.BAD_FIELD_TYPE, f"message {i} is {type(msg).__name__}, expected an object")
-    if "role" in msg or "content" in msg:
-        role_key, content_key = "role", "content"
-    elif "from" in msg or "value" in msg:
-        role_key, content_key = "from", "value"
-    else:
-        raise DataError(E.MISSING_FIELD, f"message {i} has neither 'role'/'content' nor ShareGPT 'from'/'value'")
-    for key in (role_key, content_key):
-        if key not in msg:
-            raise DataError(E.MISSING_FIELD, f"message {i} is missing the field '{key}'")
-    role, content = msg[role_key], msg[content_key]
-    if not isinstance(role, str):
-        raise DataError(E.BAD_FIELD_TYPE, f"message {i} field '{role_key}' is {role!r}, expected a string")
-    if not isinstance(content, str):
-        raise DataError(
-            E.BAD_FIELD_TYPE, f"message {i} field '{content_key}' is {type(content).__name__}, expected a string"
-        )
-    normal = ROLE_ALIASES.get(role.strip().lower())
-    if normal is None:
-        raise DataError(
-            E.UNKNOWN_ROLE, f"message {i} has unknown role {role!r}; expected one of {sorted(ROLE_ALIASES)}"
-        )
-    return {"role": normal, "content": content}
+def _tools(tools: object) -> list[dict[str, Any]] | None:
+    """A row's `tools`: a list of definitions (OpenAI shape), or a JSON string of one, as some data sets store it."""
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise DataError(E.BAD_FIELD_TYPE, f"'tools' is a string but not JSON ({e.msg})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataError(E.BAD_FIELD_TYPE, f"'tools' is {type(tools).__name__}, expected a list of tool definitions")
+    return tools or None
 
 
 def parse_row(obj: object) -> Row:
@@ -78,7 +60,7 @@ def parse_row(obj: object) -> Row:
                 raise DataError(E.BAD_FIELD_TYPE, f"'{key}' is {type(messages).__name__}, expected a list")
             if not messages:
                 raise DataError(E.EMPTY_CONVERSATION, f"'{key}' is an empty list")
-            return Conversation([_normalise_message(i, m) for i, m in enumerate(messages)])
+            return Conversation([normalise_message(i, m) for i, m in enumerate(messages)], _tools(obj.get("tools")))
     if "text" in obj:
         text = obj["text"]
         if not isinstance(text, str):

@@ -74,7 +74,9 @@ def test_a_multi_turn_conversation_is_rendered_once(tokenizer, monkeypatch):
     )
 
 
-def test_a_template_that_drops_reasoning_is_still_refused(tiny_target):
+def test_a_template_that_drops_reasoning_trains_on_what_it_emits(tiny_target):
+    """Issue 20: a template that drops earlier reasoning is not prefix-stable; such conversations were
+    refused. The loss now covers exactly what it writes for each assistant turn in the whole rendering."""
     tok = AutoTokenizer.from_pretrained(tiny_target(chat_template="chatml"), local_files_only=True)
     tok.chat_template = THINKING
     plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -83,7 +85,10 @@ def test_a_template_that_drops_reasoning_is_still_refused(tiny_target):
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "<think>hmm</think>hello"},
         {"role": "user", "content": "again"},
-        {"role": "assistant", "content": "bye"},
+        {"role": "assistant", "content": "<think>so</think>bye"},
     ]
     with pytest.raises(DataError, match="not prefix-stable"):
-        assistant_spans(tok, thinking)
+        spans_by_prefix_renders(tok, thinking, assistant_spans(tok, thinking)[0])
+    text, spans = assistant_spans(tok, thinking)
+    assert text == "<user>hi<end>\n<assistant>hello<end>\n<user>again<end>\n<assistant><think>so</think>bye<end>\n"
+    assert [text[a:b] for a, b in spans] == ["hello<end>", "<think>so</think>bye<end>"]
