@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from longdraft.cli_args import Parser, device_name, existing_dir, existing_file, int_at_least, output_file
+from longdraft.cli_args import Parser, device_name, existing_dir, int_at_least, output_file
+from longdraft.data.sources import check_data_path
 from longdraft.errors import UserError
 from longdraft.target.spec import TargetSpec
 
@@ -92,7 +93,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every path and choice, before the target is loaded."""
     target = existing_dir(args.target, "--target", ["config.json"], "a local Hugging Face model directory")
     existing_dir(args.draft, "--draft", ["config.json", "model.safetensors"], "an export: <output.dir>/final")
-    existing_file(args.data, "--data")
+    check_data_path(args.data, "--data")  # any kind data.train_path accepts (JSONL, Parquet, save_to_disk, hf:)
     for name in ("out", "plot"):
         if getattr(args, name) is not None:
             output_file(getattr(args, name), f"--{name}")

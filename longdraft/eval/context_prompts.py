@@ -29,7 +29,7 @@ def document_ids(path: str | Path, tokenizer: Any) -> list[tuple[str, list[int]]
             # verbose=False: a whole document is meant to be longer than the model's context
             docs.append((location, list(tokenizer(row.text, add_special_tokens=True, verbose=False)["input_ids"])))
         elif isinstance(row, Conversation):
-            text = render_chat(tokenizer, row.messages, add_generation_prompt=False)
+            text = render_chat(tokenizer, row.messages, add_generation_prompt=False, tools=row.tools)
             docs.append((location, list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])))
     return docs
 

@@ -26,11 +26,11 @@ class Prompt:
     input_ids: list[int]
 
 
-def conversation_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+def conversation_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list | None = None) -> list[int]:
     first_assistant = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
     if first_assistant == 0:
         raise DataError(E.MISSING_FIELD, "conversation starts with an assistant turn: no prompt before it")
-    text = render_chat(tokenizer, messages[:first_assistant], add_generation_prompt=True)
+    text = render_chat(tokenizer, messages[:first_assistant], add_generation_prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template wrote any BOS
 
 
@@ -53,7 +53,7 @@ def load_prompts(path: str | Path, tokenizer: Any, num_prompts: int, max_text_pr
             if isinstance(row, DataError):
                 raise row
             if isinstance(row, Conversation):
-                prompts.append(Prompt(location, "chat", conversation_prompt(tokenizer, row.messages)))
+                prompts.append(Prompt(location, "chat", conversation_prompt(tokenizer, row.messages, row.tools)))
             elif isinstance(row, PlainText):
                 prompts.append(Prompt(location, "text", text_prompt(tokenizer, row.text, max_text_prompt_tokens)))
         except DataError as e:

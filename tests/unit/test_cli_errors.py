@@ -70,7 +70,7 @@ def test_eval_arguments_are_checked_before_loading(tmp_path, capsys, tiny_target
         (["--target", str(tmp_path / "no")], f"--target {tmp_path / 'no'} does not exist; expected a directory"),
         (["--draft", str(data)], f"--draft {data} is a file; expected a directory"),
         (["--draft", str(tmp_path)], f"--draft {tmp_path} has no config.json, model.safetensors"),
-        (["--data", str(tmp_path)], f"--data {tmp_path} is a directory; expected a file"),
+        (["--data", str(tmp_path)], f"--data {tmp_path} is a folder with no *.parquet file and no state.json"),
         (["--num-prompts", "0"], "argument --num-prompts: 0: expected an integer >= 1"),
         (["--num-steps", "x"], "argument --num-steps: 'x' is not a whole number; expected an integer >= 1"),
         (["--device", "cudx"], "--device='cudx': expected auto, cpu, cuda or cuda:N"),
