@@ -15,7 +15,7 @@ from longdraft.model.loss import resolve_loss_precision
 from longdraft.model.target_head import TargetHead
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
 from longdraft.parallel.reduction import SumReducer
-from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.batch import ShardBatch, attention_pairs
 from longdraft.step_meter import StepMeter
 
 
@@ -82,6 +82,16 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
     }
 
 
+def attention_work(pairs: list[float]) -> dict:
+    """Per rank (rank order) the step-0 attention pairs its queries were allowed, and the imbalance
+    ``max / mean - 1`` over the ranks (0: every rank did the same attention work)."""
+    mean = sum(pairs) / len(pairs)
+    return {
+        "attention_pairs": [int(p) for p in pairs],
+        "attention_imbalance": max(pairs) / mean - 1 if mean > 0 else 0.0,
+    }
+
+
 def _valid_masks(model, batches, target: TargetHead, settings):
     """Per micro-batch, once per step: the full-vocabulary pass, shared by every TTT step and chunk."""
     masks = []
@@ -117,6 +127,7 @@ def train_step(
     device = target.device
     meter = meter if meter is not None else StepMeter.for_device(device)
     masks = _valid_masks(model, batches, target, settings)
+    pairs = sum(attention_pairs(b) for b in getattr(batches, "host", batches))  # DeviceBatches: no copy
     counts = torch.zeros(settings.ttt_length + 1, dtype=torch.int64, device=device)
     for valid in masks:
         counts[:-1] += torch.stack([v.sum() for v in valid])
@@ -171,6 +182,7 @@ def train_step(
     reducer.sum_(correct)
     reducer.sum_(chains)
     metrics = step_metrics(sums, correct, counts, chains)
+    metrics.update(attention_work(reducer.gather_number(pairs)))
     grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
     metrics.update(
         lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=meter.time_s, grad_sum_bytes=grad_bytes

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from longdraft.data.loss_mask import pack_loss_mask, unpack_loss_mask
+from longdraft.sharding.batch import attention_pairs
 from longdraft.sharding.header import ShardHeader, ShardMismatchError, check_shard, expected_header
 from longdraft.sharding.layout import ShardGrid, ShardLayout
 from longdraft.sharding.packing import pack_features, pack_loss_masks, plan_micro_batches
@@ -132,3 +133,15 @@ def test_plan_is_first_fit_decreasing_with_whole_documents() -> None:
     assert bins == [[1], [4, 2, 5], [3, 0], [6]]
     with pytest.raises(ValueError, match="budget"):
         plan_micro_batches(lengths, 0)
+
+
+@pytest.mark.parametrize("order", ["contiguous", "zigzag"])
+def test_attention_pairs_are_the_causal_pairs_inside_each_document(order: str) -> None:
+    docs = [9, 1, 30, 4]
+    sample = {"input_ids": torch.arange(44), "aux_hidden": torch.randn(44, 6), "last_hidden": torch.randn(44, 2)}
+    want = sum(n * (n + 1) // 2 for n in docs)  # not 44 * 45 / 2: no pair crosses a document
+    for u, r in [(1, 1), (2, 1), (2, 2), (1, 4)]:
+        layout = ShardGrid(u, r, 2, order).for_documents(docs)
+        shards = split_sample(sample, layout)
+        per_rank = [attention_pairs(read_shard(s, layout, i, [0, 44])) for i, s in enumerate(shards)]
+        assert sum(per_rank) == want, (u, r, per_rank)
