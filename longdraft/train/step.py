@@ -28,6 +28,7 @@ class StepSettings:
     precision: str = "fp32"
     grad_bucket_mb: float = 25.0
     loss_precision: str = "fp32"  # resolved: fp32, tf32 or bf16 (never auto)
+    ulysses: int = 1  # Ulysses group size: its ranks share their queries' attention work (by heads)
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> StepSettings:
@@ -40,6 +41,7 @@ class StepSettings:
             resolve_precision(t.precision, device),
             t.grad_bucket_mb,
             resolve_loss_precision(t.loss_precision, device),
+            t.sp_ulysses_size,
         )
 
 
@@ -82,12 +84,16 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
     }
 
 
-def attention_work(pairs: list[float]) -> dict:
-    """Per rank (rank order) the step-0 attention pairs its queries were allowed, and the imbalance
-    ``max / mean - 1`` over the ranks (0: every rank did the same attention work)."""
+def attention_work(local_pairs: list[float], ulysses: int = 1) -> dict:
+    """Per rank (rank order) the step-0 query-key pairs its attention computes, and the imbalance
+    ``max / mean - 1`` over the ranks (0: every rank did the same attention work). ``local_pairs``:
+    the pairs allowed to each rank's own queries; after the Ulysses all-to-all the ``ulysses``
+    consecutive ranks of a group attend all of the group's queries, each for its share of the heads."""
+    groups = [local_pairs[i : i + ulysses] for i in range(0, len(local_pairs), ulysses)]
+    pairs = [sum(g) / len(g) for g in groups for _ in g]
     mean = sum(pairs) / len(pairs)
     return {
-        "attention_pairs": [int(p) for p in pairs],
+        "attention_pairs": pairs,
         "attention_imbalance": max(pairs) / mean - 1 if mean > 0 else 0.0,
     }
 
@@ -182,7 +188,7 @@ def train_step(
     reducer.sum_(correct)
     reducer.sum_(chains)
     metrics = step_metrics(sums, correct, counts, chains)
-    metrics.update(attention_work(reducer.gather_number(pairs)))
+    metrics.update(attention_work(reducer.gather_number(pairs), settings.ulysses))
     grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
     metrics.update(
         lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=meter.time_s, grad_sum_bytes=grad_bytes

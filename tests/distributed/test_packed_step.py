@@ -54,12 +54,12 @@ def _samples():
     return samples
 
 
-def _step(model, head, batches, backend, reducer):
+def _step(model, head, batches, backend, reducer, ulysses=1):
     model = copy.deepcopy(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, 1e-3, 0.0)
     scheduler = build_scheduler(optimizer, 0, 10, 1e-3, 1e-4)
-    settings = StepSettings(ttt_length=K, loss_chunk_size=8, max_grad_norm=0, grad_bucket_mb=0.001)
+    settings = StepSettings(ttt_length=K, loss_chunk_size=8, max_grad_norm=0, grad_bucket_mb=0.001, ulysses=ulysses)
     metrics = train_step(model, batches, backend, head, optimizer, scheduler, settings, reducer)
     return metrics, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -102,7 +102,7 @@ def _worker(rank: int, world: int) -> dict:
             mask = pack_loss_masks([_mask(s) for s in docs], layout.documents or (layout.length,))
             batches.append(read_shard(shard, layout, sp, mask))
         backend = USPAttentionBackend(mesh, 4, 2, order, ring_mode=ring_mode)
-        got, grads = _step(model, head, batches, backend, SumReducer(dist.group.WORLD))
+        got, grads = _step(model, head, batches, backend, SumReducer(dist.group.WORLD), u)
         results[(dp, u, r, order, ring_mode)] = _compare(got, grads, ref, ref_grads)
     return results
 
@@ -119,5 +119,7 @@ def test_packed_step_on_ranks_equals_one_device_unpacked(world, case):
         assert item["same_params"], item
         assert item["metric_err"] <= TOL and item["grad_err"] <= TOL, item
     pairs = per_rank[0]["pairs"]
-    assert sum(pairs) == sum(n * (n + 1) // 2 for n in LENGTHS)  # each document's own causal pairs, once
+    assert sum(pairs) == pytest.approx(sum(n * (n + 1) // 2 for n in LENGTHS))  # each document's causal pairs, once
+    u = case[1]
+    assert all(len(set(pairs[i : i + u])) == 1 for i in range(0, len(pairs), u))  # a Ulysses group shares its work
     assert per_rank[0]["imbalance"] == pytest.approx(max(pairs) / (sum(pairs) / len(pairs)) - 1)

@@ -145,3 +145,12 @@ def test_attention_pairs_are_the_causal_pairs_inside_each_document(order: str) -
         shards = split_sample(sample, layout)
         per_rank = [attention_pairs(read_shard(s, layout, i, [0, 44])) for i, s in enumerate(shards)]
         assert sum(per_rank) == want, (u, r, per_rank)
+
+
+def test_ulysses_ranks_share_their_groups_attention_work() -> None:
+    from longdraft.train.step import attention_work
+
+    work = attention_work([10, 30, 20, 20], ulysses=2)
+    assert work["attention_pairs"] == [20, 20, 20, 20] and work["attention_imbalance"] == 0
+    work = attention_work([10, 30, 20, 20], ulysses=1)
+    assert work["attention_imbalance"] == pytest.approx(30 / 20 - 1)
