@@ -29,6 +29,7 @@ class StepSettings:
     grad_bucket_mb: float = 25.0
     loss_precision: str = "fp32"  # resolved: fp32, tf32 or bf16 (never auto)
     ulysses: int = 1  # Ulysses group size: its ranks share their queries' attention work (by heads)
+    window: int | None = None  # model.draft_window: a query's step-0 keys are at most this many
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> StepSettings:
@@ -42,6 +43,7 @@ class StepSettings:
             t.grad_bucket_mb,
             resolve_loss_precision(t.loss_precision, device),
             t.sp_ulysses_size,
+            cfg.model.draft_window,
         )
 
 
@@ -133,7 +135,9 @@ def train_step(
     device = target.device
     meter = meter if meter is not None else StepMeter.for_device(device)
     masks = _valid_masks(model, batches, target, settings)
-    pairs = sum(attention_pairs(b) for b in getattr(batches, "host", batches))  # DeviceBatches: no copy
+    pairs = sum(
+        attention_pairs(b, settings.window) for b in getattr(batches, "host", batches)
+    )  # DeviceBatches: no copy
     counts = torch.zeros(settings.ttt_length + 1, dtype=torch.int64, device=device)
     for valid in masks:
         counts[:-1] += torch.stack([v.sum() for v in valid])

@@ -145,6 +145,8 @@ def test_attention_pairs_are_the_causal_pairs_inside_each_document(order: str) -
         shards = split_sample(sample, layout)
         per_rank = [attention_pairs(read_shard(s, layout, i, [0, 44])) for i, s in enumerate(shards)]
         assert sum(per_rank) == want, (u, r, per_rank)
+        windowed = [attention_pairs(read_shard(s, layout, i, [0, 44]), window=5) for i, s in enumerate(shards)]
+        assert sum(windowed) == sum(sum(min(p + 1, 5) for p in range(n)) for n in docs)
 
 
 def test_ulysses_ranks_share_their_groups_attention_work() -> None:
