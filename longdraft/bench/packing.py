@@ -9,7 +9,9 @@ trains ``--batch`` samples of the mix, the same ones both ways:
 - ``unpacked``: one device stacks ``--micro-batch-size`` samples per micro-batch (right-padded to
   the longest); with SP every sample is its own micro-batch split over the S ranks (today's rule).
 - ``packed``: whole documents, longest first, in micro-batches of ``--tokens-per-micro-batch``
-  (``sharding/packing.py``, as ``training.tokens_per_micro_batch`` does).
+  (``sharding/packing.py``, as ``training.tokens_per_micro_batch`` does); with a ring (R > 1) each
+  micro-batch's documents in the order that evens the ring ranks' work (``balanced_order``;
+  ``--balance 0``: longest first).
 
 Reported per (SP, mode): ``useful_fraction`` (real tokens / query slots computed, padding counted),
 ``step_s`` (slowest rank, summed over the measured steps), ``s_per_1k_tokens`` and
@@ -47,6 +49,7 @@ class PackingBenchConfig:
     target_vocab: int = 2048
     ttt: int = 4
     seed: int = 0
+    balance: int = 1  # packed, R > 1: order each micro-batch's documents to even the ring ranks' work
 
     @property
     def budget(self) -> int:
@@ -79,7 +82,7 @@ def _documents(lengths: list[int], cfg: PackingBenchConfig, seed: int) -> list[d
 def _micro_batches(docs: list[dict], packed: bool, cfg: PackingBenchConfig, u: int, r: int, sp_rank: int) -> list:
     """This rank's micro-batches of the step's documents, every real position in the loss."""
     from longdraft.sharding.layout import ShardGrid
-    from longdraft.sharding.packing import pack_features, plan_micro_batches
+    from longdraft.sharding.packing import balanced_order, pack_features, plan_micro_batches
     from longdraft.sharding.reader import full_sequence_batch, read_shard
     from longdraft.sharding.split import split_sample
 
@@ -94,6 +97,8 @@ def _micro_batches(docs: list[dict], packed: bool, cfg: PackingBenchConfig, u: i
     groups = plan_micro_batches(lengths, cfg.budget) if packed else [[i] for i in range(len(docs))]
     out = []
     for group in groups:
+        if packed and cfg.balance:
+            group = [group[i] for i in balanced_order([lengths[j] for j in group], grid)]
         layout = grid.for_documents([lengths[i] for i in group])
         shard = split_sample(pack_features([docs[i] for i in group]), layout)[sp_rank]
         out.append(read_shard(shard, layout, sp_rank, [0, layout.length]))

@@ -2,7 +2,8 @@
 sequences on one device: per-step loss, accuracies, counts and every parameter gradient within
 1e-5 (fp32), for (DP, U, R) = (1, 2, 1), (1, 1, 2), (1, 2, 2) contiguous and zigzag, and (2, 2, 1).
 Shards are built as a producer would (``pack_features``, ``split_sample`` on a packed layout) and
-read as a trainer rank does (``read_shard``); the step is ``train_step`` itself."""
+read as a trainer rank does (``read_shard``), documents in ``balanced_order`` (with a ring: not
+longest first); the step is ``train_step`` itself."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from longdraft.attention.usp import USPAttentionBackend
 from longdraft.parallel.mesh import USPMesh
 from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.layout import ShardGrid
-from longdraft.sharding.packing import pack_features, pack_loss_masks, plan_micro_batches
+from longdraft.sharding.packing import balanced_order, pack_features, pack_loss_masks, plan_micro_batches
 from longdraft.sharding.reader import read_shard
 from longdraft.sharding.split import split_sample
 from longdraft.train.optim import build_optimizer, build_scheduler
@@ -96,6 +97,7 @@ def _worker(rank: int, world: int) -> dict:
         mine = plan[mesh.coords.dp :: dp]  # DP replicas take alternate micro-batches
         batches = []
         for group in mine:
+            group = [group[i] for i in balanced_order([LENGTHS[j] for j in group], grid)]  # R > 1: reordered
             docs = [samples[i] for i in group]
             layout = grid.for_documents([len(s["input_ids"]) for s in docs])
             shard = split_sample(pack_features([_tensors(s) for s in docs]), layout)[sp]

@@ -156,3 +156,18 @@ def test_ulysses_ranks_share_their_groups_attention_work() -> None:
     assert work["attention_pairs"] == [20, 20, 20, 20] and work["attention_imbalance"] == 0
     work = attention_work([10, 30, 20, 20], ulysses=1)
     assert work["attention_imbalance"] == pytest.approx(30 / 20 - 1)
+
+
+def test_balanced_order_evens_the_ring_ranks_work() -> None:
+    from longdraft.sharding.packing import balanced_order, ring_work
+
+    grid = ShardGrid(2, 2, 3, "zigzag")
+    lengths = [3500, 300, 120, 90, 60, 26]  # one long document and short ones: zigzag alone is uneven
+    first = ring_work(grid.for_documents(sorted(lengths, reverse=True)))
+    order = balanced_order(lengths, grid)
+    assert sorted(order) == list(range(len(lengths)))  # a permutation: the same documents
+    work = ring_work(grid.for_documents([lengths[i] for i in order]))
+    assert sum(work) == sum(first) == sum(n * (n + 1) // 2 for n in lengths)
+    assert max(first) / (sum(first) / 2) - 1 > 0.25  # longest first: > 25 % imbalance
+    assert max(work) / (sum(work) / 2) - 1 < 0.05
+    assert balanced_order(lengths, ShardGrid(4, 1, 3)) == [0, 1, 2, 3, 4, 5]  # no ring: longest first
