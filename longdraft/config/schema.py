@@ -70,6 +70,8 @@ class ModelConfig:
         None, _three_distinct_layers, "3 distinct layer ids >= 0, or null for [1, N/2-1, N-4]"
     )
     target_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    # Sliding-window draft: a query sees at most the last N step-0 keys (plus its TTT diagonal).
+    draft_window: int | None = _bounded(None, min=1, null="full causal attention")
 
 
 @dataclass
@@ -78,6 +80,10 @@ class TrainingConfig:
     ttt_length: int = _bounded(7, min=1)
     batch_size: int = _bounded(8, min=1)  # global batch of one optimizer step
     micro_batch_size: int = _bounded(1, min=1)  # accumulation = batch_size / (micro_batch_size * dp)
+    # Pack whole documents into micro-batches of at most this many tokens (longest first; a longer
+    # document is a micro-batch of its own). Changes the layout of a step's samples, never which
+    # samples it trains. None: one sample per micro-batch (micro_batch_size).
+    tokens_per_micro_batch: int | None = _bounded(None, min=2, null="off: micro_batch_size samples per micro-batch")
     num_steps: int = _bounded(100, min=1)
     lr: float = _bounded(1e-4, min=0, note="0 measures a frozen draft")
     warmup_steps: int = _bounded(0, min=0)

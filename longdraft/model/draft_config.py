@@ -15,11 +15,15 @@ from longdraft.target.spec import TargetSpec, rope_settings
 
 
 def draft_config_from_target(
-    target: TargetSpec | PretrainedConfig, draft_vocab_size: int | None = None, aux_layers: Sequence[int] | None = None
+    target: TargetSpec | PretrainedConfig,
+    draft_vocab_size: int | None = None,
+    aux_layers: Sequence[int] | None = None,
+    sliding_window: int | None = None,
 ) -> LlamaConfig:
     """A one-layer Llama config matching the target's width, heads, norms and RoPE; ``aux_layers``
-    (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on. A transformers
-    config (tests, benchmarks) is read through `TargetSpec` first."""
+    (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on;
+    ``sliding_window`` (``model.draft_window``): the draft's attention window, None for full. A
+    transformers config (tests, benchmarks) is read through `TargetSpec` first."""
     spec = target if isinstance(target, TargetSpec) else TargetSpec.from_config(target)
     vocab = spec.vocab_size
     draft_vocab = vocab if draft_vocab_size is None else int(draft_vocab_size)
@@ -45,6 +49,7 @@ def draft_config_from_target(
     config.draft_vocab_size = draft_vocab
     config.target_hidden_size = spec.hidden_size
     config.aux_layers = spec.aux_layers(aux_layers)
+    config.sliding_window = sliding_window
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
 
