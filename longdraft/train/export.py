@@ -129,10 +129,22 @@ def exported_aux_layers(cfg: dict) -> list[int] | None:
     return [int(i) - 1 for i in top] if top is not None else None
 
 
+def read_export_config(export_dir: str | Path) -> dict:
+    """An export's ``config.json`` (the draft's, as written by `export_draft`)."""
+    path = Path(export_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"draft directory {path.parent} has no config.json (expected an export: "
+            "<output_dir>/final or `longdraft export`)"
+        )
+    return json.loads(path.read_text())
+
+
 def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) -> Eagle3Draft:
-    """Rebuild an ``Eagle3Draft`` from an export; the embedding comes from the target, as in serving."""
+    """Rebuild an ``Eagle3Draft`` from an export (weights cast to fp32 whatever the export's dtype);
+    the embedding comes from the target, as in serving."""
     path = Path(export_dir)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_export_config(path)
     if cfg.get("architectures") != ["LlamaForCausalLMEagle3"]:
         raise ExportError(
             f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']"
