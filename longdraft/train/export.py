@@ -26,6 +26,7 @@ from transformers import LlamaConfig
 from longdraft.errors import UserError
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import rope_theta_and_scaling
+from longdraft.target.aux_layers import vllm_layer_ids
 
 WEIGHT_PREFIXES = ("fc.", "midlayer.", "norm.", "lm_head.")
 
@@ -62,7 +63,7 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
     }
     aux = getattr(config, "aux_layers", None)
     if aux is not None:  # None only for a checkpoint from before the layers were recorded
-        out["eagle_aux_hidden_state_layer_ids"] = [i + 1 for i in aux]
+        out["eagle_aux_hidden_state_layer_ids"] = vllm_layer_ids(aux)
         out["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(aux), "use_aux_hidden_state": True}
     return out
 
