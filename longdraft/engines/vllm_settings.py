@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from longdraft.engines.vllm_memory import kv_bytes_per_token
+from longdraft.target.aux_layers import vllm_layer_ids
 from longdraft.target.spec import TargetSpec
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -16,8 +17,9 @@ def vllm_capture_ids(aux_layers: Sequence[int], num_layers: int) -> tuple[list[i
     """(vLLM ids to capture, distinct and ascending; the rows of our aux layers among them; the row
     of the last layer's output). Our output of layer ``i`` is vLLM's id ``i + 1``; id ``N`` is the
     last layer's output, which is also an aux layer when ``N - 1`` is one."""
-    ids = sorted({i + 1 for i in aux_layers} | {num_layers})
-    return ids, [ids.index(i + 1) for i in sorted(aux_layers)], ids.index(num_layers)
+    ours = vllm_layer_ids(sorted(aux_layers))
+    ids = sorted(set(ours) | {num_layers})
+    return ids, [ids.index(i) for i in ours], ids.index(num_layers)
 
 
 def default_kv_cache_bytes(target: TargetSpec, captured: int, dtype_bytes: int, tokens: int) -> int:

@@ -46,7 +46,7 @@ def test_meta_refuses_what_cuda_refuses():
 
 
 def test_capture_final_norm_follows_the_cached_rows():
-    # vLLM's cache is on the GPU, the norm weight from head_weights.load_final_norm on the CPU.
+    # vLLM's cache is on the GPU, the norm weight from target/weights.load_final_norm on the CPU.
     rows = torch.ones(5, 8, device=META, dtype=torch.bfloat16)
     out = rms_norm(rows, torch.ones(8), 1e-6)
     assert out.device == META and out.dtype == torch.bfloat16 and out.shape == (5, 8)
@@ -55,7 +55,7 @@ def test_capture_final_norm_follows_the_cached_rows():
 def test_loss_target_head_rows_follow_the_target_hidden(monkeypatch):
     # autocast knows no "meta" device; the loss only switches it off, which is a no-op here.
     monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
-    # The target lm_head rows as head_weights.load_embedding_and_head reads them: CPU, fp32.
+    # The target lm_head rows as target/weights.load_embedding_and_head reads them: CPU, fp32.
     g = torch.Generator().manual_seed(0)
     head = torch.randn(6, 4, generator=g)
     hidden = torch.randn(5, 4, generator=g).to(META, torch.bfloat16)
