@@ -9,7 +9,10 @@ causal attention, and the backends keep their unchanged code path for it.
 ``plans(q_runs, k_runs)`` cuts a (query block, key block) pair into kernel calls (``BlockPlan``):
 one per document that both sides touch, trimmed to the rows and columns that have an allowed pair,
 each run in full, causal or with a band mask. Pairs with no allowed (q, k) pair yield no plan:
-they are skipped, not computed and masked. A run is ``(local offset, global start, length)``:
+they are skipped, not computed and masked. Only a window makes band masks (document pieces of the
+shard layouts are identical or disjoint ranges); a band piece is cut into query tiles of
+``max(window, band_tile)`` rows, so a mask never exceeds ``tile x (tile + window)`` and the work
+stays linear in the window, not quadratic in the block. A run is ``(local offset, global start, length)``:
 ``length`` local rows that hold consecutive global positions.
 """
 
@@ -29,6 +32,7 @@ Run = tuple[int, int, int]
 class KeyVisibility:
     doc_lengths: tuple[int, ...] | None = None
     window: int | None = None
+    band_tile: int = 256  # query rows per masked kernel call (at least the window)
 
     def __post_init__(self) -> None:
         if self.doc_lengths is not None:
@@ -44,7 +48,7 @@ class KeyVisibility:
         return self.doc_lengths is None and self.window is None
 
     def with_documents(self, doc_lengths: tuple[int, ...] | None) -> KeyVisibility:
-        return KeyVisibility(doc_lengths, self.window)
+        return KeyVisibility(doc_lengths, self.window, self.band_tile)
 
     def check_length(self, total: int) -> None:
         """Refuse documents longer, together, than the padded row of ``total`` positions."""
@@ -74,13 +78,25 @@ class KeyVisibility:
             d0, d1 = starts[d], ends[d]
             if d0 >= q_end or d0 >= k_end:
                 break
-            piece = self._piece((max(q_start, d0), min(q_end, d1)), (max(k_start, d0), min(k_end, d1)))
-            if piece is not None:
-                (r0, r1), (c0, c1), causal, band = piece
+            for (r0, r1), (c0, c1), causal, band in self._pieces(
+                (max(q_start, d0), min(q_end, d1)), (max(k_start, d0), min(k_end, d1))
+            ):
                 rows = slice(q_off + r0 - q_start, q_off + r1 - q_start)
                 cols = slice(k_off + c0 - k_start, k_off + c1 - k_start)
                 plans.append(BlockPlan(rows, cols, causal, band))
         return plans
+
+    def _pieces(self, queries: tuple[int, int], keys: tuple[int, int]) -> list:
+        """``_piece``, with a band piece cut into query tiles (each trimmed to its own keys)."""
+        piece = self._piece(queries, keys)
+        if piece is None:
+            return []
+        (q0, q1), (k0, k1), _, band = piece
+        tile = max(self.window or 1, self.band_tile)
+        if band is None or q1 - q0 <= tile:
+            return [piece]
+        tiles = (self._piece((a, min(a + tile, q1)), (k0, k1)) for a in range(q0, q1, tile))
+        return [t for t in tiles if t is not None]
 
     def _piece(self, queries: tuple[int, int], keys: tuple[int, int]):
         """Global query and key ranges of one document -> (rows, cols, causal, band) trimmed to the

@@ -41,6 +41,7 @@ CASES = [
     (13, None, 40),  # window longer than the row: plain causal
     (16, (6, 1, 5), 3),  # documents and a window together, with padding
     (16, (16,), 5),
+    (600, (250, 1, 300), 40),  # band pieces longer than a tile (256 rows): cut into tiles
 ]
 
 
@@ -96,8 +97,14 @@ def test_planner_cuts_per_document_and_skips_empty_pairs():
     assert KeyVisibility((4, 8)).plans([(0, 8, 4)], [(0, 0, 4)]) == []
     # ... and against keys too far back for the window.
     assert KeyVisibility(None, 4).plans([(0, 8, 4)], [(0, 0, 4)]) == []
-    # A window that reaches one key back into the earlier block: a one-row, one-column band.
+    # A window that reaches one key back into the earlier block: a one-row, one-column block.
     assert KeyVisibility(None, 2).plans([(0, 4, 4)], [(0, 0, 4)]) == [BlockPlan(slice(0, 1), slice(3, 4), False)]
+    # A long band is cut into query tiles of max(window, band_tile) rows, each with its own keys.
+    assert KeyVisibility(None, 3, band_tile=2).plans([(0, 0, 9)], [(0, 0, 9)]) == [
+        BlockPlan(slice(0, 3), slice(0, 3), True),
+        BlockPlan(slice(3, 6), slice(1, 6), False, (2, 3)),
+        BlockPlan(slice(6, 9), slice(4, 9), False, (2, 3)),
+    ]
 
 
 def test_ring_plans_skip_pairs_across_documents():
@@ -176,11 +183,15 @@ def _scored_pairs(vis: KeyVisibility, layout: str, U: int, R: int, L: int, ring:
 
 @pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 @pytest.mark.parametrize("U,R,L", [(1, 1, 13), (1, 2, 18), (2, 2, 19), (1, 4, 23)])
-@pytest.mark.parametrize("docs,window", [((5, 1, 6), None), ((9,), None), (None, 3), ((4, 1, 7), 5), ((2, 10), 30)])
-def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window):
+@pytest.mark.parametrize(
+    "docs,window,tile",
+    [((5, 1, 6), None, 256), ((9,), None, 256), (None, 3, 256), (None, 2, 1), ((4, 1, 7), 5, 256), ((2, 10), 3, 2)],
+)
+def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window, tile):
     # Every allowed (query, key) pair once, nothing else: documents spanning ranks, one-token
-    # documents, tail padding (its own document), windows shorter and longer than a shard.
-    vis = KeyVisibility(docs, window)
+    # documents, tail padding (its own document), windows shorter and longer than a shard, band
+    # pieces cut into query tiles.
+    vis = KeyVisibility(docs, window, tile)
     padded = shard_layout.padded_length(L, U, R, layout)
     mask = step0_mask(padded, docs, window)
     for ring in range(R):
