@@ -13,7 +13,9 @@ from longdraft.attention.ring import RingComm, block_plans
 from longdraft.attention.ring_gather import GatheredCausal
 from longdraft.attention.ttt_step import ttt_attention_fast
 from longdraft.attention.visibility import KeyVisibility
+from longdraft.model.draft_config import draft_config_from_target
 from tests import layout_positions as shard_layout
+from tests.draft_factory import tiny_target_config
 
 TOL = 1e-5
 
@@ -199,3 +201,15 @@ def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window, ti
         assert len(pairs) == len(set(pairs)), "a (query, key) pair is scored twice"
         queries = shard_layout.ring_positions(L, U, R, ring, layout).tolist()
         assert set(pairs) == {(q, k) for q in queries for k in range(padded) if mask[q, k]}
+
+
+def test_documents_need_a_single_packed_row():
+    q, keys, values, _ = _inputs(6, 1, batch=2)
+    for name in ("fast", "reference"):
+        with pytest.raises(ValueError, match="one packed row"):
+            make_attention_backend(name).with_documents((3, 3)).attend(q, keys, values)
+
+
+def test_draft_config_carries_the_window_for_the_export():
+    assert draft_config_from_target(tiny_target_config(), sliding_window=16).sliding_window == 16
+    assert draft_config_from_target(tiny_target_config()).sliding_window is None
