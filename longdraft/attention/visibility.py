@@ -10,9 +10,9 @@ causal attention, and the backends keep their unchanged code path for it.
 one per document that both sides touch, trimmed to the rows and columns that have an allowed pair,
 each run in full, causal or with a band mask. Pairs with no allowed (q, k) pair yield no plan:
 they are skipped, not computed and masked. Only a window makes band masks (document pieces of the
-shard layouts are identical or disjoint ranges); a band piece is cut into query tiles of
-``max(window, band_tile)`` rows, so a mask never exceeds ``tile x (tile + window)`` and the work
-stays linear in the window, not quadratic in the block. A run is ``(local offset, global start, length)``:
+shard layouts are identical or disjoint ranges); a band piece larger than ``band_tile`` is halved
+(queries and keys) and each part planned again, so its inside becomes full and causal blocks and
+only pieces of at most ``band_tile x band_tile`` along the window's edge run masked. A run is ``(local offset, global start, length)``:
 ``length`` local rows that hold consecutive global positions.
 """
 
@@ -32,7 +32,7 @@ Run = tuple[int, int, int]
 class KeyVisibility:
     doc_lengths: tuple[int, ...] | None = None
     window: int | None = None
-    band_tile: int = 256  # query rows per masked kernel call (at least the window)
+    band_tile: int = 256  # largest side of a masked kernel call
 
     def __post_init__(self) -> None:
         if self.doc_lengths is not None:
@@ -87,16 +87,22 @@ class KeyVisibility:
         return plans
 
     def _pieces(self, queries: tuple[int, int], keys: tuple[int, int]) -> list:
-        """``_piece``, with a band piece cut into query tiles (each trimmed to its own keys)."""
+        """``_piece``; a band piece longer than ``band_tile`` on a side is halved on every side
+        longer than half of it, and the parts are planned again."""
         piece = self._piece(queries, keys)
         if piece is None:
             return []
         (q0, q1), (k0, k1), _, band = piece
-        tile = max(self.window or 1, self.band_tile)
-        if band is None or q1 - q0 <= tile:
+        if band is None or max(q1 - q0, k1 - k0) <= self.band_tile:
             return [piece]
-        tiles = (self._piece((a, min(a + tile, q1)), (k0, k1)) for a in range(q0, q1, tile))
-        return [t for t in tiles if t is not None]
+        halves = [self._halves(q0, q1), self._halves(k0, k1)]
+        return [p for qs, ks in itertools.product(*halves) for p in self._pieces(qs, ks)]
+
+    def _halves(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        if hi - lo <= max(self.band_tile // 2, 1):
+            return [(lo, hi)]
+        mid = (lo + hi) // 2
+        return [(lo, mid), (mid, hi)]
 
     def _piece(self, queries: tuple[int, int], keys: tuple[int, int]):
         """Global query and key ranges of one document -> (rows, cols, causal, band) trimmed to the

@@ -43,7 +43,7 @@ CASES = [
     (13, None, 40),  # window longer than the row: plain causal
     (16, (6, 1, 5), 3),  # documents and a window together, with padding
     (16, (16,), 5),
-    (600, (250, 1, 300), 40),  # band pieces longer than a tile (256 rows): cut into tiles
+    (600, (250, 1, 300), 40),  # band pieces longer than band_tile (256): halved
 ]
 
 
@@ -101,12 +101,20 @@ def test_planner_cuts_per_document_and_skips_empty_pairs():
     assert KeyVisibility(None, 4).plans([(0, 8, 4)], [(0, 0, 4)]) == []
     # A window that reaches one key back into the earlier block: a one-row, one-column block.
     assert KeyVisibility(None, 2).plans([(0, 4, 4)], [(0, 0, 4)]) == [BlockPlan(slice(0, 1), slice(3, 4), False)]
-    # A long band is cut into query tiles of max(window, band_tile) rows, each with its own keys.
+    # A long band is halved until its inside is causal squares and only small masked blocks remain.
     assert KeyVisibility(None, 3, band_tile=2).plans([(0, 0, 9)], [(0, 0, 9)]) == [
-        BlockPlan(slice(0, 3), slice(0, 3), True),
-        BlockPlan(slice(3, 6), slice(1, 6), False, (2, 3)),
-        BlockPlan(slice(6, 9), slice(4, 9), False, (2, 3)),
+        BlockPlan(slice(0, 2), slice(0, 2), True),
+        BlockPlan(slice(2, 4), slice(0, 2), False, (2, 3)),
+        BlockPlan(slice(2, 4), slice(2, 4), True),
+        BlockPlan(slice(4, 6), slice(2, 4), False, (2, 3)),
+        BlockPlan(slice(4, 6), slice(4, 6), True),
+        BlockPlan(slice(6, 8), slice(4, 6), False, (2, 3)),
+        BlockPlan(slice(6, 9), slice(6, 9), True),
     ]
+    # Full blocks inside a wide band run unmasked: masked work stays along the window's edge.
+    plans = KeyVisibility(None, 512, band_tile=64).plans([(0, 0, 2048)], [(0, 0, 2048)])
+    masked = sum((p.rows.stop - p.rows.start) * (p.cols.stop - p.cols.start) for p in plans if p.band is not None)
+    assert masked <= 2048 * 64
 
 
 def test_ring_plans_skip_pairs_across_documents():
@@ -192,7 +200,7 @@ def _scored_pairs(vis: KeyVisibility, layout: str, U: int, R: int, L: int, ring:
 def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window, tile):
     # Every allowed (query, key) pair once, nothing else: documents spanning ranks, one-token
     # documents, tail padding (its own document), windows shorter and longer than a shard, band
-    # pieces cut into query tiles.
+    # pieces halved into smaller ones.
     vis = KeyVisibility(docs, window, tile)
     padded = shard_layout.padded_length(L, U, R, layout)
     mask = step0_mask(padded, docs, window)
