@@ -221,3 +221,17 @@ def test_documents_need_a_single_packed_row():
 def test_draft_config_carries_the_window_for_the_export():
     assert draft_config_from_target(tiny_target_config(), sliding_window=16).sliding_window == 16
     assert draft_config_from_target(tiny_target_config()).sliding_window is None
+
+
+def test_fast_matches_reference_bf16_with_documents_and_window():
+    # bf16 rounds each block's output and gradients (u = 2^-8); as for plain attention, a handful
+    # of roundings bound the error relative to each tensor's largest value by 2^-5.
+    gen = torch.Generator().manual_seed(7)
+    make = lambda h: torch.randn(1, h, 96, 16, generator=gen).bfloat16().requires_grad_()  # noqa: E731
+    q, keys, values = make(4), [make(2) for _ in range(3)], [make(2) for _ in range(3)]
+    grad_out = torch.randn(1, 4, 96, 16, generator=gen)
+    kw = dict(doc_lengths=(40, 1, 45), window=20)
+    ref_out, ref_grads = _run(ttt_attention_reference, q, keys, values, grad_out, **kw)
+    out, grads = _run(ttt_attention_fast, q, keys, values, grad_out, **kw)
+    for a, b in zip((out, *grads), (ref_out, *ref_grads)):
+        assert (a.float() - b.float()).abs().max() <= 2.0**-5 * b.float().abs().max()
