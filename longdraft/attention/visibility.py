@@ -10,9 +10,10 @@ causal attention, and the backends keep their unchanged code path for it.
 one per document that both sides touch, trimmed to the rows and columns that have an allowed pair,
 each run in full, causal or with a band mask. Pairs with no allowed (q, k) pair yield no plan:
 they are skipped, not computed and masked. Only a window makes band masks (document pieces of the
-shard layouts are identical or disjoint ranges); a band piece larger than ``band_tile`` is halved
-(queries and keys) and each part planned again, so its inside becomes full and causal blocks and
-only pieces of at most ``band_tile x band_tile`` along the window's edge run masked. A run is ``(local offset, global start, length)``:
+shard layouts are identical or disjoint ranges); a band piece larger than a tile (``band_tile``, or
+``window / 8`` for long windows, which bounds the number of kernel calls by about ``16 T / window``)
+is halved, queries and keys, and each part planned again, so its inside becomes full and causal
+blocks and only pieces of at most a tile on a side, along the window's edge, run masked. A run is ``(local offset, global start, length)``:
 ``length`` local rows that hold consecutive global positions.
 """
 
@@ -32,7 +33,7 @@ Run = tuple[int, int, int]
 class KeyVisibility:
     doc_lengths: tuple[int, ...] | None = None
     window: int | None = None
-    band_tile: int = 256  # largest side of a masked kernel call
+    band_tile: int = 256  # largest side of a masked kernel call (at least window / 8)
 
     def __post_init__(self) -> None:
         if self.doc_lengths is not None:
@@ -93,13 +94,15 @@ class KeyVisibility:
         if piece is None:
             return []
         (q0, q1), (k0, k1), _, band = piece
-        if band is None or max(q1 - q0, k1 - k0) <= self.band_tile:
+        tile = max(self.band_tile, (self.window or 0) // 8)
+        if band is None or max(q1 - q0, k1 - k0) <= tile:
             return [piece]
-        halves = [self._halves(q0, q1), self._halves(k0, k1)]
+        halves = [self._halves(q0, q1, tile), self._halves(k0, k1, tile)]
         return [p for qs, ks in itertools.product(*halves) for p in self._pieces(qs, ks)]
 
-    def _halves(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        if hi - lo <= max(self.band_tile // 2, 1):
+    @staticmethod
+    def _halves(lo: int, hi: int, tile: int) -> list[tuple[int, int]]:
+        if hi - lo <= max(tile // 2, 1):
             return [(lo, hi)]
         mid = (lo + hi) // 2
         return [(lo, mid), (mid, hi)]
