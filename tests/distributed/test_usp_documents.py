@@ -1,5 +1,5 @@
 """USP attention with packed documents and sliding windows equals the one-device reference on gloo
-ranks: outputs and every gradient within 1e-5 (fp32), for (U, R) = (2, 1), (1, 2), (2, 2),
+ranks: outputs and every gradient within 1e-5 (fp32), for (U, R) = (2, 1), (1, 2), (2, 2), (1, 4),
 contiguous and zigzag, ring and gathered K/V; and a windowed draft's whole TTT unroll equals the
 one-device unroll. One spawn per world size runs all its cases."""
 
@@ -31,6 +31,7 @@ SCENARIOS = [
     ("window-large", None, 11),
     ("docs-window", (10, 1, 5), 4),
     ("docs-large-window", (3, 15), 9),
+    ("docs-at-rank-boundary", (9, 9), None),  # contiguous R = 2: rank 1 never needs rank 0's block
 ]
 GRIDS = {  # world -> (U, R, order, ring mode)
     2: [
@@ -46,6 +47,8 @@ GRIDS = {  # world -> (U, R, order, ring mode)
         (2, 2, "zigzag", "ring"),
         (2, 2, "contiguous", "gather"),
         (2, 2, "zigzag", "gather"),
+        (1, 4, "contiguous", "ring"),  # a short window: the ring stops after 2 of 4 hops
+        (1, 4, "zigzag", "ring"),
     ],
 }
 DRAFT_CASES = {2: [(1, 2, "zigzag", 14, 3)], 4: [(2, 2, "contiguous", 19, 4)]}  # (U, R, order, L, window)

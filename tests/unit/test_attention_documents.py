@@ -9,7 +9,7 @@ from longdraft.attention import blocks
 from longdraft.attention.blocks import BlockPlan
 from longdraft.attention.factory import make_attention_backend
 from longdraft.attention.reference import step0_mask, ttt_attention_reference
-from longdraft.attention.ring import RingComm, block_plans
+from longdraft.attention.ring import RingComm, block_plans, ring_hops
 from longdraft.attention.ring_gather import GatheredCausal
 from longdraft.attention.ttt_step import ttt_attention_fast
 from longdraft.attention.visibility import KeyVisibility
@@ -235,3 +235,12 @@ def test_fast_matches_reference_bf16_with_documents_and_window():
     out, grads = _run(ttt_attention_fast, q, keys, values, grad_out, **kw)
     for a, b in zip((out, *grads), (ref_out, *ref_grads)):
         assert (a.float() - b.float()).abs().max() <= 2.0**-5 * b.float().abs().max()
+
+
+def test_the_ring_stops_after_the_last_hop_any_rank_needs():
+    assert ring_hops("contiguous", 4, 5, KeyVisibility()) == 4
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 3)) == 2  # the previous rank's block only
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 6)) == 2
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 7)) == 3  # query 5r sees key 5r - 6
+    assert ring_hops("contiguous", 2, 9, KeyVisibility((9, 9))) == 1  # documents end at the rank boundary
+    assert ring_hops("zigzag", 2, 10, KeyVisibility((9, 9))) == 2
