@@ -15,7 +15,6 @@ import torch
 
 from longdraft.sharding.layout import ShardLayout
 from longdraft.store.base import SampleHandle, TensorStore
-from longdraft.target.aux_layers import default_aux_layers, resolve_aux_layers  # noqa: F401 (moved; old imports)
 
 
 @dataclass
