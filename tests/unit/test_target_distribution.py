@@ -78,3 +78,23 @@ def test_the_target_distribution_is_the_models_own_softmax(family):
     sums.sum().backward()
     ours = 1.0 / vocab - x.grad  # d/dx of H(p, softmax(x)) at x = 0 is 1/V - p
     torch.testing.assert_close(ours, hf_probs, atol=1e-5, rtol=0)
+
+
+def test_a_run_learns_from_the_transformed_target(tmp_path):
+    # setup hands the spec's transform to the frozen head the loss reads (train/step.py passes it on)
+    from longdraft.config.loading import config_from_dict
+    from longdraft.data.vocab import build_vocab_mapping
+    from longdraft.train.setup import build_train_parts
+
+    config = GraniteConfig(**{**SMALL, "num_hidden_layers": 4}, num_key_value_heads=1, logits_scaling=6.0)
+    GraniteForCausalLM(config).save_pretrained(tmp_path / "target")
+    cfg = config_from_dict(
+        {
+            "data": {"train_path": str(tmp_path / "train.jsonl")},
+            "model": {"target_path": str(tmp_path / "target"), "draft_vocab_size": 20, "aux_layers": [0, 1, 2]},
+            "training": {"max_seq_length": 64},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
+    parts = build_train_parts(cfg, build_vocab_mapping([], 48, 20), torch.device("cpu"))
+    assert parts.target_head.logits.scale == 6.0 and parts.target_head.logits.softcap is None
