@@ -28,6 +28,11 @@ class SampleSizes:
     def shard_bytes(self, length: int) -> int:
         return self.grid.for_length(length).local_length * self.bytes_per_row + SHARD_OVERHEAD_BYTES
 
+    def packed_bytes(self, documents: list[int]) -> int:
+        """All S shards of a packed micro-batch of these document lengths (its own padded layout)."""
+        layout = self.grid.for_documents(documents)
+        return layout.sp_size * (layout.local_length * self.bytes_per_row + SHARD_OVERHEAD_BYTES)
+
 
 def sample_sizes(cfg: Config) -> SampleSizes:
     text = target_text_config(cfg)

@@ -1,0 +1,68 @@
+"""Packed micro-batches through the Ray pipeline (``training.tokens_per_micro_batch``): a packed run
+equals the unpacked run step for step, on DP = 2 (micro-batches balanced by tokens over the
+replicas, a replica with none in a step included) and on an SP = 2 layout.
+
+Real Ray actors, gloo groups and the Ray store; the tiny target of ``test_pipeline.py``.
+"""
+
+import json
+
+import pytest
+
+from longdraft.pipeline.launch import run_pipeline
+from longdraft.testing.tiny_target import build_tiny_target, tiny_rows, write_tiny_jsonl
+from longdraft.train.metrics_log import read_metrics
+from tests.pipeline.test_pipeline import _config
+
+STEPS = 4
+BUDGET = 64  # tokens per packed micro-batch; samples are 2 to 40 tokens (max_seq_length)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    """Long and short samples, one without loss tokens (skipped by packing as unpacked)."""
+    root = tmp_path_factory.mktemp("packed")
+    build_tiny_target(root / "target", initializer_range=0.3, seed=2)
+    rows = tiny_rows(num_conversations=8, num_texts=2, seed=3)
+    short = [{"text": "word " * n} for n in (1, 3, 6, 2, 9, 4)]
+    rows = [row for pair in zip(rows, short + rows[len(short) :]) for row in pair][: 4 * STEPS]
+    rows.insert(2, {"conversations": [{"role": "user", "content": "only a question here"}]})
+    write_tiny_jsonl(root / "train.jsonl", rows)
+    return root
+
+
+def _run(root, out, dp, u, r, **training):
+    cfg = _config(root, out, dp, u, r, "ray", num_steps=STEPS, **training)
+    run_pipeline(cfg, None)
+    return read_metrics(out), json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def unpacked(ray_session, mixed_dir, tmp_path_factory):
+    return _run(mixed_dir, tmp_path_factory.mktemp("unpacked") / "run", 1, 1, 1)
+
+
+def _assert_same_steps(got, want):
+    assert len(got) == len(want) == STEPS
+    for g, w in zip(got, want):
+        assert abs(g["loss"] - w["loss"]) <= 1e-5 * abs(w["loss"]), (g["step"], g["loss"], w["loss"])
+        assert g["loss_k"] == pytest.approx(w["loss_k"], rel=1e-5)
+        assert g["acc_k"] == pytest.approx(w["acc_k"], rel=1e-5, abs=1e-7)
+        assert g["count_k"] == w["count_k"] and g["samples"] == w["samples"]
+        assert g["samples_skipped"] == w["samples_skipped"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dp,u,r", [(2, 1, 1), (1, 2, 1)])
+def test_packed_run_equals_the_unpacked_run(ray_session, mixed_dir, tmp_path, unpacked, dp, u, r):
+    want, want_summary = unpacked
+    got, summary = _run(mixed_dir, tmp_path / "packed", dp, u, r, tokens_per_micro_batch=BUDGET)
+    _assert_same_steps(got, want)
+    assert summary["lost"] == 0 and summary["duplicated"] == 0
+    assert summary["trained"] == want_summary["trained"]
+    assert summary["skipped_by_reason"] == want_summary["skipped_by_reason"] != {}
+    # Fewer micro-batches than samples: documents shared them.
+    assert summary["packed_steps"] == STEPS and summary["packed_micro_batches"] < summary["trained"]
+    ranks = [json.loads((tmp_path / "packed" / "ranks" / f"rank{n}.json").read_text()) for n in range(dp * u * r)]
+    assert sum(rank["samples_read"] for rank in ranks) == summary["packed_micro_batches"] * u * r
+    print({k: summary[k] for k in ("packed_micro_batches", "trained", "replica_token_excess")})
