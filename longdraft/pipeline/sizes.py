@@ -34,6 +34,12 @@ class SampleSizes:
         return layout.sp_size * (layout.local_length * self.bytes_per_row + SHARD_OVERHEAD_BYTES)
 
 
+def longest_stored(training) -> int:
+    """Tokens of the longest thing the store holds: a sample, or with packing a micro-batch of up to
+    ``training.tokens_per_micro_batch`` tokens (a longer document is one of its own)."""
+    return max(training.max_seq_length, training.tokens_per_micro_batch or 0)
+
+
 def sample_sizes(cfg: Config) -> SampleSizes:
     text = target_text_config(cfg)
     if cfg.model.target_dtype in _DTYPE_BYTES:

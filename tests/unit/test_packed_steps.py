@@ -85,3 +85,29 @@ def test_units_end_every_step_even_one_with_nothing_to_train():
     assert sorted(s for u in units[1 : ends[0]] for s in u.seqs) == [0, 1, 2, 3]
     assert heard == [4, 5, 6, 7] and units[ends[1]].skipped == 4 and units[ends[0]].skipped == 0
     assert units[ends[0]].stream_position == 4 and units[ends[1]].stream_position == 8
+
+
+def test_a_packed_micro_batch_is_sized_by_its_own_layout_and_sizes_the_store(tiny_target):
+    from longdraft.config import config_from_dict
+    from longdraft.pipeline.sizes import sample_sizes
+    from longdraft.pipeline.stores import mooncake_sizes
+
+    def cfg(tokens_per_micro_batch):
+        training = {"max_seq_length": 1024, "ttt_length": 7, "num_trainers": 2, "sp_ulysses_size": 2}
+        return config_from_dict(
+            {
+                "data": {"train_path": "x.jsonl"},
+                "model": {"target_path": str(tiny_target(hidden_size=32)), "target_dtype": "fp32"},
+                "training": {**training, "tokens_per_micro_batch": tokens_per_micro_batch},
+                "store": {"backend": "mooncake"},
+                "output": {"dir": "o"},
+            }
+        )
+
+    sizes = sample_sizes(cfg(65536))
+    # Three documents of 1000 tokens: S = 2 shards of 1500 queries + 7 look-ahead rows, not 3 samples' shards.
+    assert sizes.packed_bytes([1000, 1000, 1000]) == sizes.sample_bytes(3000) < 3 * sizes.sample_bytes(1000)
+    # The store's buffer holds a shard of the largest micro-batch, which is longer than any sample.
+    _, buffer = mooncake_sizes(cfg(65536), sizes)
+    _, unpacked_buffer = mooncake_sizes(cfg(None), sizes)
+    assert buffer << 20 >= sizes.shard_bytes(65536) > unpacked_buffer << 20
