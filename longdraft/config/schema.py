@@ -75,6 +75,10 @@ class TrainingConfig:
     ttt_length: int = _bounded(7, min=1)
     batch_size: int = _bounded(8, min=1)  # global batch of one optimizer step
     micro_batch_size: int = _bounded(1, min=1)  # accumulation = batch_size / (micro_batch_size * dp)
+    # Pack whole documents into micro-batches of at most this many tokens (longest first; a longer
+    # document is a micro-batch of its own). Changes the layout of a step's samples, never which
+    # samples it trains. None: one sample per micro-batch (micro_batch_size).
+    tokens_per_micro_batch: int | None = _bounded(None, min=2, null="off: micro_batch_size samples per micro-batch")
     num_steps: int = _bounded(100, min=1)
     lr: float = _bounded(1e-4, min=0, note="0 measures a frozen draft")
     warmup_steps: int = _bounded(0, min=0)

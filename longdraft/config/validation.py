@@ -46,3 +46,16 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
             t.micro_batch_size,
             "1 when training.num_trainers > 1 (each sequence has its own shard layout)",
         )
+    if t.tokens_per_micro_batch is not None:
+        if t.micro_batch_size != 1:
+            fail(
+                "training.micro_batch_size",
+                t.micro_batch_size,
+                "1 when training.tokens_per_micro_batch is set (the token budget sizes the micro-batches)",
+            )
+        if t.tokens_per_micro_batch < sp:
+            fail(
+                "training.tokens_per_micro_batch",
+                t.tokens_per_micro_batch,
+                f"a number >= sp_ulysses_size*sp_ring_size = {sp} (a full micro-batch gives every SP rank a token)",
+            )

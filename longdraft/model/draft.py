@@ -73,6 +73,25 @@ class SampleRotary(nn.Module):
         rows = [self._cos_sin(x, positions[b : b + 1], *self.frequencies(n)) for b, n in enumerate(lengths)]
         return torch.cat([c for c, _ in rows]), torch.cat([s for _, s in rows])
 
+    @torch.no_grad()
+    def documents(
+        self, x: torch.Tensor, positions: torch.Tensor, doc_ids: torch.Tensor, doc_lengths: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[1, T, D]`` of one packed row: position ``i`` (``positions[0, i]``, inside its
+        document) rotates with the frequencies of its document's length (``doc_ids[i]``; -1, tail
+        padding, takes the last document's), as that document alone would."""
+        freqs = [self.frequencies(n) for n in doc_lengths]
+        if all(f[0] is self.inv_freq for f in freqs):  # frequencies that do not depend on the length
+            return self._cos_sin(x, positions, self.inv_freq, self.attention_scaling)
+        doc_ids = torch.where(doc_ids >= 0, doc_ids, torch.full_like(doc_ids, len(doc_lengths) - 1))
+        cos = torch.empty((*positions.shape, self.inv_freq.numel() * 2), dtype=x.dtype, device=x.device)
+        sin = torch.empty_like(cos)
+        for d, (inv_freq, scale) in enumerate(freqs):
+            rows = doc_ids == d
+            if bool(rows.any()):
+                cos[:, rows], sin[:, rows] = self._cos_sin(x, positions[:, rows], inv_freq, scale)
+        return cos, sin
+
     @staticmethod
     def _cos_sin(x, positions, inv_freq, scale):
         # The same operations, in the same order, as transformers' module: bit-identical cos/sin.

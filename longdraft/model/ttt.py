@@ -5,6 +5,11 @@ device: one segment holding the whole padded sequence). At step ``k`` query ``t`
 input token ``t+k+1``, target row ``t+k+1``, loss mask ``t+k`` and RoPE position ``position[t] + k``
 (ARCHITECTURE.md, "EAGLE-3 alignment"), so slicing the segment at offset ``k`` or ``k+1`` is all the left
 shifting there is, and no rank needs data from another.
+
+A packed shard (``batch.doc_ids`` set) holds whole documents end to end: at step ``k`` query ``t``
+trains only when ``t+k+1`` lies in its own document (so input, target and loss mask are its
+document's), its RoPE position is its position inside the document + k, and attention is told
+the documents (``backend.with_documents``), so no query reads another document.
 """
 
 from __future__ import annotations
@@ -58,7 +63,11 @@ def step_valid_masks(batch: ShardBatch, ok: torch.Tensor, ttt_length: int) -> li
     """For each TTT step ``k``: which queries carry loss, ``[B, n_seg*c]`` bool."""
     c = queries_per_segment(batch, ttt_length)
     mask = batch.loss_mask.bool()
-    return [_queries(mask, k, c) & _queries(ok, k + 1, c) for k in range(ttt_length)]
+    valid = [_queries(mask, k, c) & _queries(ok, k + 1, c) for k in range(ttt_length)]
+    if batch.doc_ids is None:
+        return valid
+    own = _queries(batch.doc_ids, 0, c)  # the target row t+k+1 must be in query t's document
+    return [v & (_queries(batch.doc_ids, k + 1, c) == own) for k, v in enumerate(valid)]
 
 
 @dataclass
@@ -87,6 +96,7 @@ def ttt_unroll(
     ``loss_precision``: the logits matmuls' precision (``soft_cross_entropy_steps``)."""
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
+    backend = _with_documents(backend, batch)
     feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -133,10 +143,14 @@ def ttt_unroll(
 
 
 def rope_at_step(model: Eagle3Draft, batch: ShardBatch, x: torch.Tensor, k: int):
-    """cos/sin of TTT step ``k``: each query's global position + k, with the frequencies of its
-    sample's global length (never of the positions this shard happens to hold)."""
+    """cos/sin of TTT step ``k``: each query's position + k, with the frequencies of its sample's
+    global length (never of the positions this shard happens to hold); in a packed shard the
+    position inside its document, with the frequencies of that document's length."""
     positions = (batch.positions + k).unsqueeze(0).expand(batch.batch_size, -1)
-    return model.rope(x, positions, batch.lengths)
+    if batch.documents is None:
+        return model.rope(x, positions, batch.lengths)
+    c = batch.positions.numel() // batch.input_ids.shape[1]
+    return model.rotary.documents(x, positions, _queries(batch.doc_ids, 0, c)[0], batch.documents[0])
 
 
 def _target_rows(batch: ShardBatch, c: int) -> torch.Tensor:
@@ -151,3 +165,14 @@ def _step(model, embedding, feature, cos, sin, backend, n_prev, *kv):
     keys, values = list(kv[:n_prev]), list(kv[n_prev:])
     out = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
     return out, keys[-1], values[-1]
+
+
+def _with_documents(backend: AttentionBackend, batch: ShardBatch) -> AttentionBackend:
+    """The backend told this micro-batch's documents (None: one per row).
+    TODO(h-attn merge): every backend gets ``with_documents``; until then only unpacked batches run."""
+    documents = batch.documents[0] if batch.documents else None
+    if hasattr(backend, "with_documents"):
+        return backend.with_documents(documents)
+    if documents is not None:
+        raise NotImplementedError(f"attention backend {type(backend).__name__} cannot isolate documents yet")
+    return backend

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -16,6 +17,10 @@ class ShardBatch:
     (the position is a token of the sequence, not tail padding); positions ``[n_seg*c]`` global
     position of every query; lengths: the global length ``L`` of each row's sample (RoPE variants
     such as ``dynamic`` pick their frequencies from it, so every shard of a sample rotates alike).
+
+    Packed rows (several whole documents in one sequence): ``doc_ids`` ``[B, n_seg, c+K]`` is the
+    document index of every row (-1 on tail padding) and ``documents`` each row's document lengths;
+    ``positions`` then restart at 0 in every document. ``doc_ids = None``: one document per row.
     """
 
     input_ids: torch.Tensor
@@ -25,11 +30,18 @@ class ShardBatch:
     is_real: torch.Tensor
     positions: torch.Tensor
     lengths: tuple[int, ...]
+    doc_ids: torch.Tensor | None = None
+    documents: tuple[tuple[int, ...], ...] | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ShardBatch:
+        """The same batch with ``fn`` applied to every tensor (moves, pinning); the rest is kept."""
+        return replace(self, **{name: fn(t) for name, t in self.tensors().items()})
 
     def to(self, device) -> ShardBatch:
-        return ShardBatch(
-            *(getattr(self, f.name).to(device) for f in fields(self) if f.name != "lengths"), lengths=self.lengths
-        )
+        return self.map_tensors(lambda t: t.to(device))
 
     @property
     def batch_size(self) -> int:
@@ -56,7 +68,14 @@ def stack_batches(batches: list[ShardBatch]) -> ShardBatch:
     stacked = {
         f.name: torch.cat([pad(getattr(b, f.name)) for b in batches])
         for f in fields(ShardBatch)
-        if f.name not in ("positions", "lengths")
+        if f.name not in ("positions", "lengths", "doc_ids", "documents")
     }
     positions = max((b.positions for b in batches), key=lambda p: p.numel())
-    return ShardBatch(positions=positions, lengths=tuple(n for b in batches for n in b.lengths), **stacked)
+    lengths = tuple(n for b in batches for n in b.lengths)
+    if all(b.doc_ids is None for b in batches):
+        return ShardBatch(positions=positions, lengths=lengths, **stacked)
+    if len(batches) > 1:
+        # one positions vector serves every row: rows of packed documents cannot share it
+        raise ValueError("a packed micro-batch is one sequence (batch size 1); it cannot be stacked with others")
+    (b,) = batches
+    return ShardBatch(positions=positions, lengths=lengths, doc_ids=b.doc_ids, documents=b.documents, **stacked)

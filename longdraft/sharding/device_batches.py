@@ -16,16 +16,14 @@ from longdraft.sharding.batch import ShardBatch
 
 
 def batch_bytes(batch: ShardBatch) -> int:
-    return sum(t.numel() * t.element_size() for t in vars(batch).values() if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in batch.tensors().values())
 
 
 def to_host(batch: ShardBatch, device: torch.device) -> ShardBatch:
     """``batch`` in host memory, pinned when it will be copied to a CUDA device."""
     host = batch.to("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
-        host = ShardBatch(
-            *(getattr(host, name).pin_memory() for name in vars(host) if name != "lengths"), lengths=host.lengths
-        )
+        host = host.map_tensors(lambda t: t.pin_memory())
     return host
 
 
@@ -71,16 +69,10 @@ class DeviceBatches(Sequence):
 
     def _copy(self, batch: ShardBatch) -> ShardBatch:
         if self._stream is None:
-            moved = ShardBatch(
-                *(getattr(batch, n).to(self.device, copy=self.copy) for n in vars(batch) if n != "lengths"),
-                lengths=batch.lengths,
-            )
+            moved = batch.map_tensors(lambda t: t.to(self.device, copy=self.copy))
         else:
             with torch.cuda.stream(self._stream):
-                moved = ShardBatch(
-                    *(getattr(batch, n).to(self.device, non_blocking=True) for n in vars(batch) if n != "lengths"),
-                    lengths=batch.lengths,
-                )
+                moved = batch.map_tensors(lambda t: t.to(self.device, non_blocking=True))
         if self.on_copy is not None:
             self.on_copy(moved)
         return moved
@@ -90,7 +82,6 @@ class DeviceBatches(Sequence):
         if self._stream is not None:
             main = torch.cuda.current_stream(self.device)
             main.wait_stream(self._stream)
-            for t in vars(batch).values():
-                if isinstance(t, torch.Tensor):
-                    t.record_stream(main)
+            for t in batch.tensors().values():
+                t.record_stream(main)
         return batch

@@ -36,9 +36,12 @@ class ShardHeader:
     starts: tuple[int, ...]
     valids: tuple[int, ...]
     order: ShardOrder
+    documents: tuple[int, ...] = ()  # a packed sequence's document lengths; () for one document
 
     def to_tensor(self) -> torch.Tensor:
-        """int64 [8 + 2*n_seg]: travels with the shard's tensors through any store."""
+        """int64 [8 + 2*n_seg], then for a packed sequence ``[n_docs, *doc_lengths]``: travels with
+        the shard's tensors through any store. One document writes the format of before packing, so
+        old and new shards of unpacked samples are the same bytes."""
         head = [
             self.length,
             self.sp_size,
@@ -49,16 +52,29 @@ class ShardHeader:
             _ORDER_CODES[self.order],
             len(self.starts),
         ]
-        return torch.tensor(head + list(self.starts) + list(self.valids), dtype=torch.int64)
+        docs = [len(self.documents), *self.documents] if self.documents else []
+        return torch.tensor(head + list(self.starts) + list(self.valids) + docs, dtype=torch.int64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, key: str = "?") -> ShardHeader:
         v = [int(x) for x in t.flatten().tolist()]
-        if len(v) < 8 or len(v) != 8 + 2 * v[7] or v[6] not in _ORDER_BY_CODE:
+        base = 8 + 2 * v[7] if len(v) >= 8 else 0
+        docs = v[base + 1 :] if len(v) > base else []
+        packed_ok = len(v) == base or (len(v) > base + 1 and v[base] == len(docs))
+        if len(v) < 8 or v[7] < 0 or not packed_ok or v[6] not in _ORDER_BY_CODE:
             raise ShardMismatchError(f"shard {key}: '{HEADER_KEY}' tensor {v} is not a valid shard header")
         n = v[7]
         return cls(
-            v[0], v[1], v[2], v[3], v[4], v[5], tuple(v[8 : 8 + n]), tuple(v[8 + n : 8 + 2 * n]), _ORDER_BY_CODE[v[6]]
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            tuple(v[8 : 8 + n]),
+            tuple(v[8 + n : 8 + 2 * n]),
+            _ORDER_BY_CODE[v[6]],
+            tuple(docs),
         )
 
 
@@ -74,6 +90,7 @@ def expected_header(layout: ShardLayout, r: int) -> ShardHeader:
         tuple(s.start for s in segs),
         tuple(s.valid for s in segs),
         layout.order,
+        layout.documents,
     )
 
 

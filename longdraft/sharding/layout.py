@@ -17,6 +17,10 @@ The *order* (``contiguous`` or ``zigzag``) says which positions go to which rank
   ring rank ``q`` owns chunks ``q`` and ``2R-1-q``, Ulysses rank ``u`` sub-block ``u`` of each.
   Two segments ``[q*U*c + u*c, +c+K)`` and ``[(2R-1-q)*U*c + u*c, +c+K)`` stored one after
   the other; local length ``2 * (c + K)``.
+
+A *packed* layout (``documents``: the lengths of the whole documents laid end to end, summing to
+``L``) is sharded exactly like one sequence of length ``L``; what changes is per row: its document
+(``local_doc_ids``) and its RoPE position, which restarts at 0 in every document (``query_positions``).
 """
 
 from __future__ import annotations
@@ -41,8 +45,19 @@ class ShardLayout:
     ring: int  # R
     ttt_length: int  # K
     order: ShardOrder = "contiguous"
+    # Lengths of the whole documents packed into this sequence, in order; () is one document of
+    # length L (and so is (L,): normalised to (), so both layouts compare and serialise alike).
+    documents: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "documents", tuple(int(n) for n in self.documents))
+        if len(self.documents) == 1 and self.documents[0] == self.length:
+            object.__setattr__(self, "documents", ())
+        if self.documents and (min(self.documents) < 1 or sum(self.documents) != self.length):
+            raise ValueError(
+                f"document lengths {self.documents} must each be >= 1 and sum to L={self.length} "
+                f"(they sum to {sum(self.documents)})"
+            )
         if self.order not in SHARD_ORDERS:
             raise ValueError(f"shard order {self.order!r} is not one of {SHARD_ORDERS}")
         if self.length < 1:
@@ -109,9 +124,35 @@ class ShardLayout:
         one[: self.segment_queries] = True
         return one.repeat(self.num_segments)
 
+    @property
+    def doc_lengths(self) -> tuple[int, ...]:
+        """The document lengths, ``(L,)`` when the sequence is one document."""
+        return self.documents or (self.length,)
+
+    def doc_starts(self) -> torch.Tensor:
+        """Global position of every document's first token, int64 [n_docs]."""
+        lengths = torch.tensor(self.doc_lengths, dtype=torch.int64)
+        return torch.cumsum(lengths, 0) - lengths
+
+    def local_doc_ids(self, r: int) -> torch.Tensor:
+        """Document index of every local row, int64 [local_length]; -1 on tail padding (>= L)."""
+        pos = self.local_positions(r)
+        ends = torch.cumsum(torch.tensor(self.doc_lengths, dtype=torch.int64), 0)
+        ids = torch.searchsorted(ends, pos, right=True)
+        return torch.where(pos < self.length, ids, torch.full_like(ids, -1))
+
+    def local_doc_positions(self, r: int) -> torch.Tensor:
+        """Position of every local row inside its document, int64 [local_length]; tail padding
+        continues the last document's positions (as one unpacked sample's padding does)."""
+        pos = self.local_positions(r)
+        ids = self.local_doc_ids(r)
+        starts = self.doc_starts()
+        return pos - starts[torch.where(ids >= 0, ids, torch.full_like(ids, len(starts) - 1))]
+
     def query_positions(self, r: int) -> torch.Tensor:
-        """Global positions of the local queries, int64 [local_queries]; values >= L are padding."""
-        return self.local_positions(r)[self.query_mask(r)]
+        """RoPE positions of the local queries, int64 [local_queries]: the position inside the query's
+        document (the global position when unpacked); tail padding continues the last document."""
+        return self.local_doc_positions(r)[self.query_mask(r)]
 
     def valid_mask(self, r: int) -> torch.Tensor:
         """Bool [local_length]: True where the row is a real token (global position < L)."""
@@ -154,3 +195,10 @@ class ShardGrid:
 
     def for_length(self, length: int) -> ShardLayout:
         return ShardLayout(length, self.ulysses, self.ring, self.ttt_length, self.order)
+
+    def for_documents(self, doc_lengths) -> ShardLayout:
+        """One packed micro-batch: whole documents of ``doc_lengths`` tokens laid end to end."""
+        docs = tuple(int(n) for n in doc_lengths)
+        if not docs:
+            raise ValueError("a packed sequence needs at least one document")
+        return ShardLayout(sum(docs), self.ulysses, self.ring, self.ttt_length, self.order, docs)

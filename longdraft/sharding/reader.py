@@ -16,6 +16,7 @@ from longdraft.data.loss_mask import unpack_loss_mask
 from longdraft.sharding.batch import ShardBatch, stack_batches
 from longdraft.sharding.header import check_shard
 from longdraft.sharding.layout import ShardLayout
+from longdraft.sharding.packing import pack_features, pack_loss_masks
 from longdraft.sharding.split import split_sample, split_tensor
 
 
@@ -52,6 +53,8 @@ def read_shard(
         is_real=segments(layout.valid_mask(r)),
         positions=layout.query_positions(r).to(device),
         lengths=(layout.length,),
+        doc_ids=segments(layout.local_doc_ids(r)) if layout.documents else None,
+        documents=(layout.documents,) if layout.documents else None,
     )
 
 
@@ -72,3 +75,15 @@ def full_sequence_batch(
         (shard,) = split_sample(tensors, layout)
         batches.append(read_shard(shard, layout, 0, packed, key=f"sample {i}"))
     return stack_batches(batches)
+
+
+def packed_sequence_batch(
+    documents: Sequence[Mapping[str, torch.Tensor]], packed_loss_masks: Sequence[Sequence[int]], ttt_length: int
+) -> ShardBatch:
+    """Whole documents packed into one sequence on one device (batch of one): the ``S = 1`` case of a
+    packed layout. Each document's loss mask is truncated or zero-padded to its own length first."""
+    sample = pack_features(documents)
+    lengths = [int(d["input_ids"].shape[0]) for d in documents]
+    layout = ShardLayout(sum(lengths), 1, 1, ttt_length, documents=tuple(lengths))
+    (shard,) = split_sample(sample, layout)
+    return read_shard(shard, layout, 0, pack_loss_masks(packed_loss_masks, lengths), key="packed sequence")
