@@ -76,7 +76,7 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     meter = StepMeter.for_device(device)
     rank = RankContext(
         LocalSource(cfg, stream, held_out, engine, device),
-        make_attention_backend(cfg.attention_backend, meter=meter),
+        make_attention_backend(cfg.attention_backend, meter=meter, window=cfg.model.draft_window),
         SumReducer(None),
         device,
         meter,

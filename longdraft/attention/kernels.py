@@ -4,8 +4,12 @@ Ring attention and the TTT fast path merge several attention blocks by their log
 run each block's backward with the *final* merged output and log-sum-exp, which makes the block
 gradients exact. These two functions are that contract:
 
-- ``block_attention_forward(q, k, v, causal, scale) -> (out, lse)``
-- ``block_attention_backward(dout, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)``
+- ``block_attention_forward(q, k, v, causal, scale, bias=None) -> (out, lse)``
+- ``block_attention_backward(dout, q, k, v, out, lse, causal, scale, bias=None) -> (dq, dk, dv)``
+
+``bias`` (optional, ``[Tq, Tk]`` additive: 0 allowed, -inf masked; every row allows a key) is for
+the partial blocks of documents and sliding windows (``attention/visibility.py``): the CPU flash
+kernel takes it as ``attn_mask``; elsewhere the math path adds it.
 
 Shapes: q/out ``[B, Hq, Tq, D]``, k/v ``[B, Hkv, Tk, D]`` (GQA: Hq a multiple of Hkv), lse
 ``[B, Hq, Tq]`` in fp32. ``causal`` is top-left aligned and only used with ``Tq == Tk``.
@@ -89,8 +93,10 @@ def _efficient_matches_math(device: torch.device, head_dim: int) -> bool:
     return True
 
 
-def _math_forward(q, k, v, causal, scale):
+def _math_forward(q, k, v, causal, scale, bias=None):
     scores = torch.einsum("bhtd,bhsd->bhts", q.float(), k.float()) * scale
+    if bias is not None:
+        scores = scores + bias.float()
     if causal:
         mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -100,9 +106,11 @@ def _math_forward(q, k, v, causal, scale):
     return out.to(q.dtype), lse
 
 
-def _math_backward(dout, q, k, v, out, lse, causal, scale):
+def _math_backward(dout, q, k, v, out, lse, causal, scale, bias=None):
     qf, kf, vf, dof = q.float(), k.float(), v.float(), dout.float()
     scores = torch.einsum("bhtd,bhsd->bhts", qf, kf) * scale
+    if bias is not None:
+        scores = scores + bias.float()
     if causal:
         mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -116,11 +124,30 @@ def _math_backward(dout, q, k, v, out, lse, causal, scale):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _masked_forward(q, k, v, causal, scale, bias):
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=bias.to(q.dtype), scale=scale
+        )
+        return out, lse.float()
+    return _math_forward(q, k, v, causal, scale, bias)
+
+
+def _masked_backward(dout, q, k, v, out, lse, causal, scale, bias):
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, causal, attn_mask=bias.to(q.dtype), scale=scale
+        )
+    return _math_backward(dout, q, k, v, out, lse, causal, scale, bias)
+
+
 def block_attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    if bias is not None:
+        return _masked_forward(q, k, v, causal, scale, bias)
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse.float()
@@ -141,12 +168,15 @@ def block_attention_backward(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n_kv = k.shape[1]
     n_rep = q.shape[1] // n_kv
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     dout, out = dout.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
-    if q.device.type == "cpu":
+    if bias is not None:
+        dq, dk, dv = _masked_backward(dout, q, k, v, out, lse, causal, scale, bias)
+    elif q.device.type == "cpu":
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, causal, scale=scale
         )

@@ -5,7 +5,9 @@ purpose: nothing here is clever, so it can be trusted.
 
 Layout everywhere in `longdraft`: ``[batch, heads, seq, head_dim]``.
 At TTT step ``k`` the query at position ``t`` attends to the step-0 keys ``0..t`` (causal) and to
-the key of every later step ``1..k`` at exactly position ``t`` (diagonal).
+the key of every later step ``1..k`` at exactly position ``t`` (diagonal). With documents (the
+lengths of a packed row, in order; positions past their sum are tail padding, one more document)
+a query sees only step-0 keys of its own document; with a ``window`` only those with ``t - s < window``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def ttt_attention_reference(
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
     scale: float | None = None,
+    doc_lengths: tuple[int, ...] | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention of the queries of one TTT step.
 
@@ -38,11 +42,30 @@ def ttt_attention_reference(
     k0 = repeat_kv(keys[0], n_rep).float()
     v0 = repeat_kv(values[0], n_rep).float()
     causal_scores = torch.einsum("bhtd,bhsd->bhts", qf, k0) * scale
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=q.device).tril()
-    causal_scores = causal_scores.masked_fill(~causal, float("-inf"))
+    causal_scores = causal_scores.masked_fill(~step0_mask(seq, doc_lengths, window, q.device), float("-inf"))
     diag_scores = [(qf * repeat_kv(k, n_rep).float()).sum(-1, keepdim=True) * scale for k in keys[1:]]
     probs = torch.softmax(torch.cat([causal_scores, *diag_scores], dim=-1), dim=-1)
     out = torch.einsum("bhts,bhsd->bhtd", probs[..., :seq], v0)
     for j, v in enumerate(values[1:]):
         out = out + probs[..., seq + j : seq + j + 1] * repeat_kv(v, n_rep).float()
     return out.to(q.dtype)
+
+
+def step0_mask(
+    seq: int, doc_lengths: tuple[int, ...] | None = None, window: int | None = None, device=None
+) -> torch.Tensor:
+    """Bool ``[seq, seq]``: query ``t`` (row) may attend to step-0 key ``s`` (column)."""
+    allowed = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+    if doc_lengths is not None:
+        if sum(doc_lengths) > seq:
+            raise ValueError(f"documents {tuple(doc_lengths)} hold more than the row's {seq} positions")
+        doc = torch.full((seq,), len(doc_lengths), dtype=torch.int64, device=device)  # tail padding
+        start = 0
+        for i, n in enumerate(doc_lengths):
+            doc[start : start + n] = i
+            start += n
+        allowed &= doc.unsqueeze(1) == doc.unsqueeze(0)
+    if window is not None:
+        pos = torch.arange(seq, device=device)
+        allowed &= (pos.unsqueeze(1) - pos.unsqueeze(0)) < window
+    return allowed

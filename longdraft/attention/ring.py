@@ -15,6 +15,9 @@ Which query rows meet which key columns (``block_plan``):
 - ``zigzag``: local order ``[chunk q | chunk 2R-1-q]``. Own block causal; an earlier rank's
   block: all queries against its first chunk; a later rank's block: the second query chunk
   against both of its chunks. Every rank then does the same work at every hop.
+
+With documents or a sliding window (``KeyVisibility``, not plain) ``block_plans`` cuts each pair of
+blocks per document and window instead, and skips pairs with no allowed (query, key) pair.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.attention.blocks import BlockPlan, backward_block, forward_block
+from longdraft.attention.visibility import KeyVisibility, ring_runs
 from longdraft.choices import ShardOrder
 from longdraft.step_meter import StepMeter, communicating
 
@@ -50,13 +54,6 @@ class RingComm:
         return (self.rank - 1) % self.size
 
 
-@dataclass(frozen=True)
-class BlockPlan:
-    rows: slice  # query rows of this rank
-    cols: slice  # key columns of the visiting block
-    causal: bool
-
-
 def block_plan(order: ShardOrder, my_rank: int, src_rank: int, seq: int) -> BlockPlan | None:
     """What this rank computes with the K/V block of ring rank ``src_rank`` (``None``: nothing)."""
     if src_rank == my_rank:
@@ -67,6 +64,16 @@ def block_plan(order: ShardOrder, my_rank: int, src_rank: int, seq: int) -> Bloc
     if src_rank < my_rank:
         return BlockPlan(_ALL, slice(0, half), False)
     return BlockPlan(slice(half, None), _ALL, False)
+
+
+def block_plans(
+    order: ShardOrder, my_rank: int, src_rank: int, seq: int, ring_size: int, visibility: KeyVisibility | None
+) -> list[BlockPlan]:
+    """The kernel calls of this rank with the K/V block of ring rank ``src_rank`` (none: skipped)."""
+    if visibility is None or visibility.plain:
+        plan = block_plan(order, my_rank, src_rank, seq)
+        return [] if plan is None else [plan]
+    return visibility.plans(ring_runs(order, my_rank, ring_size, seq), ring_runs(order, src_rank, ring_size, seq))
 
 
 class _Exchange:
@@ -90,68 +97,6 @@ class _Exchange:
         return self.recv
 
 
-def _merge_into(
-    out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor, block_lse: torch.Tensor
-) -> None:
-    old_lse = lse[:, :, rows]
-    new_lse = torch.logaddexp(old_lse, block_lse)
-    out[:, :, rows] = (
-        torch.exp(old_lse - new_lse).unsqueeze(-1) * out[:, :, rows]
-        + torch.exp(block_lse - new_lse).unsqueeze(-1) * block_out.float()
-    )
-    lse[:, :, rows] = new_lse
-
-
-def forward_block(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: BlockPlan,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    scale: float,
-) -> None:
-    """Attend ``q[rows]`` to the visiting block's ``k/v[cols]`` and merge into fp32 ``out``/``lse`` in place."""
-    block_out, block_lse = block_attention_forward(
-        q[:, :, plan.rows].contiguous(),
-        k[:, :, plan.cols].contiguous(),
-        v[:, :, plan.cols].contiguous(),
-        plan.causal,
-        scale,
-    )
-    _merge_into(out, lse, plan.rows, block_out, block_lse)
-
-
-def backward_block(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    plan: BlockPlan,
-    scale: float,
-    dq: torch.Tensor,
-    dk: torch.Tensor,
-    dv: torch.Tensor,
-) -> None:
-    """One block's gradients from the final ``out``/``lse``, added into fp32 ``dq``/``dk``/``dv`` in place."""
-    r, c = plan.rows, plan.cols
-    dq_b, dk_b, dv_b = block_attention_backward(
-        dout[:, :, r].contiguous(),
-        q[:, :, r].contiguous(),
-        k[:, :, c].contiguous(),
-        v[:, :, c].contiguous(),
-        out[:, :, r].contiguous(),
-        lse[:, :, r].contiguous(),
-        plan.causal,
-        scale,
-    )
-    dq[:, :, r] += dq_b.float()
-    dk[:, :, c] += dk_b.float()
-    dv[:, :, c] += dv_b.float()
-
-
 def ring_attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,6 +105,7 @@ def ring_attention_forward(
     order: ShardOrder,
     scale: float,
     meter: StepMeter | None = None,
+    visibility: KeyVisibility | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of the local queries over the whole ring's keys; returns fp32 ``(out, lse)``."""
     seq = q.shape[2]
@@ -168,8 +114,7 @@ def ring_attention_forward(
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
     for hop in range(comm.size):
         exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
-        plan = block_plan(order, comm.rank, (comm.rank - hop) % comm.size, seq)
-        if plan is not None:
+        for plan in block_plans(order, comm.rank, (comm.rank - hop) % comm.size, seq, comm.size, visibility):
             forward_block(q, kv[0], kv[1], plan, out, lse, scale)
         if exchange is not None:
             kv = exchange.wait()
@@ -187,6 +132,7 @@ def ring_attention_backward(
     order: ShardOrder,
     scale: float,
     meter: StepMeter | None = None,
+    visibility: KeyVisibility | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the ring attention given the final ``out``/``lse``; dq is fp32, dk/dv in k's dtype."""
     seq = q.shape[2]
@@ -196,9 +142,8 @@ def ring_attention_backward(
     grad_exchange: _Exchange | None = None
     for hop in range(comm.size):
         kv_exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
-        plan = block_plan(order, comm.rank, (comm.rank - hop) % comm.size, seq)
         dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
-        if plan is not None:
+        for plan in block_plans(order, comm.rank, (comm.rank - hop) % comm.size, seq, comm.size, visibility):
             backward_block(dout, q, kv[0], kv[1], out, lse, plan, scale, dq, dkv[0], dkv[1])
         if grad_exchange is not None:
             # The accumulator of the block just processed, from the rank that had it before.

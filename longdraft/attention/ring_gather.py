@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from longdraft.attention.ring import RingComm, backward_block, block_plan, forward_block
+from longdraft.attention.blocks import backward_block, forward_block
+from longdraft.attention.ring import RingComm, block_plans
+from longdraft.attention.visibility import KeyVisibility
 from longdraft.choices import ShardOrder
 from longdraft.step_meter import StepMeter, communicating
 
@@ -49,13 +51,12 @@ def gather_ring(x: torch.Tensor, ring: RingComm, meter: StepMeter | None = None)
 class GatheredCausal:
     """The causal part of a TTT step over gathered step-0 K/V ``[R, B, H, T, D]`` (no communication)."""
 
-    def __init__(self, comm: RingComm, order: ShardOrder):
-        self.comm, self.order = comm, order
+    def __init__(self, comm: RingComm, order: ShardOrder, visibility: KeyVisibility | None = None):
+        self.comm, self.order, self.visibility = comm, order, visibility
 
     def _plans(self, seq: int):
         for src in range(self.comm.size):
-            plan = block_plan(self.order, self.comm.rank, src, seq)
-            if plan is not None:
+            for plan in block_plans(self.order, self.comm.rank, src, seq, self.comm.size, self.visibility):
                 yield src, plan
 
     def forward(self, q, k_all, v_all, scale):

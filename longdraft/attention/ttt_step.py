@@ -12,8 +12,10 @@ import math
 
 import torch
 
+from longdraft.attention.blocks import backward_block, forward_block
 from longdraft.attention.heads import repeat_kv, sum_kv_groups
 from longdraft.attention.kernels import block_attention_backward, block_attention_forward
+from longdraft.attention.visibility import KeyVisibility
 from longdraft.step_meter import StepMeter, phase
 
 
@@ -77,13 +79,35 @@ def diagonal_backward(
 
 
 class LocalCausal:
-    """The step-0 causal keys all on this device: one causal block."""
+    """The step-0 causal keys all on this device: one causal block, or, with documents or a window
+    (``visibility``), the blocks of ``KeyVisibility.plans`` merged by log-sum-exp."""
+
+    def __init__(self, visibility: KeyVisibility | None = None):
+        self.visibility = visibility if visibility is not None and not visibility.plain else None
+
+    def _plans(self, seq: int):
+        self.visibility.check_length(seq)
+        return self.visibility.plans([(0, 0, seq)], [(0, 0, seq)])
 
     def forward(self, q, k, v, scale):
-        return block_attention_forward(q, k, v, True, scale)
+        if self.visibility is None:
+            return block_attention_forward(q, k, v, True, scale)
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        for plan in self._plans(q.shape[2]):
+            forward_block(q, k, v, plan, out, lse, scale)
+        return out, lse
 
     def backward(self, dout, q, k, v, out, lse, scale):
-        return block_attention_backward(dout, q, k, v, out, lse, True, scale)
+        if self.visibility is None:
+            return block_attention_backward(dout, q, k, v, out, lse, True, scale)
+        dout, out = dout.to(q.dtype).contiguous(), out.to(q.dtype).contiguous()
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
+        for plan in self._plans(q.shape[2]):
+            backward_block(dout, q, k, v, out, lse, plan, scale, dq, dk, dv)
+        return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
 class _TTTStepAttention(torch.autograd.Function):
@@ -133,6 +157,8 @@ def ttt_attention_fast(
     values: list[torch.Tensor],
     scale: float | None = None,
     meter: StepMeter | None = None,
+    doc_lengths: tuple[int, ...] | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Same contract and result as ``ttt_attention_reference``, without a ``T x T`` mask."""
-    return ttt_step_attention(q, keys, values, scale, LocalCausal(), meter)
+    return ttt_step_attention(q, keys, values, scale, LocalCausal(KeyVisibility(doc_lengths, window)), meter)

@@ -5,9 +5,13 @@ the prepared keys/values of all steps, calls ``attend(q_k, keys[:k+1], values[:k
 ``finish``. Step-0 keys go through the ring (causal over the whole sequence); the diagonal keys
 of steps >= 1 sit at the query's own position, which after the all-to-all is on the same rank
 and head shard, so they are merged locally by log-sum-exp, in the same autograd function.
+Documents of a packed row (``with_documents``) and a sliding ``window`` cut the ring's block pairs
+(``attention/visibility.py``); the global document lengths are the same on every rank.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -16,6 +20,7 @@ from longdraft.attention.ring import RingComm, ring_attention_backward, ring_att
 from longdraft.attention.ring_gather import GatheredCausal, gather_ring
 from longdraft.attention.ttt_step import ttt_step_attention
 from longdraft.attention.ulysses import heads_to_sequence, sequence_to_heads
+from longdraft.attention.visibility import KeyVisibility
 from longdraft.choices import SHARD_ORDERS, ShardOrder
 from longdraft.parallel.mesh import USPMesh, kv_replication_factor, validate_usp_sizes
 from longdraft.step_meter import StepMeter
@@ -24,14 +29,16 @@ from longdraft.step_meter import StepMeter
 class _RingCausal:
     """The step-0 causal keys spread over the ring: blocks rotate, merged by log-sum-exp."""
 
-    def __init__(self, comm: RingComm, order: ShardOrder, meter: StepMeter | None):
-        self.comm, self.order, self.meter = comm, order, meter
+    def __init__(self, comm: RingComm, order: ShardOrder, meter: StepMeter | None, visibility: KeyVisibility):
+        self.comm, self.order, self.meter, self.visibility = comm, order, meter, visibility
 
     def forward(self, q, k, v, scale):
-        return ring_attention_forward(q, k, v, self.comm, self.order, scale, self.meter)
+        return ring_attention_forward(q, k, v, self.comm, self.order, scale, self.meter, self.visibility)
 
     def backward(self, dout, q, k, v, out, lse, scale):
-        return ring_attention_backward(dout, q, k, v, out, lse, self.comm, self.order, scale, self.meter)
+        return ring_attention_backward(
+            dout, q, k, v, out, lse, self.comm, self.order, scale, self.meter, self.visibility
+        )
 
 
 def _zigzag_to_chunks(x: torch.Tensor, ulysses_size: int) -> torch.Tensor:
@@ -66,6 +73,7 @@ class USPAttentionBackend:
         scale: float | None = None,
         ring_mode: str = "ring",
         meter: StepMeter | None = None,
+        window: int | None = None,
     ):
         validate_usp_sizes(mesh.world_size, mesh.ulysses_size, mesh.ring_size, num_heads, num_kv_heads)
         if order not in SHARD_ORDERS:
@@ -78,6 +86,16 @@ class USPAttentionBackend:
             raise ValueError(f"ring mode {ring_mode!r} is not 'ring' or 'gather'")
         self.gather = ring_mode == "gather" and mesh.ring_size > 1
         self._gathered: tuple | None = None  # (step-0 keys, values, their gathered copies) of the current layer
+        self.visibility = KeyVisibility(None, window)
+
+    def with_documents(self, doc_lengths: tuple[int, ...] | None) -> USPAttentionBackend:
+        """This backend for one micro-batch whose row packs documents of these global lengths."""
+        if doc_lengths == self.visibility.doc_lengths:
+            return self
+        other = copy.copy(self)
+        other.visibility = self.visibility.with_documents(doc_lengths)
+        other._gathered = None
+        return other
 
     def _check_local(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
@@ -117,14 +135,15 @@ class USPAttentionBackend:
                     f"keys[{j}]/values[{j}] have shapes {tuple(k.shape)}/{tuple(v.shape)}, expected {expected} "
                     f"(prepared like q {tuple(q.shape)})"
                 )
+        self.visibility.check_length(q.shape[2] * self.ring.size)
+        if self.visibility.doc_lengths is not None and q.shape[0] != 1:
+            raise ValueError(f"a micro-batch with documents holds one packed row, got a batch of {q.shape[0]}")
         if not self.gather:
-            return ttt_step_attention(
-                q, keys, values, self.scale, _RingCausal(self.ring, self.order, self.meter), self.meter
-            )
+            causal = _RingCausal(self.ring, self.order, self.meter, self.visibility)
+            return ttt_step_attention(q, keys, values, self.scale, causal, self.meter)
         k_all, v_all = self._gather_step0(keys[0], values[0], first_step=len(keys) == 1)
-        return ttt_step_attention(
-            q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, GatheredCausal(self.ring, self.order), self.meter
-        )
+        causal = GatheredCausal(self.ring, self.order, self.visibility)
+        return ttt_step_attention(q, [k_all, *keys[1:]], [v_all, *values[1:]], self.scale, causal, self.meter)
 
     def _gather_step0(self, k0: torch.Tensor, v0: torch.Tensor, first_step: bool):
         """Gathered at step 0 of every unroll, reused by its later steps (which pass the same step-0

@@ -67,6 +67,8 @@ class ModelConfig:
         None, _three_distinct_layers, "3 distinct layer ids >= 0, or null for [1, N/2-1, N-4]"
     )
     target_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    # Sliding-window draft: a query sees at most the last N step-0 keys (plus its TTT diagonal).
+    draft_window: int | None = _bounded(None, min=1, null="full causal attention")
 
 
 @dataclass

@@ -26,10 +26,14 @@ def _rope_settings(target: PretrainedConfig) -> tuple[float, dict | None]:
 
 
 def draft_config_from_target(
-    target: PretrainedConfig, draft_vocab_size: int | None = None, aux_layers: Sequence[int] | None = None
+    target: PretrainedConfig,
+    draft_vocab_size: int | None = None,
+    aux_layers: Sequence[int] | None = None,
+    sliding_window: int | None = None,
 ) -> LlamaConfig:
     """A one-layer Llama config matching the target's width, heads, norms and RoPE; ``aux_layers``
-    (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on."""
+    (default [1, N/2-1, N-4]) are the target layers whose outputs it is trained on;
+    ``sliding_window`` (``model.draft_window``): the draft's attention window, None for full."""
     text = target.get_text_config() if hasattr(target, "get_text_config") else target
     theta, scaling = _rope_settings(text)
     vocab = int(text.vocab_size)
@@ -56,6 +60,7 @@ def draft_config_from_target(
     config.draft_vocab_size = draft_vocab
     config.target_hidden_size = text.hidden_size
     config.aux_layers = resolve_aux_layers(aux_layers, int(text.num_hidden_layers))
+    config.sliding_window = sliding_window
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
 

@@ -116,6 +116,7 @@ class TrainerRank:
             order=t.shard_order,
             ring_mode=ring_mode,
             meter=self.meter,
+            window=self.cfg.model.draft_window,
         )
         self.reducer = SumReducer(dist.group.WORLD, self.device)
         self.store = self.store_factory()

@@ -81,7 +81,7 @@ def _weights(cfg: Config, text, random: bool) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _draft(cfg: Config, text, embedding: torch.Tensor) -> Eagle3Draft:
-    config = draft_config_from_target(text, cfg.model.draft_vocab_size, cfg.model.aux_layers)
+    config = draft_config_from_target(text, cfg.model.draft_vocab_size, cfg.model.aux_layers, cfg.model.draft_window)
     torch.manual_seed(cfg.training.seed)
     model = Eagle3Draft(config, embedding)
     draft_vocab, vocab = config.draft_vocab_size, config.vocab_size
@@ -132,6 +132,7 @@ def build_plan_parts(
         num_kv_heads=kv_heads,
         order=t.shard_order,
         ring_mode=ring_mode,
+        window=cfg.model.draft_window,
     )
     dtype, hidden = feature_dtype(cfg, text), int(text.hidden_size)
     batches = [

@@ -77,10 +77,11 @@ def build_draft(
     seed: int,
     aux_layers=None,
     embedding_dtype: torch.dtype = torch.float32,
+    sliding_window: int | None = None,
 ) -> Eagle3Draft:
     """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike.
     The frozen target embedding lives in ``embedding_dtype``."""
-    config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers)
+    config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers, sliding_window)
     torch.manual_seed(seed)
     model = Eagle3Draft(config, embedding.to(dtype=embedding_dtype).cpu())
     model.set_vocab_mapping(vocab.d2t, vocab.t2d)
@@ -119,7 +120,9 @@ def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) ->
     embedding, head = load_embedding_and_head(cfg.model.target_path)
     # bf16 only where the loss reads them as bf16 (checkpoints store them so: nothing is lost)
     frozen = frozen_dtype(resolve_loss_precision(t.loss_precision, device))
-    model = build_draft(target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen)
+    model = build_draft(
+        target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen, cfg.model.draft_window
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
