@@ -61,8 +61,11 @@ def test_packed_run_equals_the_unpacked_run(ray_session, mixed_dir, tmp_path, un
     assert summary["lost"] == 0 and summary["duplicated"] == 0
     assert summary["trained"] == want_summary["trained"]
     assert summary["skipped_by_reason"] == want_summary["skipped_by_reason"] != {}
-    # Fewer micro-batches than samples: documents shared them.
+    # Fewer micro-batches than samples: documents shared them; on DP = 2, fewer than two per step:
+    # in some step one replica trained none.
     assert summary["packed_steps"] == STEPS and summary["packed_micro_batches"] < summary["trained"]
+    assert dp == 1 or summary["packed_micro_batches"] < dp * STEPS
     ranks = [json.loads((tmp_path / "packed" / "ranks" / f"rank{n}.json").read_text()) for n in range(dp * u * r)]
     assert sum(rank["samples_read"] for rank in ranks) == summary["packed_micro_batches"] * u * r
-    print({k: summary[k] for k in ("packed_micro_batches", "trained", "replica_token_excess")})
+    worst = max(abs(g["loss"] - w["loss"]) / abs(w["loss"]) for g, w in zip(got, want))
+    print({k: summary[k] for k in ("packed_micro_batches", "trained", "replica_token_excess")}, f"loss rel {worst:.1e}")
