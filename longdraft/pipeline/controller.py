@@ -160,8 +160,9 @@ class Controller:
         for item in items:
             if isinstance(item, PackedGroup):  # its bytes spread over its samples, which trainers free
                 lengths = [len(i.input_ids) for i in item.items]
-                share = self.sizes.packed_bytes(lengths) // len(lengths)
-                need.update({seq: share for seq in item.seqs})
+                total = self.sizes.packed_bytes(lengths)
+                need.update({seq: total // len(lengths) for seq in item.seqs})
+                need[item.seqs[0]] += total % len(lengths)
             elif not item.held_out:
                 need[item.seq] = self.sizes.sample_bytes(len(item.input_ids))
         return next((p for p in idle if self.budget.reserve(need, self.producer_nodes[p])), None)
