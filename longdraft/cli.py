@@ -64,6 +64,7 @@ BENCHES = {
     "producer": "longdraft.bench.producer",
     "datapath": "longdraft.bench.datapath",
     "loss": "longdraft.bench.loss",
+    "packing": "longdraft.bench.packing",
 }
 
 

@@ -96,7 +96,7 @@ def ttt_unroll(
     ``loss_precision``: the logits matmuls' precision (``soft_cross_entropy_steps``)."""
     ttt_length = len(valid)
     c = queries_per_segment(batch, ttt_length)
-    backend = _with_documents(backend, batch)
+    backend = backend.with_documents(batch.documents[0] if batch.documents else None)
     feature = model.fc(_queries(batch.aux_hidden, 0, c).to(model.fc.weight.dtype))  # features stay bf16 until here
     keys: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -165,14 +165,3 @@ def _step(model, embedding, feature, cos, sin, backend, n_prev, *kv):
     keys, values = list(kv[:n_prev]), list(kv[n_prev:])
     out = model.layer_step(embedding, feature, cos, sin, keys, values, backend)
     return out, keys[-1], values[-1]
-
-
-def _with_documents(backend: AttentionBackend, batch: ShardBatch) -> AttentionBackend:
-    """The backend told this micro-batch's documents (None: one per row).
-    TODO(h-attn merge): every backend gets ``with_documents``; until then only unpacked batches run."""
-    documents = batch.documents[0] if batch.documents else None
-    if hasattr(backend, "with_documents"):
-        return backend.with_documents(documents)
-    if documents is not None:
-        raise NotImplementedError(f"attention backend {type(backend).__name__} cannot isolate documents yet")
-    return backend

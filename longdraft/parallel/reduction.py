@@ -62,3 +62,11 @@ class SumReducer:
 
     def max_numbers(self, values: list[float]) -> list[float]:
         return self.max_(torch.tensor(values, dtype=torch.float64)).tolist()
+
+    def gather_number(self, value: float) -> list[float]:
+        """One number from every rank of the group, in rank order (a sum of one-hot vectors)."""
+        if self.group is None:
+            return [float(value)]
+        slots = torch.zeros(dist.get_world_size(self.group), dtype=torch.float64)
+        slots[dist.get_rank(self.group)] = value
+        return self.sum_(slots).tolist()

@@ -53,6 +53,17 @@ class ShardBatch:
         return int(self.is_real[:, :, :c].sum())
 
 
+def attention_pairs(batch: ShardBatch, window: int | None = None) -> int:
+    """Query-key pairs the step-0 causal block allows for this shard's real queries: each query sees
+    the keys of its own document up to itself, ``position + 1`` of them (positions restart at 0 in
+    every document), at most ``window``. The attention work a rank does for its queries, whichever
+    rank holds the keys."""
+    c = batch.positions.numel() // batch.input_ids.shape[1]
+    real = batch.is_real[:, :, :c].reshape(batch.batch_size, -1).bool()
+    seen = (batch.positions + 1).clamp(max=window) if window is not None else batch.positions + 1
+    return int((seen.unsqueeze(0) * real).sum())
+
+
 def stack_batches(batches: list[ShardBatch]) -> ShardBatch:
     """Stack single-sample, single-segment batches along the batch axis, right-padding each to the
     longest (the padding is tail padding: not real, no loss). Positions are the longest's."""

@@ -61,3 +61,36 @@ def pack_loss_masks(packed_masks: Sequence[Sequence[int]], lengths: Sequence[int
     if not lengths:
         return []
     return pack_loss_mask(torch.cat([unpack_loss_mask(m, int(n)) for m, n in zip(packed_masks, lengths)]))
+
+
+def ring_work(layout) -> list[int]:
+    """Step-0 attention pairs each ring rank computes for a ``ShardLayout`` (after the Ulysses
+    all-to-all a ring rank attends all its positions' queries): per real position, its position
+    inside its document + 1."""
+    pairs = torch.cat([torch.arange(1, n + 1, dtype=torch.int64) for n in layout.doc_lengths])
+    work = []
+    for q in range(layout.ring):
+        held = layout.ring_positions(q)
+        work.append(int(pairs[held[held < layout.length]].sum()))
+    return work
+
+
+def balanced_order(lengths: Sequence[int], grid, candidates: int = 24, seed: int = 0) -> list[int]:
+    """An order of one micro-batch's documents whose ring ranks share the attention work most
+    evenly under ``grid`` (a ``ShardGrid``): zigzag balances one sequence's causal work, not a row
+    of documents of mixed lengths. Tries longest first, the longest in the middle with the others
+    alternating around it, and seeded shuffles; keeps the first with the smallest maximum. Any order
+    trains the same (the loss sums over documents), so this only moves work between ranks."""
+    n = len(lengths)
+    by_length = sorted(range(n), key=lambda i: (-int(lengths[i]), i))
+    if grid.ring == 1 or n == 1:
+        return by_length
+    middle = by_length[1::2][::-1] + by_length[:1] + by_length[2::2]
+    gen = torch.Generator().manual_seed(seed)
+    orders = [by_length, middle] + [torch.randperm(n, generator=gen).tolist() for _ in range(candidates)]
+    best, best_max = by_length, None
+    for order in orders:
+        peak = max(ring_work(grid.for_documents([lengths[i] for i in order])))
+        if best_max is None or peak < best_max:
+            best, best_max = order, peak
+    return best

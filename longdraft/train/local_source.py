@@ -1,5 +1,7 @@
 """The single-device batch source: samples streamed in seeded epoch order, prefilled by the engine
-on the fly, each one the ``S = 1`` case of the shard contract."""
+on the fly, each one the ``S = 1`` case of the shard contract. With ``training.tokens_per_micro_batch``
+a step's samples are packed: whole documents, longest first, into micro-batches of at most that
+many tokens (``sharding/packing.py``); each document is still prefilled alone."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from longdraft.data.stream import SampleStream
 from longdraft.engines.base import TargetEngine
 from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.device_batches import DeviceBatches
-from longdraft.sharding.reader import full_sequence_batch, should_skip
+from longdraft.sharding.packing import plan_micro_batches
+from longdraft.sharding.reader import full_sequence_batch, packed_sequence_batch, should_skip
 from longdraft.train.batch_source import StepBatches
 
 
@@ -25,6 +28,17 @@ def prefill_batch(samples: list[Sample], engine: TargetEngine, ttt_length: int, 
         for s, f in zip(samples, features)
     ]
     return full_sequence_batch(tensors, [s.packed_loss_mask for s in samples], ttt_length).to(device)
+
+
+def prefill_packed(samples: list[Sample], engine: TargetEngine, ttt_length: int, device) -> ShardBatch:
+    """Prefill the target on each of ``samples`` alone (never the packed text as one sequence), then
+    lay them end to end as one packed micro-batch."""
+    features = engine.prefill([s.input_ids for s in samples])
+    tensors = [
+        {"input_ids": torch.tensor(s.input_ids), "aux_hidden": f.aux_hidden, "last_hidden": f.last_hidden}
+        for s, f in zip(samples, features)
+    ]
+    return packed_sequence_batch(tensors, [s.packed_loss_mask for s in samples], ttt_length).to(device)
 
 
 class LocalSource:
@@ -49,7 +63,12 @@ class LocalSource:
     def _batches(self, samples: list[Sample]) -> DeviceBatches:
         """Collated on the host; the step gets them on the device one micro-batch at a time."""
         mb, k = self.cfg.training.micro_batch_size, self.cfg.training.ttt_length
-        host = [prefill_batch(samples[j : j + mb], self.engine, k, "cpu") for j in range(0, len(samples), mb)]
+        budget = self.cfg.training.tokens_per_micro_batch
+        if budget is None:
+            host = [prefill_batch(samples[j : j + mb], self.engine, k, "cpu") for j in range(0, len(samples), mb)]
+        else:
+            plan = plan_micro_batches([s.length for s in samples], budget)
+            host = [prefill_packed([samples[i] for i in group], self.engine, k, "cpu") for group in plan]
         return DeviceBatches(host, self.device)
 
     def eval_batches(self) -> DeviceBatches:

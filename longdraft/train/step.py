@@ -15,7 +15,7 @@ from longdraft.model.loss import resolve_loss_precision
 from longdraft.model.target_head import TargetHead
 from longdraft.model.ttt import STEP_WEIGHT_DECAY, step_valid_masks, target_ok, ttt_unroll
 from longdraft.parallel.reduction import SumReducer
-from longdraft.sharding.batch import ShardBatch
+from longdraft.sharding.batch import ShardBatch, attention_pairs
 from longdraft.step_meter import StepMeter
 
 
@@ -28,6 +28,8 @@ class StepSettings:
     precision: str = "fp32"
     grad_bucket_mb: float = 25.0
     loss_precision: str = "fp32"  # resolved: fp32, tf32 or bf16 (never auto)
+    ulysses: int = 1  # Ulysses group size: its ranks share their queries' attention work (by heads)
+    window: int | None = None  # model.draft_window: a query's step-0 keys are at most this many
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> StepSettings:
@@ -40,6 +42,8 @@ class StepSettings:
             resolve_precision(t.precision, device),
             t.grad_bucket_mb,
             resolve_loss_precision(t.loss_precision, device),
+            t.sp_ulysses_size,
+            cfg.model.draft_window,
         )
 
 
@@ -82,6 +86,20 @@ def step_metrics(sums: torch.Tensor, correct: torch.Tensor, counts: torch.Tensor
     }
 
 
+def attention_work(local_pairs: list[float], ulysses: int = 1) -> dict:
+    """Per rank (rank order) the step-0 query-key pairs its attention computes, and the imbalance
+    ``max / mean - 1`` over the ranks (0: every rank did the same attention work). ``local_pairs``:
+    the pairs allowed to each rank's own queries; after the Ulysses all-to-all the ``ulysses``
+    consecutive ranks of a group attend all of the group's queries, each for its share of the heads."""
+    groups = [local_pairs[i : i + ulysses] for i in range(0, len(local_pairs), ulysses)]
+    pairs = [sum(g) / len(g) for g in groups for _ in g]
+    mean = sum(pairs) / len(pairs)
+    return {
+        "attention_pairs": pairs,
+        "attention_imbalance": max(pairs) / mean - 1 if mean > 0 else 0.0,
+    }
+
+
 def _valid_masks(model, batches, target: TargetHead, settings):
     """Per micro-batch, once per step: the full-vocabulary pass, shared by every TTT step and chunk."""
     masks = []
@@ -117,6 +135,9 @@ def train_step(
     device = target.device
     meter = meter if meter is not None else StepMeter.for_device(device)
     masks = _valid_masks(model, batches, target, settings)
+    pairs = sum(
+        attention_pairs(b, settings.window) for b in getattr(batches, "host", batches)
+    )  # DeviceBatches: no copy
     counts = torch.zeros(settings.ttt_length + 1, dtype=torch.int64, device=device)
     for valid in masks:
         counts[:-1] += torch.stack([v.sum() for v in valid])
@@ -171,6 +192,7 @@ def train_step(
     reducer.sum_(correct)
     reducer.sum_(chains)
     metrics = step_metrics(sums, correct, counts, chains)
+    metrics.update(attention_work(reducer.gather_number(pairs), settings.ulysses))
     grad_bytes = sum(p.numel() for p in params) * 4 if reducer.group is not None else 0  # fp32 sums
     metrics.update(
         lr=lr, grad_norm=grad_norm, skipped_nonfinite=not finite, time_s=meter.time_s, grad_sum_bytes=grad_bytes

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from longdraft.data.loss_mask import pack_loss_mask, unpack_loss_mask
+from longdraft.sharding.batch import attention_pairs
 from longdraft.sharding.header import ShardHeader, ShardMismatchError, check_shard, expected_header
 from longdraft.sharding.layout import ShardGrid, ShardLayout
 from longdraft.sharding.packing import pack_features, pack_loss_masks, plan_micro_batches
@@ -132,3 +133,41 @@ def test_plan_is_first_fit_decreasing_with_whole_documents() -> None:
     assert bins == [[1], [4, 2, 5], [3, 0], [6]]
     with pytest.raises(ValueError, match="budget"):
         plan_micro_batches(lengths, 0)
+
+
+@pytest.mark.parametrize("order", ["contiguous", "zigzag"])
+def test_attention_pairs_are_the_causal_pairs_inside_each_document(order: str) -> None:
+    docs = [9, 1, 30, 4]
+    sample = {"input_ids": torch.arange(44), "aux_hidden": torch.randn(44, 6), "last_hidden": torch.randn(44, 2)}
+    want = sum(n * (n + 1) // 2 for n in docs)  # not 44 * 45 / 2: no pair crosses a document
+    for u, r in [(1, 1), (2, 1), (2, 2), (1, 4)]:
+        layout = ShardGrid(u, r, 2, order).for_documents(docs)
+        shards = split_sample(sample, layout)
+        per_rank = [attention_pairs(read_shard(s, layout, i, [0, 44])) for i, s in enumerate(shards)]
+        assert sum(per_rank) == want, (u, r, per_rank)
+        windowed = [attention_pairs(read_shard(s, layout, i, [0, 44]), window=5) for i, s in enumerate(shards)]
+        assert sum(windowed) == sum(sum(min(p + 1, 5) for p in range(n)) for n in docs)
+
+
+def test_ulysses_ranks_share_their_groups_attention_work() -> None:
+    from longdraft.train.step import attention_work
+
+    work = attention_work([10, 30, 20, 20], ulysses=2)
+    assert work["attention_pairs"] == [20, 20, 20, 20] and work["attention_imbalance"] == 0
+    work = attention_work([10, 30, 20, 20], ulysses=1)
+    assert work["attention_imbalance"] == pytest.approx(30 / 20 - 1)
+
+
+def test_balanced_order_evens_the_ring_ranks_work() -> None:
+    from longdraft.sharding.packing import balanced_order, ring_work
+
+    grid = ShardGrid(2, 2, 3, "zigzag")
+    lengths = [3500, 300, 120, 90, 60, 26]  # one long document and short ones: zigzag alone is uneven
+    first = ring_work(grid.for_documents(sorted(lengths, reverse=True)))
+    order = balanced_order(lengths, grid)
+    assert sorted(order) == list(range(len(lengths)))  # a permutation: the same documents
+    work = ring_work(grid.for_documents([lengths[i] for i in order]))
+    assert sum(work) == sum(first) == sum(n * (n + 1) // 2 for n in lengths)
+    assert max(first) / (sum(first) / 2) - 1 > 0.25  # longest first: > 25 % imbalance
+    assert max(work) / (sum(work) / 2) - 1 < 0.05
+    assert balanced_order(lengths, ShardGrid(4, 1, 3)) == [0, 1, 2, 3, 4, 5]  # no ring: longest first
