@@ -27,6 +27,7 @@ from longdraft.pipeline.records import (
     StepEnd,
     seqs_of,
 )
+from longdraft.sharding.layout import ShardGrid
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS
 
 if TYPE_CHECKING:
@@ -84,7 +85,13 @@ class Controller:
         self.budget_waits = 0
         t = feed.cfg.training
         self.units = UnitFeed(
-            self.feed, held_out or [], t.tokens_per_micro_batch, len(queues), t.min_loss_tokens, self._skipped
+            self.feed,
+            held_out or [],
+            t.tokens_per_micro_batch,
+            len(queues),
+            t.min_loss_tokens,
+            self._skipped,
+            ShardGrid.from_training(t),
         )
 
     def run(self) -> dict:

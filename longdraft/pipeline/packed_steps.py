@@ -15,7 +15,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from longdraft.pipeline.records import PackedGroup, PromptItem, StepEnd
-from longdraft.sharding.packing import plan_micro_batches
+from longdraft.sharding.layout import ShardGrid
+from longdraft.sharding.packing import balanced_order, plan_micro_batches
 from longdraft.sharding.reader import should_skip
 
 
@@ -32,14 +33,18 @@ def balance_replicas(tokens: Sequence[int], replicas: int) -> list[int]:
 
 
 def plan_step(
-    items: list[PromptItem], tokens_per_micro_batch: int, replicas: int, min_loss_tokens: int
+    items: list[PromptItem], tokens_per_micro_batch: int, replicas: int, min_loss_tokens: int, grid: ShardGrid
 ) -> tuple[list[PackedGroup], list[PromptItem]]:
-    """One global batch as packed micro-batches (each with its replica), and the skipped prompts."""
+    """One global batch as packed micro-batches (each with its replica), and the skipped prompts.
+    Each micro-batch's documents are ordered to even the ring ranks' attention work (``grid``)."""
     skips = [should_skip(i.packed_loss_mask, min_loss_tokens, len(i.input_ids)) for i in items]
     kept = [i for i, skip in zip(items, skips) if not skip]
     skipped = [i for i, skip in zip(items, skips) if skip]
     packs = plan_micro_batches([len(i.input_ids) for i in kept], tokens_per_micro_batch)
-    groups = [[kept[d] for d in pack] for pack in packs]
+    groups = []
+    for pack in packs:
+        order = balanced_order([len(kept[d].input_ids) for d in pack], grid)
+        groups.append([kept[pack[i]] for i in order])
     owners = balance_replicas([sum(len(i.input_ids) for i in g) for g in groups], replicas)
     return [PackedGroup(g, r) for g, r in zip(groups, owners)], skipped
 
@@ -57,8 +62,9 @@ class UnitFeed:
         replicas: int,
         min_loss_tokens: int,
         on_skip: Callable[[list[int]], None],
+        grid: ShardGrid,
     ):
-        self.feed, self.held_out = feed, deque(held_out)
+        self.feed, self.held_out, self.grid = feed, deque(held_out), grid
         self.budget, self.replicas, self.min_loss_tokens = tokens_per_micro_batch, replicas, min_loss_tokens
         self.on_skip = on_skip
         self._taken = 0  # training prompts drawn from the feed
@@ -83,7 +89,7 @@ class UnitFeed:
     def _plan_next_step(self) -> None:
         items = self.feed.take(self.feed.batch_size)  # the feed draws whole global batches
         self._taken += len(items)
-        groups, skipped = plan_step(items, self.budget, self.replicas, self.min_loss_tokens)
+        groups, skipped = plan_step(items, self.budget, self.replicas, self.min_loss_tokens, self.grid)
         if skipped:
             self.on_skip([i.seq for i in skipped])
         self._units.extend(groups)

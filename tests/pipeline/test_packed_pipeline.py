@@ -1,6 +1,7 @@
 """Packed micro-batches through the Ray pipeline (``training.tokens_per_micro_batch``): a packed run
 equals the unpacked run step for step, on DP = 2 (micro-batches balanced by tokens over the
-replicas, a replica with none in a step included) and on an SP = 2 layout.
+replicas, a replica with none in a step included) and on SP = 2 layouts (Ulysses; ring, where the
+documents of a micro-batch are ordered to even the ring ranks' work), and through a producer death.
 
 Real Ray actors, gloo groups and the Ray store; the tiny target of ``test_pipeline.py``.
 """
@@ -53,7 +54,7 @@ def _assert_same_steps(got, want):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("dp,u,r", [(2, 1, 1), (1, 2, 1)])
+@pytest.mark.parametrize("dp,u,r", [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
 def test_packed_run_equals_the_unpacked_run(ray_session, mixed_dir, tmp_path, unpacked, dp, u, r):
     want, want_summary = unpacked
     got, summary = _run(mixed_dir, tmp_path / "packed", dp, u, r, tokens_per_micro_batch=BUDGET)

@@ -7,6 +7,7 @@ import random
 from longdraft.data.loss_mask import pack_loss_mask
 from longdraft.pipeline.packed_steps import UnitFeed, balance_replicas, plan_step
 from longdraft.pipeline.records import PackedGroup, PromptItem, StepEnd
+from longdraft.sharding.layout import ShardGrid
 
 
 def _loads(tokens, owners, replicas):
@@ -51,7 +52,7 @@ def _item(seq, length, loss_tokens):
 
 def test_a_step_packs_every_kept_sample_once_and_skips_the_rest():
     items = [_item(0, 30, 5), _item(1, 12, 0), _item(2, 25, 3), _item(3, 9, 9), _item(4, 70, 1)]
-    groups, skipped = plan_step(items, tokens_per_micro_batch=40, replicas=2, min_loss_tokens=2)
+    groups, skipped = plan_step(items, 40, 2, 2, ShardGrid(1, 2, 3))
     assert [i.seq for i in skipped] == [1, 4]  # no loss tokens; one, below min_loss_tokens
     assert sorted(seq for g in groups for seq in g.seqs) == [0, 2, 3]
     assert all(sum(len(i.input_ids) for i in g.items) <= 40 or len(g.items) == 1 for g in groups)
@@ -74,7 +75,7 @@ def test_units_end_every_step_even_one_with_nothing_to_train():
     items = [_item(s, n, 0 if s >= 4 else 2) for s, n in enumerate(lengths)]  # the second step: all skipped
     held = [PromptItem(0, "e:0", [1, 2, 3], [0, 3], held_out=True)]
     heard = []
-    feed = UnitFeed(_Feed(items), held, 32, 2, 1, heard.extend)
+    feed = UnitFeed(_Feed(items), held, 32, 2, 1, heard.extend, ShardGrid(1, 1, 3))
     units = []
     while not feed.exhausted:
         units.extend(feed.take(3))
