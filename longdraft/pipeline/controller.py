@@ -210,7 +210,7 @@ class Controller:
                     f"{type(exc).__name__}); giving up"
                 ) from exc
         # The batch goes again under new store keys (a half-finished attempt may have written some).
-        self.reissued += len(items)
+        self.reissued += sum(len(seqs_of(item)) or 1 for item in items)  # samples (a packed group holds several)
         retry.append((first, [replace(item, attempt=item.attempt + 1) for item in items]))
         return []
 

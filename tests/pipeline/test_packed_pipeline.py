@@ -101,3 +101,36 @@ def test_a_packed_micro_batch_whose_producer_died_is_issued_again(ray_session, m
         read_metrics(tmp_path / "kill"), read_metrics(tmp_path / "local"), 1e-5, ("loss", "loss_k", "acc_k", "count_k")
     )
     print({k: summary[k] for k in ("producer_failures", "reissued", "lost", "duplicated")})
+
+
+@pytest.mark.timeout(420)
+def test_packed_run_evaluates_and_resumes_exactly(ray_session, mixed_dir, tmp_path):
+    """Held-out samples (unpacked) before the packed steps, and a packed DP = 2 run resumed from its
+    step-2 checkpoint continues exactly like the uninterrupted run (each step's end carries the
+    stream position)."""
+    import shutil
+
+    from longdraft.run import run_training
+    from longdraft.train.checkpoint import latest_checkpoint
+    from tests.pipeline.test_pipeline import _assert_steps_equal
+
+    write_tiny_jsonl(mixed_dir / "eval.jsonl", num_conversations=3, num_texts=1, seed=7)
+    cfg = _config(
+        mixed_dir, tmp_path / "run", 2, 1, 1, "ray", num_steps=STEPS, tokens_per_micro_batch=BUDGET, eval_every=2
+    )
+    cfg.training.save_every = 2
+    cfg.data.eval_path = str(mixed_dir / "eval.jsonl")
+    run_training(cfg)
+    whole = read_metrics(tmp_path / "run")
+    assert "eval_loss" in whole[1] and "eval_loss" in whole[3]
+
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "run", resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step_4")
+    shutil.rmtree(resumed_dir / "final")
+    assert latest_checkpoint(resumed_dir).name == "step_2"
+    cfg.output.dir, cfg.training.resume = str(resumed_dir), True
+    run_training(cfg)
+    keys = ("loss", "loss_k", "acc_k", "grad_norm", "count_k", "samples", "eval_loss")
+    _assert_steps_equal(read_metrics(resumed_dir)[2:], whole[2:], 1e-6, keys[:-1])
+    _assert_steps_equal([read_metrics(resumed_dir)[3]], [whole[3]], 1e-6, keys[-1:])
