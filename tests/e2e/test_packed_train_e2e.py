@@ -10,7 +10,18 @@ from longdraft.train.metrics_log import read_metrics
 
 
 @pytest.mark.timeout(300)
-def test_packed_run_equals_unpacked_run(tmp_path):
+def test_packed_run_equals_unpacked_run(tmp_path, monkeypatch):
+    import longdraft.train.local_source as local_source
+
+    packed_rows = []  # the documents of every packed micro-batch the source built
+    build = local_source.packed_sequence_batch
+
+    def spy(documents, masks, ttt_length):
+        batch = build(documents, masks, ttt_length)
+        packed_rows.append(batch.documents[0] if batch.documents else (batch.lengths[0],))
+        return batch
+
+    monkeypatch.setattr(local_source, "packed_sequence_batch", spy)
     build_tiny_target(tmp_path / "target", initializer_range=0.3, seed=1)
     write_tiny_jsonl(tmp_path / "train.jsonl", num_conversations=16, num_texts=8)
     write_tiny_jsonl(tmp_path / "eval.jsonl", num_conversations=4, num_texts=2, seed=1)
@@ -34,6 +45,7 @@ def test_packed_run_equals_unpacked_run(tmp_path):
         assert main(["train", str(tmp_path / "run.yaml"), f"output.dir={out}", *extra]) == 0
         runs[name] = read_metrics(out)
     unpacked, packed = runs["unpacked"], runs["packed"]
+    assert any(len(docs) > 1 for docs in packed_rows) and all(sum(d) <= 100 or len(d) == 1 for d in packed_rows)
     assert [r["step"] for r in packed] == [r["step"] for r in unpacked] == [1, 2, 3]
     for a, b in zip(unpacked, packed):
         assert a["count_k"] == b["count_k"] and a["samples"] == b["samples"] and a["tokens"] == b["tokens"]

@@ -171,3 +171,17 @@ def test_balanced_order_evens_the_ring_ranks_work() -> None:
     assert max(first) / (sum(first) / 2) - 1 > 0.25  # longest first: > 25 % imbalance
     assert max(work) / (sum(work) / 2) - 1 < 0.05
     assert balanced_order(lengths, ShardGrid(4, 1, 3)) == [0, 1, 2, 3, 4, 5]  # no ring: longest first
+
+
+def test_a_packed_row_is_never_stacked_with_another() -> None:
+    from longdraft.sharding.batch import stack_batches
+    from longdraft.sharding.reader import packed_sequence_batch
+
+    docs = [
+        {"input_ids": torch.arange(n), "aux_hidden": torch.randn(n, 6), "last_hidden": torch.randn(n, 2)}
+        for n in (3, 4)
+    ]
+    one = packed_sequence_batch(docs, [[0, 3], [0, 4]], 2)
+    assert stack_batches([one]).documents == ((3, 4),)
+    with pytest.raises(ValueError, match="batch size 1"):
+        stack_batches([one, one])  # one positions vector cannot serve two rows of other documents
