@@ -4,7 +4,8 @@ On one CUDA device:
 1. ``block``: the block kernels (``block_attention_forward/backward``; bf16 -> flash kernel,
    fp32 -> memory-efficient kernel, checked against math at first use) on one causal block, against fp32 autograd math.
 2. ``ttt_fast``: ``ttt_attention_fast`` against ``ttt_attention_reference`` over TTT steps,
-   outputs and all gradients.
+   outputs and all gradients; again with packed documents and a sliding window (band blocks run
+   the masked path: math with an additive mask on CUDA).
 3. ``ring_emulated``: the USP ring computation with R virtual ring ranks on the one device
    (same ``block_plan`` / ``forward_block`` / ``backward_block`` / diagonal merge as the ring,
    without the transfers), contiguous and zigzag, against the reference.
@@ -86,10 +87,10 @@ def _ttt_inputs(device, dtype, B, H, Hkv, L, D, K, seed):
     return qs, ks, vs, ws
 
 
-def _reference_run(qs, ks, vs, ws):
+def _reference_run(qs, ks, vs, ws, **visibility):
     outs, loss = [], 0.0
     for k in range(len(qs)):
-        out = ttt_attention_reference(qs[k], ks[: k + 1], vs[: k + 1])
+        out = ttt_attention_reference(qs[k], ks[: k + 1], vs[: k + 1], **visibility)
         outs.append(out.detach())
         loss = loss + (out.float() * ws[k]).sum()
     loss.backward()
@@ -99,18 +100,20 @@ def _reference_run(qs, ks, vs, ws):
     return outs, grads
 
 
-def check_ttt_fast(device, dtype, B, H, Hkv, L, D, K) -> dict:
+def check_ttt_fast(device, dtype, B, H, Hkv, L, D, K, **visibility) -> dict:
+    """``visibility``: ``doc_lengths`` and ``window`` of both paths (none: plain causal)."""
     qs, ks, vs, ws = _ttt_inputs(device, dtype, B, H, Hkv, L, D, K, seed=1)
-    ref_outs, ref_grads = _reference_run(qs, ks, vs, ws)
+    ref_outs, ref_grads = _reference_run(qs, ks, vs, ws, **visibility)
     loss, out_dev = 0.0, []
     for k in range(K):
-        out = ttt_attention_fast(qs[k], ks[: k + 1], vs[: k + 1])
+        out = ttt_attention_fast(qs[k], ks[: k + 1], vs[: k + 1], **visibility)
         out_dev.append(_dev(out, ref_outs[k]))
         loss = loss + (out.float() * ws[k]).sum()
     loss.backward()
     grad_dev = [_dev(t.grad, g) for t, g in zip((*qs, *ks, *vs), ref_grads)]
     devs = {"out": _worst(out_dev), "grad": _worst(grad_dev)}
-    return {"check": "ttt_fast", "dtype": str(dtype), "ttt": K, "ok": _ok(devs, dtype), "dev": devs}
+    name = "ttt_fast_documents_window" if visibility else "ttt_fast"
+    return {"check": name, "dtype": str(dtype), "ttt": K, "ok": _ok(devs, dtype), "dev": devs, **visibility}
 
 
 def _worst(devs: list[dict]) -> dict:
@@ -233,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in (torch.bfloat16, torch.float32):
         results.append(check_block(device, dtype, **acc))
         results.append(check_ttt_fast(device, dtype, **acc, K=3))
+        L = acc["L"]
+        docs = (L // 3, 1, L // 2)  # tail padding after them
+        results.append(check_ttt_fast(device, dtype, **acc, K=3, doc_lengths=docs, window=max(2, L // 5)))
         for R, layout in [(2, "contiguous"), (4, "contiguous"), (4, "zigzag")]:
             results.append(check_ring_emulated(device, dtype, **acc, K=3, R=R, layout=layout))
     results.append(time_fast_path(device, **timing, iters=args.iters))

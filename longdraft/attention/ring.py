@@ -17,7 +17,9 @@ Which query rows meet which key columns (``block_plan``):
   against both of its chunks. Every rank then does the same work at every hop.
 
 With documents or a sliding window (``KeyVisibility``, not plain) ``block_plans`` cuts each pair of
-blocks per document and window instead, and skips pairs with no allowed (query, key) pair.
+blocks per document and window instead, and skips pairs with no allowed (query, key) pair; the
+ring then stops after the last hop any rank needs (``ring_hops``: a short window needs one or two),
+and the backward sends each finished dK/dV accumulator straight to its owner from there.
 """
 
 from __future__ import annotations
@@ -76,17 +78,31 @@ def block_plans(
     return visibility.plans(ring_runs(order, my_rank, ring_size, seq), ring_runs(order, src_rank, ring_size, seq))
 
 
-class _Exchange:
-    """One hop around the ring: send ``tensor`` to the next rank, receive the previous rank's."""
+def ring_hops(order: ShardOrder, ring_size: int, seq: int, visibility: KeyVisibility | None) -> int:
+    """How many blocks the ring passes (own block included): one past the last hop at which any
+    rank has work. The same on every rank (a function of shared values), so all stop together."""
+    if visibility is None or visibility.plain:
+        return ring_size
+    needed = [
+        hop
+        for hop in range(ring_size)
+        if any(block_plans(order, r, (r - hop) % ring_size, seq, ring_size, visibility) for r in range(ring_size))
+    ]
+    return max(needed, default=0) + 1
 
-    def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, meter: StepMeter | None):
+
+class _Exchange:
+    """One hop around the ring: send ``tensor`` to the next rank, receive the previous rank's (or,
+    with ``distance``, to the rank that many ahead, from the one that many behind)."""
+
+    def __init__(self, comm: RingComm, tensor: torch.Tensor, tag: int, meter: StepMeter | None, distance: int = 1):
         self.recv = torch.empty_like(tensor)
         self.meter, self.device = meter, tensor.device
         if meter is not None:
             meter.add_bytes("ring", tensor.numel() * tensor.element_size())
         ops = [
-            dist.P2POp(dist.isend, tensor, group=comm.group, group_peer=comm.next, tag=tag),
-            dist.P2POp(dist.irecv, self.recv, group=comm.group, group_peer=comm.prev, tag=tag),
+            dist.P2POp(dist.isend, tensor, group=comm.group, group_peer=(comm.rank + distance) % comm.size, tag=tag),
+            dist.P2POp(dist.irecv, self.recv, group=comm.group, group_peer=(comm.rank - distance) % comm.size, tag=tag),
         ]
         self.works = dist.batch_isend_irecv(ops)
 
@@ -112,8 +128,9 @@ def ring_attention_forward(
     kv = torch.stack([k, v])
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-    for hop in range(comm.size):
-        exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
+    hops = ring_hops(order, comm.size, seq, visibility)
+    for hop in range(hops):
+        exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < hops else None
         for plan in block_plans(order, comm.rank, (comm.rank - hop) % comm.size, seq, comm.size, visibility):
             forward_block(q, kv[0], kv[1], plan, out, lse, scale)
         if exchange is not None:
@@ -140,18 +157,22 @@ def ring_attention_backward(
     kv = torch.stack([k, v])
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     grad_exchange: _Exchange | None = None
-    for hop in range(comm.size):
-        kv_exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < comm.size else None
+    hops = ring_hops(order, comm.size, seq, visibility)
+    for hop in range(hops):
+        kv_exchange = _Exchange(comm, kv, _KV_TAG, meter) if hop + 1 < hops else None
         dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
         for plan in block_plans(order, comm.rank, (comm.rank - hop) % comm.size, seq, comm.size, visibility):
             backward_block(dout, q, kv[0], kv[1], out, lse, plan, scale, dq, dkv[0], dkv[1])
         if grad_exchange is not None:
             # The accumulator of the block just processed, from the rank that had it before.
             dkv += grad_exchange.wait()
-        if comm.size > 1:
-            grad_exchange = _Exchange(comm, dkv, _GRAD_TAG, meter)
+        if hops > 1:
+            # Every rank that needs this block has added to it by the last hop: from there it goes
+            # straight to its owner, hops - 1 ranks back (with all R hops: the next rank).
+            last = hop + 1 == hops
+            grad_exchange = _Exchange(comm, dkv, _GRAD_TAG, meter, comm.size - (hops - 1) if last else 1)
         if kv_exchange is not None:
             kv = kv_exchange.wait()
-    # After R hops each accumulator is back with the rank that owns its block.
+    # Each accumulator is now back with the rank that owns its block.
     dkv = grad_exchange.wait() if grad_exchange is not None else dkv
     return dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype)

@@ -9,7 +9,11 @@ causal attention, and the backends keep their unchanged code path for it.
 ``plans(q_runs, k_runs)`` cuts a (query block, key block) pair into kernel calls (``BlockPlan``):
 one per document that both sides touch, trimmed to the rows and columns that have an allowed pair,
 each run in full, causal or with a band mask. Pairs with no allowed (q, k) pair yield no plan:
-they are skipped, not computed and masked. A run is ``(local offset, global start, length)``:
+they are skipped, not computed and masked. Only a window makes band masks (document pieces of the
+shard layouts are identical or disjoint ranges); a band piece larger than a tile (``band_tile``, or
+``window / 8`` for long windows, which bounds the number of kernel calls by about ``16 T / window``)
+is halved, queries and keys, and each part planned again, so its inside becomes full and causal
+blocks and only pieces of at most a tile on a side, along the window's edge, run masked. A run is ``(local offset, global start, length)``:
 ``length`` local rows that hold consecutive global positions.
 """
 
@@ -29,6 +33,7 @@ Run = tuple[int, int, int]
 class KeyVisibility:
     doc_lengths: tuple[int, ...] | None = None
     window: int | None = None
+    band_tile: int = 256  # largest side of a masked kernel call (at least window / 8)
 
     def __post_init__(self) -> None:
         if self.doc_lengths is not None:
@@ -44,7 +49,7 @@ class KeyVisibility:
         return self.doc_lengths is None and self.window is None
 
     def with_documents(self, doc_lengths: tuple[int, ...] | None) -> KeyVisibility:
-        return KeyVisibility(doc_lengths, self.window)
+        return KeyVisibility(doc_lengths, self.window, self.band_tile)
 
     def check_length(self, total: int) -> None:
         """Refuse documents longer, together, than the padded row of ``total`` positions."""
@@ -74,13 +79,33 @@ class KeyVisibility:
             d0, d1 = starts[d], ends[d]
             if d0 >= q_end or d0 >= k_end:
                 break
-            piece = self._piece((max(q_start, d0), min(q_end, d1)), (max(k_start, d0), min(k_end, d1)))
-            if piece is not None:
-                (r0, r1), (c0, c1), causal, band = piece
+            for (r0, r1), (c0, c1), causal, band in self._pieces(
+                (max(q_start, d0), min(q_end, d1)), (max(k_start, d0), min(k_end, d1))
+            ):
                 rows = slice(q_off + r0 - q_start, q_off + r1 - q_start)
                 cols = slice(k_off + c0 - k_start, k_off + c1 - k_start)
                 plans.append(BlockPlan(rows, cols, causal, band))
         return plans
+
+    def _pieces(self, queries: tuple[int, int], keys: tuple[int, int]) -> list:
+        """``_piece``; a band piece longer than ``band_tile`` on a side is halved on every side
+        longer than half of it, and the parts are planned again."""
+        piece = self._piece(queries, keys)
+        if piece is None:
+            return []
+        (q0, q1), (k0, k1), _, band = piece
+        tile = max(self.band_tile, (self.window or 0) // 8)
+        if band is None or max(q1 - q0, k1 - k0) <= tile:
+            return [piece]
+        halves = [self._halves(q0, q1, tile), self._halves(k0, k1, tile)]
+        return [p for qs, ks in itertools.product(*halves) for p in self._pieces(qs, ks)]
+
+    @staticmethod
+    def _halves(lo: int, hi: int, tile: int) -> list[tuple[int, int]]:
+        if hi - lo <= max(tile // 2, 1):
+            return [(lo, hi)]
+        mid = (lo + hi) // 2
+        return [(lo, mid), (mid, hi)]
 
     def _piece(self, queries: tuple[int, int], keys: tuple[int, int]):
         """Global query and key ranges of one document -> (rows, cols, causal, band) trimmed to the

@@ -1,5 +1,5 @@
 """USP attention with packed documents and sliding windows equals the one-device reference on gloo
-ranks: outputs and every gradient within 1e-5 (fp32), for (U, R) = (2, 1), (1, 2), (2, 2),
+ranks: outputs and every gradient within 1e-5 (fp32), for (U, R) = (2, 1), (1, 2), (2, 2), (1, 4),
 contiguous and zigzag, ring and gathered K/V; and a windowed draft's whole TTT unroll equals the
 one-device unroll. One spawn per world size runs all its cases."""
 
@@ -31,6 +31,7 @@ SCENARIOS = [
     ("window-large", None, 11),
     ("docs-window", (10, 1, 5), 4),
     ("docs-large-window", (3, 15), 9),
+    ("docs-at-rank-boundary", (9, 9), None),  # contiguous R = 2: rank 1 never needs rank 0's block
 ]
 GRIDS = {  # world -> (U, R, order, ring mode)
     2: [
@@ -46,6 +47,8 @@ GRIDS = {  # world -> (U, R, order, ring mode)
         (2, 2, "zigzag", "ring"),
         (2, 2, "contiguous", "gather"),
         (2, 2, "zigzag", "gather"),
+        (1, 4, "contiguous", "ring"),  # a short window: the ring stops after 2 of 4 hops
+        (1, 4, "zigzag", "ring"),
     ],
 }
 DRAFT_CASES = {2: [(1, 2, "zigzag", 14, 3)], 4: [(2, 2, "contiguous", 19, 4)]}  # (U, R, order, L, window)
@@ -124,7 +127,25 @@ def _worker(rank: int, world: int) -> dict:
             results[(grid, name)] = _attention_case(mesh, grid, docs, window, seed=10 * g + s)
     for case in DRAFT_CASES[world]:
         results[("draft", case)] = _draft_case(rank, case)
+    results["refusals"] = _refusals(meshes[GRIDS[world][0][:2]])
     return results
+
+
+def _refusals(mesh: USPMesh) -> list[str]:
+    """What ``attend`` refuses before any collective: documents over a batch of rows, documents
+    longer than the row."""
+    backend = USPAttentionBackend(mesh, HEADS, KV_HEADS)
+    seq = 8  # a prepared (ring-local) length
+    heads = HEADS // mesh.ulysses_size
+    messages = []
+    for batch, docs in ((2, (3, 3)), (1, (seq * mesh.ring_size, 1))):
+        x = torch.zeros(batch, heads, seq, DIM)
+        try:
+            backend.with_documents(docs).attend(x, [x], [x])
+            messages.append("accepted")
+        except ValueError as err:
+            messages.append(str(err))
+    return messages
 
 
 def _results(world: int) -> list[dict]:
@@ -153,3 +174,10 @@ def test_windowed_draft_unroll_matches_one_device(world, case):
         worst_loss = max(r[ring_mode]["loss"] for r in per_rank)
         worst_grad = max(r[ring_mode]["grad"] for r in per_rank)
         assert worst_loss <= TOL and worst_grad <= TOL, f"{ring_mode}: loss {worst_loss:.2e}, grads {worst_grad:.2e}"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("world", [2, 4])
+def test_usp_refuses_documents_it_cannot_isolate(world):
+    for messages in (r["refusals"] for r in _results(world)):
+        assert "one packed row" in messages[0] and "more than the row" in messages[1], messages

@@ -9,11 +9,13 @@ from longdraft.attention import blocks
 from longdraft.attention.blocks import BlockPlan
 from longdraft.attention.factory import make_attention_backend
 from longdraft.attention.reference import step0_mask, ttt_attention_reference
-from longdraft.attention.ring import RingComm, block_plans
+from longdraft.attention.ring import RingComm, block_plans, ring_hops
 from longdraft.attention.ring_gather import GatheredCausal
 from longdraft.attention.ttt_step import ttt_attention_fast
 from longdraft.attention.visibility import KeyVisibility
+from longdraft.model.draft_config import draft_config_from_target
 from tests import layout_positions as shard_layout
+from tests.draft_factory import tiny_target_config
 
 TOL = 1e-5
 
@@ -41,6 +43,7 @@ CASES = [
     (13, None, 40),  # window longer than the row: plain causal
     (16, (6, 1, 5), 3),  # documents and a window together, with padding
     (16, (16,), 5),
+    (600, (250, 1, 300), 40),  # band pieces longer than band_tile (256): halved
 ]
 
 
@@ -96,8 +99,22 @@ def test_planner_cuts_per_document_and_skips_empty_pairs():
     assert KeyVisibility((4, 8)).plans([(0, 8, 4)], [(0, 0, 4)]) == []
     # ... and against keys too far back for the window.
     assert KeyVisibility(None, 4).plans([(0, 8, 4)], [(0, 0, 4)]) == []
-    # A window that reaches one key back into the earlier block: a one-row, one-column band.
+    # A window that reaches one key back into the earlier block: a one-row, one-column block.
     assert KeyVisibility(None, 2).plans([(0, 4, 4)], [(0, 0, 4)]) == [BlockPlan(slice(0, 1), slice(3, 4), False)]
+    # A long band is halved until its inside is causal squares and only small masked blocks remain.
+    assert KeyVisibility(None, 3, band_tile=2).plans([(0, 0, 9)], [(0, 0, 9)]) == [
+        BlockPlan(slice(0, 2), slice(0, 2), True),
+        BlockPlan(slice(2, 4), slice(0, 2), False, (2, 3)),
+        BlockPlan(slice(2, 4), slice(2, 4), True),
+        BlockPlan(slice(4, 6), slice(2, 4), False, (2, 3)),
+        BlockPlan(slice(4, 6), slice(4, 6), True),
+        BlockPlan(slice(6, 8), slice(4, 6), False, (2, 3)),
+        BlockPlan(slice(6, 9), slice(6, 9), True),
+    ]
+    # Full blocks inside a wide band run unmasked: masked work stays along the window's edge.
+    plans = KeyVisibility(None, 512, band_tile=64).plans([(0, 0, 2048)], [(0, 0, 2048)])
+    masked = sum((p.rows.stop - p.rows.start) * (p.cols.stop - p.cols.start) for p in plans if p.band is not None)
+    assert masked <= 2048 * 64
 
 
 def test_ring_plans_skip_pairs_across_documents():
@@ -176,11 +193,15 @@ def _scored_pairs(vis: KeyVisibility, layout: str, U: int, R: int, L: int, ring:
 
 @pytest.mark.parametrize("layout", shard_layout.SHARD_ORDERS)
 @pytest.mark.parametrize("U,R,L", [(1, 1, 13), (1, 2, 18), (2, 2, 19), (1, 4, 23)])
-@pytest.mark.parametrize("docs,window", [((5, 1, 6), None), ((9,), None), (None, 3), ((4, 1, 7), 5), ((2, 10), 30)])
-def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window):
+@pytest.mark.parametrize(
+    "docs,window,tile",
+    [((5, 1, 6), None, 256), ((9,), None, 256), (None, 3, 256), (None, 2, 1), ((4, 1, 7), 5, 256), ((2, 10), 3, 2)],
+)
+def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window, tile):
     # Every allowed (query, key) pair once, nothing else: documents spanning ranks, one-token
-    # documents, tail padding (its own document), windows shorter and longer than a shard.
-    vis = KeyVisibility(docs, window)
+    # documents, tail padding (its own document), windows shorter and longer than a shard, band
+    # pieces halved into smaller ones.
+    vis = KeyVisibility(docs, window, tile)
     padded = shard_layout.padded_length(L, U, R, layout)
     mask = step0_mask(padded, docs, window)
     for ring in range(R):
@@ -188,3 +209,38 @@ def test_plans_score_exactly_the_allowed_pairs(layout, U, R, L, docs, window):
         assert len(pairs) == len(set(pairs)), "a (query, key) pair is scored twice"
         queries = shard_layout.ring_positions(L, U, R, ring, layout).tolist()
         assert set(pairs) == {(q, k) for q in queries for k in range(padded) if mask[q, k]}
+
+
+def test_documents_need_a_single_packed_row():
+    q, keys, values, _ = _inputs(6, 1, batch=2)
+    for name in ("fast", "reference"):
+        with pytest.raises(ValueError, match="one packed row"):
+            make_attention_backend(name).with_documents((3, 3)).attend(q, keys, values)
+
+
+def test_draft_config_carries_the_window_for_the_export():
+    assert draft_config_from_target(tiny_target_config(), sliding_window=16).sliding_window == 16
+    assert draft_config_from_target(tiny_target_config()).sliding_window is None
+
+
+def test_fast_matches_reference_bf16_with_documents_and_window():
+    # bf16 rounds each block's output and gradients (u = 2^-8); as for plain attention, a handful
+    # of roundings bound the error relative to each tensor's largest value by 2^-5.
+    gen = torch.Generator().manual_seed(7)
+    make = lambda h: torch.randn(1, h, 96, 16, generator=gen).bfloat16().requires_grad_()  # noqa: E731
+    q, keys, values = make(4), [make(2) for _ in range(3)], [make(2) for _ in range(3)]
+    grad_out = torch.randn(1, 4, 96, 16, generator=gen)
+    kw = dict(doc_lengths=(40, 1, 45), window=20)
+    ref_out, ref_grads = _run(ttt_attention_reference, q, keys, values, grad_out, **kw)
+    out, grads = _run(ttt_attention_fast, q, keys, values, grad_out, **kw)
+    for a, b in zip((out, *grads), (ref_out, *ref_grads)):
+        assert (a.float() - b.float()).abs().max() <= 2.0**-5 * b.float().abs().max()
+
+
+def test_the_ring_stops_after_the_last_hop_any_rank_needs():
+    assert ring_hops("contiguous", 4, 5, KeyVisibility()) == 4
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 3)) == 2  # the previous rank's block only
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 6)) == 2
+    assert ring_hops("contiguous", 4, 5, KeyVisibility(None, 7)) == 3  # query 5r sees key 5r - 6
+    assert ring_hops("contiguous", 2, 9, KeyVisibility((9, 9))) == 1  # documents end at the rank boundary
+    assert ring_hops("zigzag", 2, 10, KeyVisibility((9, 9))) == 2
