@@ -2,7 +2,9 @@
 
 It never touches tensors: producers return `SampleMeta` records (store handles, shapes, packed
 loss masks), and the controller puts one per SP rank into the queues of the DP replica that owns
-the sample. Every sample is tracked from prompt to trained, so the summary can prove none was lost.
+the sample. With ``training.tokens_per_micro_batch`` the units are packed micro-batches instead
+(`pipeline/packed_steps.py`), and a `StepEnd` in every queue ends each step. Every sample is
+tracked from prompt to trained, so the summary can prove none was lost.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from longdraft.pipeline.inflight import nodes_of
-from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PromptItem, SampleMeta
+from longdraft.pipeline.packed_steps import UnitFeed
+from longdraft.pipeline.records import (
+    EndOfHeldOut,
+    EndOfRun,
+    PackedGroup,
+    PackedMeta,
+    PromptItem,
+    SampleMeta,
+    StepEnd,
+    seqs_of,
+)
+from longdraft.sharding.layout import ShardGrid
+from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS
 
 if TYPE_CHECKING:
     from longdraft.pipeline.inflight import InflightBudget
@@ -69,28 +83,44 @@ class Controller:
         self.budget, self.sizes = budget, sizes
         self.producer_nodes: list[str | None] = [None] * len(producers)
         self.budget_waits = 0
+        t = feed.cfg.training
+        self.units = UnitFeed(
+            self.feed,
+            held_out or [],
+            t.tokens_per_micro_batch,
+            len(queues),
+            t.min_loss_tokens,
+            self._skipped,
+            ShardGrid.from_training(t),
+        )
 
     def run(self) -> dict:
         """Feed producers (bounded pool) and dispatch in stream order; ends every queue with EndOfRun."""
         import ray
 
         held_out = self.held_out or []
-        total = len(held_out) + self.feed.total  # held-out first, then the training stream
-        pending: dict = {}  # future -> (producer index, first stream index of the batch, the batch)
-        ready: dict[int, SampleMeta] = {}  # stream index -> produced sample
+        # Units, indexed in dispatch order: held-out prompts first, then the training stream (prompts,
+        # or packed micro-batches and step ends).
+        pending: dict = {}  # future -> (producer index, first unit index of the batch, the batch)
+        ready: dict[int, SampleMeta] = {}  # unit index -> produced unit
         retry: list[tuple[int, list[PromptItem]]] = []  # batches whose producer died before answering
         next_prompt, next_dispatch = 0, 0
         staged: list[PromptItem] = []  # drawn, waiting for room in the in-flight byte budget
         idle = list(range(len(self.producers)))
         if self.budget is not None and self.budget.per_node is not None:
             self.producer_nodes = nodes_of(self.producers)  # a per-node budget needs them before any batch
-        while next_dispatch < total:
-            while idle and (retry or (next_prompt < total and next_prompt - next_dispatch < self.pool_size)):
+        more = lambda: staged or not self.units.exhausted  # noqa: E731
+        while next_dispatch < next_prompt or more():
+            while idle and (retry or (more() and next_prompt - next_dispatch < self.pool_size)):
                 if retry:  # already reserved; moved to the node that writes it once it is back
                     p, (first, items) = idle[0], retry.pop(0)
                 else:
                     count = min(self.producer_batch, self.pool_size - (next_prompt - next_dispatch))
-                    staged = staged or self._items(held_out, next_prompt, count)
+                    staged = staged or self.units.take(count)
+                    if staged and isinstance(staged[0], StepEnd):  # needs no producer
+                        ready[next_prompt], staged = staged[0], []
+                        next_prompt += 1
+                        continue
                     p = self._reserve(staged, idle)
                     if p is None:
                         break
@@ -99,8 +129,8 @@ class Controller:
                 idle.remove(p)
                 pending[self.producers[p].produce.remote(items)] = (p, first, items)
                 for item in items:
-                    if not item.held_out:
-                        self._set(item.seq, "prefilling")
+                    for seq in seqs_of(item):
+                        self._set(seq, "prefilling")
             if not pending and next_dispatch not in ready:
                 if staged:  # the budget is full: trainers free it as they report steps
                     self.budget_waits += 1
@@ -116,14 +146,14 @@ class Controller:
                     self._landed(p, metas)
                     for offset, meta in enumerate(metas):
                         ready[first + offset] = meta
-                        if not meta.held_out:
-                            self._set(meta.seq, "produced")
+                        for seq in seqs_of(meta):
+                            self._set(seq, "produced")
             while next_dispatch in ready:
                 if next_dispatch == len(held_out):
                     self._end_held_out()
                 self._dispatch(ready.pop(next_dispatch))
                 next_dispatch += 1
-        if total == len(held_out):
+        if next_prompt == len(held_out):
             self._end_held_out()
         self._put_everywhere(EndOfRun())
         return self.summary()
@@ -133,7 +163,15 @@ class Controller:
         there), or None (nothing taken): a full node holds its producers back, the others go on."""
         if self.budget is None or self.sizes is None:
             return idle[0]
-        need = {item.seq: self.sizes.sample_bytes(len(item.input_ids)) for item in items if not item.held_out}
+        need = {}
+        for item in items:
+            if isinstance(item, PackedGroup):  # its bytes spread over its samples, which trainers free
+                lengths = [len(i.input_ids) for i in item.items]
+                total = self.sizes.packed_bytes(lengths)
+                need.update({seq: total // len(lengths) for seq in item.seqs})
+                need[item.seqs[0]] += total % len(lengths)
+            elif not item.held_out:
+                need[item.seq] = self.sizes.sample_bytes(len(item.input_ids))
         return next((p for p in idle if self.budget.reserve(need, self.producer_nodes[p])), None)
 
     def _landed(self, producer: int, metas: list[SampleMeta]) -> None:
@@ -143,13 +181,12 @@ class Controller:
             node = getattr(meta.handle, "node", None)
             if node is not None and self.budget is not None:
                 self.producer_nodes[producer] = node
-                self.budget.move(meta.seq, node)
+                for seq in seqs_of(meta):
+                    self.budget.move(seq, node)
 
-    def _items(self, held_out: list[PromptItem], first: int, count: int) -> list[PromptItem]:
-        """``count`` prompts from stream index ``first`` on (a batch never mixes held-out and training)."""
-        if first < len(held_out):
-            return held_out[first : min(first + count, len(held_out))]
-        return self.feed.take(count)
+    def _skipped(self, seqs: list[int]) -> None:
+        """Packing left these samples out (too few loss tokens): skipped as a trainer would have."""
+        self.mark(seqs, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
 
     def _produced(self, future, producer: int, first: int, items: list[PromptItem], retry: list) -> list[SampleMeta]:
         """The batch's samples; when the producer's process died, the batch goes again (to the next
@@ -173,7 +210,7 @@ class Controller:
                     f"{type(exc).__name__}); giving up"
                 ) from exc
         # The batch goes again under new store keys (a half-finished attempt may have written some).
-        self.reissued += len(items)
+        self.reissued += sum(len(seqs_of(item)) or 1 for item in items)  # samples (a packed group holds several)
         retry.append((first, [replace(item, attempt=item.attempt + 1) for item in items]))
         return []
 
@@ -186,13 +223,24 @@ class Controller:
             for queue in replica:
                 queue.put(item)
 
-    def _dispatch(self, meta: SampleMeta) -> None:
+    def _dispatch(self, meta) -> None:
+        if isinstance(meta, StepEnd):  # every replica learns where the step ends; replica 0 counts the skips
+            for d, replica in enumerate(self.queues):
+                for queue in replica:
+                    queue.put(meta if d == 0 else replace(meta, skipped=0))
+            return
         if meta.held_out:
             replica = self.queues[meta.seq % len(self.queues)]
         else:
-            replica = self.queues[replica_of(meta.seq, self.batch_size, len(self.queues))]
-            self.dispatched[meta.seq] += 1
-            self._set(meta.seq, "dispatched")  # before the puts: a trainer may report it trained right away
+            d = (
+                meta.replica
+                if isinstance(meta, PackedMeta)
+                else replica_of(meta.seq, self.batch_size, len(self.queues))
+            )
+            replica = self.queues[d]
+            for seq in seqs_of(meta):
+                self.dispatched[seq] += 1
+                self._set(seq, "dispatched")  # before the puts: a trainer may report it trained right away
         start = time.perf_counter()
         for r, queue in enumerate(replica):
             queue.put(meta.for_rank(r))  # blocks while the trainers are behind: backpressure
@@ -245,6 +293,7 @@ class Controller:
             "producer_failures": self.producer_failures,
             "reissued": self.reissued,
             **(self.budget.summary() if self.budget is not None else {}),
+            **self.units.packing_summary(),
             "budget_waits": self.budget_waits,
             "dispatch_wait_s": self.dispatch_wait_s,
         }

@@ -1,4 +1,10 @@
-"""Producer: owns a target engine, prefills samples, writes one shard per SP rank to the store."""
+"""Producer: owns a target engine, prefills samples, writes one shard per SP rank to the store.
+
+A packed micro-batch (`PackedGroup`) is prefilled document by document (the target never sees the
+packed sequence as one text), its features laid end to end (``pack_features``) and split with the
+packed layout here: an engine's own shard writers (vLLM's ``prefill_to_store``) split one request's
+sequence, so packed groups always take the hand-back path.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import time
 import torch
 
 from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, tensor_specs
-from longdraft.pipeline.records import PromptItem, SampleMeta
+from longdraft.pipeline.records import PackedGroup, PackedMeta, PromptItem, SampleMeta
 from longdraft.sharding.layout import ShardGrid
+from longdraft.sharding.packing import pack_features
 from longdraft.sharding.split import split_sample
 from longdraft.store.base import TensorStore
 
@@ -25,7 +32,9 @@ class Producer:
         self.tokens = 0
         self.written_by_engine = 0  # samples whose shards the engine's own workers put
 
-    def produce(self, items: list[PromptItem]) -> list[SampleMeta]:
+    def produce(self, items: list[PromptItem] | list[PackedGroup]) -> list[SampleMeta] | list[PackedMeta]:
+        if items and isinstance(items[0], PackedGroup):
+            return [self._produce_packed(group) for group in items]
         start = time.perf_counter()
         requests = []
         for item in items:
@@ -61,17 +70,41 @@ class Producer:
         self.tokens += sum(len(item.input_ids) for item in items)
         return metas
 
+    def _produce_packed(self, group: PackedGroup) -> PackedMeta:
+        start = time.perf_counter()
+        docs = [item.input_ids for item in group.items]
+        layout = self.grid.for_documents([len(ids) for ids in docs])
+        for earlier in range(group.attempt):
+            self.store.discard(self._key(group.items[0], earlier, "p"), layout.sp_size)
+        key = self._key(group.items[0], group.attempt, "p")
+        features = self.engine.prefill(docs)  # each document alone
+        tensors = pack_features([_tensors(ids, feat) for ids, feat in zip(docs, features)])
+        handle = self.store.put_sample(key, split_sample(tensors, layout))
+        shapes, dtypes = tensor_specs(tensors)
+        self.busy_s += time.perf_counter() - start
+        self.samples += len(docs)
+        self.tokens += layout.length
+        return PackedMeta(
+            seqs=group.seqs,
+            sample_ids=[item.sample_id for item in group.items],
+            key=key,
+            packed_loss_masks=[item.packed_loss_mask for item in group.items],
+            shapes=shapes,
+            dtypes=dtypes,
+            layout=layout,
+            handle=handle,
+            replica=group.replica,
+            produced_by=self.producer_id,
+        )
+
     def _put(self, req: ShardRequest, feat: TargetFeatures) -> WrittenSample:
-        tensors = {
-            "input_ids": torch.tensor(list(req.input_ids), dtype=torch.int64),
-            "aux_hidden": feat.aux_hidden.cpu(),
-            "last_hidden": feat.last_hidden.cpu(),
-        }
+        tensors = _tensors(req.input_ids, feat)
         handle = self.store.put_sample(req.key, split_sample(tensors, req.layout))
         return WrittenSample(handle, *tensor_specs(tensors))
 
-    def _key(self, item: PromptItem, attempt: int) -> str:
-        stem = f"{self.run_key}_{'e' if item.held_out else 's'}{item.seq}"
+    def _key(self, item: PromptItem, attempt: int, kind: str = "") -> str:
+        """``kind`` "p": a packed micro-batch, named by its first sample."""
+        stem = f"{self.run_key}_{'e' if item.held_out else 's'}{kind}{item.seq}"
         return f"{stem}a{attempt}" if attempt else stem
 
     def report(self) -> dict:
@@ -91,3 +124,11 @@ class Producer:
         """Shut the engine down (a vLLM engine's processes and shared memory) and the store client."""
         self.engine.close()
         self.store.close()
+
+
+def _tensors(input_ids, feat: TargetFeatures) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.tensor(list(input_ids), dtype=torch.int64),
+        "aux_hidden": feat.aux_hidden.cpu(),
+        "last_hidden": feat.last_hidden.cpu(),
+    }

@@ -4,7 +4,8 @@ A background thread fetches the rank's shards ahead of the steps and rebuilds th
 it issues no collectives (ARCHITECTURE.md, invariant 2). Held-out samples come first on the queue
 (up to ``EndOfHeldOut``) and are kept, on the host, for the whole run. Read shards wait in host memory
 (pinned on CUDA), at most ``training.prefetch_mb`` of them; the step gets them as ``DeviceBatches``,
-moved to the device one micro-batch at a time.
+moved to the device one micro-batch at a time. With packing a step is the packed micro-batches
+(`PackedMeta`, any number, none included) up to its `StepEnd`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from longdraft.config import Config
-from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, SampleMeta
+from longdraft.pipeline.records import EndOfHeldOut, EndOfRun, PackedMeta, SampleMeta, StepEnd
 from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.byte_queue import ByteBoundedQueue
 from longdraft.sharding.device_batches import DeviceBatches, batch_bytes, to_host
 from longdraft.sharding.header import ShardMismatchError
 from longdraft.sharding.layout import ShardGrid
+from longdraft.sharding.packing import pack_loss_masks
 from longdraft.sharding.reader import read_shard, should_skip
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
 
@@ -94,6 +96,8 @@ class ShardSource:
             self._thread = threading.Thread(target=self._prefetch, daemon=True)
             self._thread.start()
         start = time.perf_counter()
+        if self.cfg.training.tokens_per_micro_batch is not None:
+            return self._packed_step(start)
         items = [self._next() for _ in range(self.cfg.accumulation_steps)]
         for item in items:
             if isinstance(item, EndOfRun):
@@ -107,6 +111,21 @@ class ShardSource:
                 self.controller.mark.remote(skipped, f"skipped:{SKIP_TOO_FEW_LOSS_TOKENS}")
         self.position, self._epoch = items[-1][0].stream_position, items[-1][0].epoch  # the same for the whole batch
         return StepBatches(DeviceBatches(batches, self.device), len(batches), len(skipped), wait)
+
+    def _packed_step(self, start: float) -> StepBatches:
+        """This replica's packed micro-batches up to the step's end; the controller skipped the
+        samples with too few loss tokens before packing (it counts them in replica 0's `StepEnd`)."""
+        items = []
+        while not isinstance(item := self._next(), StepEnd):
+            if isinstance(item, EndOfRun):
+                raise RuntimeError(f"trainer rank {self.rank}: the stream ended before training.num_steps")
+            items.append(item)
+        wait = time.perf_counter() - start
+        seqs = [seq for meta, _ in items for seq in meta.seqs]
+        if self.sp_rank == 0 and seqs:
+            self.controller.mark.remote(seqs, "trained")
+        self.position, self._epoch = item.stream_position, item.epoch
+        return StepBatches(DeviceBatches([b for _, b in items], self.device), len(seqs), item.skipped, wait)
 
     def counters(self) -> dict[str, int]:
         """The rank's read counters, for its report (read them after the last step)."""
@@ -137,6 +156,9 @@ class ShardSource:
                 if isinstance(item, EndOfRun):
                     self._prefetched.put(item, 0)
                     return
+                if isinstance(item, StepEnd):
+                    self._prefetched.put(item, 0)
+                    continue
                 meta, batch = self._load(item)
                 if not self._prefetched.put((meta, batch), 0 if batch is None else batch_bytes(batch), self._stop):
                     return
@@ -157,12 +179,12 @@ class ShardSource:
             ) from item
         return item
 
-    def _load(self, meta: SampleMeta, pin: bool = True) -> tuple[SampleMeta, ShardBatch | None]:
-        if meta.layout != self.grid.for_length(meta.length):
-            raise ShardMismatchError(
-                f"sample {meta.sample_id}: written as {meta.layout}, but this rank trains "
-                f"{self.grid.for_length(meta.length)}"
-            )
+    def _load(self, meta: SampleMeta | PackedMeta, pin: bool = True) -> tuple[SampleMeta, ShardBatch | None]:
+        packed = isinstance(meta, PackedMeta)
+        expected = self.grid.for_documents(meta.layout.doc_lengths) if packed else self.grid.for_length(meta.length)
+        if meta.layout != expected:
+            name = meta.sample_ids if packed else meta.sample_id
+            raise ShardMismatchError(f"sample {name}: written as {meta.layout}, but this rank trains {expected}")
         shard = self.store.get_shard(meta.handle, self.sp_rank, delete=True)
         n = self._counts
         n.samples_read += 1
@@ -173,6 +195,10 @@ class ShardSource:
         )
         n.rows_read += int(shard["input_ids"].shape[0])
         n.sample_rows += meta.length
+        if packed:
+            mask = pack_loss_masks(meta.packed_loss_masks, meta.layout.doc_lengths)
+            batch = read_shard(shard, meta.layout, self.sp_rank, mask, key=f"{meta.key}_usp{self.sp_rank}")
+            return meta, to_host(batch, self.device if pin else torch.device("cpu"))
         if not meta.held_out and should_skip(meta.packed_loss_mask, self.cfg.training.min_loss_tokens, meta.length):
             n.samples_skipped += 1
             return meta, None  # decided from the GLOBAL mask: every rank of the group skips alike

@@ -26,6 +26,17 @@ class SampleSizes:
     def shard_bytes(self, length: int) -> int:
         return self.grid.for_length(length).local_length * self.bytes_per_row + SHARD_OVERHEAD_BYTES
 
+    def packed_bytes(self, documents: list[int]) -> int:
+        """All S shards of a packed micro-batch of these document lengths (its own padded layout)."""
+        layout = self.grid.for_documents(documents)
+        return layout.sp_size * (layout.local_length * self.bytes_per_row + SHARD_OVERHEAD_BYTES)
+
+
+def longest_stored(training) -> int:
+    """Tokens of the longest thing the store holds: a sample, or with packing a micro-batch of up to
+    ``training.tokens_per_micro_batch`` tokens (a longer document is one of its own)."""
+    return max(training.max_seq_length, training.tokens_per_micro_batch or 0)
+
 
 def sample_sizes(cfg: Config) -> SampleSizes:
     spec = target_spec(cfg)

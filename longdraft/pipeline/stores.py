@@ -14,7 +14,7 @@ from functools import partial
 
 from longdraft.config import Config
 from longdraft.errors import UserError
-from longdraft.pipeline.sizes import SampleSizes, mib, sample_sizes
+from longdraft.pipeline.sizes import SampleSizes, longest_stored, mib, sample_sizes
 from longdraft.store.base import TensorStore
 from longdraft.store.bind_address import master_bind_address
 
@@ -57,8 +57,9 @@ def mooncake_sizes(cfg: Config, sizes: SampleSizes) -> tuple[int, int]:
     the longest sample, or defaults sized from it (room for two global batches over all lenders)."""
     mc, t = cfg.store.mooncake, cfg.training
     who, count = lenders(cfg)
-    shard, sample = sizes.shard_bytes(t.max_seq_length), sizes.sample_bytes(t.max_seq_length)
-    where = f"at training.max_seq_length={t.max_seq_length}, S={cfg.sp_size}"
+    longest = longest_stored(t)  # a sample, or a packed micro-batch
+    shard, sample = sizes.shard_bytes(longest), sizes.sample_bytes(longest)
+    where = f"at {longest} tokens (training.max_seq_length, tokens_per_micro_batch), S={cfg.sp_size}"
     if mc.local_buffer_size_mb is not None and mc.local_buffer_size_mb << 20 < shard:
         raise StoreCapacityError(
             f"store.mooncake.local_buffer_size_mb = {mc.local_buffer_size_mb} cannot hold one shard "

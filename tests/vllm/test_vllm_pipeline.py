@@ -19,7 +19,7 @@ def train_file(tmp_path_factory):
     return path
 
 
-def _run(target, train_file, out, engine, u, r):
+def _run(target, train_file, out, engine, u, r, **training):
     cfg = config_from_dict(
         {
             "data": {"train_path": str(train_file)},
@@ -36,6 +36,7 @@ def _run(target, train_file, out, engine, u, r):
                 "sp_ulysses_size": u,
                 "sp_ring_size": r,
                 "device": "cpu",
+                **training,
             },
             "inference": {"engine": engine, "batch_size": 4},
             "store": {"backend": "mooncake", "mooncake": {"global_segment_size_mb": 16, "local_buffer_size_mb": 16}},
@@ -77,3 +78,20 @@ def test_vllm_producers_train_like_hf_producers(ray_session, vllm_target, train_
         share = rank["rows_read"] / rank["sample_rows"]  # (C + K) of every L rows
         assert share < 1.0 / (u * r) + 0.35
         assert rank["bytes_read"] / rank["full_sample_bytes"] == pytest.approx(share, abs=0.03)
+
+
+@pytest.mark.timeout(300)
+def test_packed_vllm_producers_hand_the_features_back_and_train_like_hf(
+    ray_session, vllm_target, train_file, tmp_path, hf_run
+):
+    """With ``training.tokens_per_micro_batch`` each document is its own vLLM request, handed back to
+    the producer, which packs them and puts the shards (the worker's writer splits one request's
+    sequence only): the steps equal the unpacked HF run's."""
+    want, want_summary, _ = hf_run
+    got, summary, _ = _run(vllm_target, train_file, tmp_path / "run", "vllm", 2, 1, tokens_per_micro_batch=120)
+    for g, w in zip(got, want, strict=True):
+        assert g["loss"] == pytest.approx(w["loss"], rel=1e-4), g["step"]
+        assert g["count_k"] == w["count_k"] and g["samples"] == w["samples"]
+    assert summary["lost"] == 0 and summary["trained"] == want_summary["trained"] and summary["keys_left"] == 0
+    producer = summary["producers"][0]
+    assert producer["written_by_engine"] == 0 and summary["packed_micro_batches"] < summary["trained"]
