@@ -16,12 +16,11 @@ from longdraft.sharding.layout import ShardGrid
 CPU_BUDGET_BYTES = 1 << 30
 
 
-def gathered_kv_bytes(training, text_config, precision: str = "fp32") -> int:
+def gathered_kv_bytes(training, target, precision: str = "fp32") -> int:
     """Bytes one rank holds for the gathered step-0 K/V of the longest sample, with their fp32
-    gradients (``training``: the run's training section; ``precision``: fp32 or bf16)."""
-    heads = text_config.num_attention_heads
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    gradients (``training``: the run's training section; ``target``: its `TargetSpec`, the draft's
+    heads; ``precision``: fp32 or bf16)."""
+    kv_heads, head_dim = target.num_kv_heads, target.head_dim
     u = training.sp_ulysses_size
     kv_per_rank = max(kv_heads, u) // u  # KV heads are replicated when fewer than U
     padded = ShardGrid.from_training(training).for_length(training.max_seq_length).padded_length
@@ -36,14 +35,14 @@ def local_budget_bytes(device: torch.device) -> int:
     return CPU_BUDGET_BYTES
 
 
-def ring_mode_for(training, text_config, precision: str, budget_bytes: int) -> str:
+def ring_mode_for(training, target, precision: str, budget_bytes: int) -> str:
     """``training.ring_mode`` with ``auto`` resolved against ``budget_bytes`` (already agreed):
     ``gather`` when the gathered K/V fit, else ``ring``."""
-    return choose_ring_mode(training.ring_mode, gathered_kv_bytes(training, text_config, precision), budget_bytes)
+    return choose_ring_mode(training.ring_mode, gathered_kv_bytes(training, target, precision), budget_bytes)
 
 
 def agreed_ring_mode(
-    training, text_config, precision: str, device: torch.device, group=None, local_budget: int | None = None
+    training, target, precision: str, device: torch.device, group=None, local_budget: int | None = None
 ) -> str:
     """The ring mode every rank of ``group`` uses. ``auto``: decided from the smallest budget over
     the ranks (a collective every rank issues, since the config is the same on all); an explicit
@@ -52,4 +51,4 @@ def agreed_ring_mode(
     if training.ring_mode != "auto":
         return choose_ring_mode(training.ring_mode, 0, 0)
     budget = agree_min(local_budget_bytes(device) if local_budget is None else local_budget, device, group)
-    return ring_mode_for(training, text_config, precision, budget)
+    return ring_mode_for(training, target, precision, budget)

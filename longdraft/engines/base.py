@@ -1,7 +1,7 @@
 """The target inference-engine interface: prefill -> EAGLE-3 features.
 
 An engine only turns token ids into features. Everything else a run needs from the target (its
-config, embedding and ``lm_head``) is read from the checkpoint directory (``engines/head_weights.py``),
+config, embedding and ``lm_head``) is read from the checkpoint directory (``target/spec.py``),
 so nothing outside an engine's own file depends on which engine produced the features.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from longdraft.sharding.layout import ShardLayout
 from longdraft.store.base import SampleHandle, TensorStore
+from longdraft.target.aux_layers import default_aux_layers, resolve_aux_layers  # noqa: F401 (moved; old imports)
 
 
 @dataclass
@@ -53,34 +54,6 @@ def tensor_specs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int,
         {n: tuple(t.shape) for n, t in tensors.items()},
         {n: str(t.dtype).removeprefix("torch.") for n, t in tensors.items()},
     )
-
-
-def default_aux_layers(num_layers: int) -> list[int]:
-    """EAGLE-3 default: outputs of layers [1, N/2-1, N-4] (0-indexed)."""
-    return [1, num_layers // 2 - 1, num_layers - 4]
-
-
-def resolve_aux_layers(aux_layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """Validate aux layer ids (3 distinct ids in [0, N)) and return them ascending."""
-    if aux_layers is None:
-        layers = default_aux_layers(num_layers)
-        if len(set(layers)) != 3 or min(layers) < 0:
-            raise ValueError(
-                f"the default aux layers [1, N/2-1, N-4] = {layers} are not 3 distinct valid layers "
-                f"for a target with N={num_layers} layers; set model.aux_layers explicitly"
-            )
-        return sorted(layers)
-    layers = [int(x) for x in aux_layers]
-    if len(layers) != 3:
-        raise ValueError(f"aux_layers={layers}: expected exactly 3 layer ids")
-    if len(set(layers)) != 3:
-        raise ValueError(f"aux_layers={layers}: expected 3 distinct layer ids")
-    bad = [x for x in layers if not 0 <= x < num_layers]
-    if bad:
-        raise ValueError(
-            f"aux_layers={layers}: ids {bad} are outside [0, {num_layers}) for a target with {num_layers} layers"
-        )
-    return sorted(layers)
 
 
 class TargetEngine(ABC):

@@ -3,7 +3,7 @@
 Aux features are the outputs of decoder layers `aux_layers` (0-indexed; for i < N-1 the output
 of layer i is `hidden_states[i + 1]` of `output_hidden_states`), captured with forward hooks so
 no logits and no other layers' states are materialised. `last_hidden` is the final-norm output,
-so `lm_head(last_hidden)` are the target logits.
+so `lm_head(last_hidden)` are the target logits (before the spec's logit transform).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from longdraft.device import resolve_device
-from longdraft.engines.base import TargetEngine, TargetFeatures, resolve_aux_layers
+from longdraft.engines.base import TargetEngine, TargetFeatures
 from longdraft.engines.layer_outputs import LayerOutputs, aux_layer_modules
+from longdraft.target.spec import TargetSpec
 
 _DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -28,10 +29,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     p = Path(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(
-            f"target model directory {p} has no config.json (only local checkpoints are loaded, never downloads)"
-        )
+    TargetSpec.load(p)  # a directory without a config, or a family whose quirks are unknown: refused by name
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype")
@@ -74,14 +72,14 @@ class HFTargetEngine(TargetEngine):
         self.output_device = torch.device(output_device) if output_device is not None else self.device
         model = load_causal_lm(path, self.device, dtype, device_map)
         self.model = model
-        self._text_config = model.config.get_text_config()
+        self.spec = TargetSpec.load(path)
         self._decoder = model.get_decoder()
-        self._aux_layers = resolve_aux_layers(aux_layers, self.num_layers)
+        self._aux_layers = self.spec.aux_layers(aux_layers)
         self._captured = LayerOutputs({**aux_layer_modules(model, self._aux_layers), "norm": self._decoder.norm})
 
     @property
     def hidden_size(self) -> int:
-        return int(self._text_config.hidden_size)
+        return self.spec.hidden_size
 
     @property
     def vocab_size(self) -> int:
@@ -89,7 +87,7 @@ class HFTargetEngine(TargetEngine):
 
     @property
     def num_layers(self) -> int:
-        return int(self._text_config.num_hidden_layers)
+        return self.spec.num_layers
 
     @property
     def aux_layers(self) -> list[int]:

@@ -27,7 +27,7 @@ class CaptureWorker:
         self._cache: torch.Tensor | None = None
         self._locks: dict[str, int] = {}
         self._store = None
-        self._norm: tuple[torch.Tensor, float] | None = None
+        self._norm: tuple[torch.Tensor, float, str] | None = None
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         from vllm.config import get_layers_from_vllm_config
@@ -107,22 +107,24 @@ class CaptureWorker:
         slots = torch.arange(n)
         blocks = torch.tensor(save.block_ids, dtype=torch.long)[slots // block_size]
         rows = self._cache[blocks, :, slots % block_size]  # [n, captured ids, hidden]
-        weight, eps = self._final_norm()
+        weight, eps, kind = self._final_norm()
         aux = rows[:, self._aux_rows].reshape(n, -1).contiguous()
-        last = rms_norm(rows[:, self._last_row], weight, eps).contiguous()
+        last = rms_norm(rows[:, self._last_row], weight, eps, kind).contiguous()
         return {
             "input_ids": torch.tensor(save.token_ids, dtype=torch.int64),
             "aux_hidden": aux.cpu(),
             "last_hidden": last.cpu(),
         }
 
-    def _final_norm(self) -> tuple[torch.Tensor, float]:
+    def _final_norm(self) -> tuple[torch.Tensor, float, str]:
+        """(weight, eps, kind) of the target's final norm, as `TargetSpec` reads them."""
         if self._norm is None:
-            from longdraft.engines.head_weights import load_final_norm
+            from longdraft.target.spec import TargetSpec
 
             assert self._cache is not None
-            weight, eps = load_final_norm(self._target_path)
-            self._norm = weight.to(device=self._cache.device, dtype=self._cache.dtype), eps  # moved once
+            spec = TargetSpec.load(self._target_path)
+            weight = spec.final_norm_weight().to(device=self._cache.device, dtype=self._cache.dtype)  # moved once
+            self._norm = weight, spec.final_norm_eps, spec.norm_kind
         return self._norm
 
     def _writer(self):

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample, resolve_aux_layers
-from longdraft.engines.head_weights import read_target_config
+from longdraft.engines.base import ShardRequest, TargetEngine, TargetFeatures, WrittenSample
 from longdraft.engines.spool import create_spool
 from longdraft.engines.vllm_memory import (
     DeviceMemory,
@@ -42,6 +41,7 @@ from longdraft.engines.vllm_settings import default_kv_cache_bytes, dtype_bytes,
 from longdraft.engines.watchdog import ProcessDied, call_watched, child_pids, dead, new_children
 from longdraft.errors import UserError
 from longdraft.store.base import SampleHandle, TensorStore
+from longdraft.target.spec import TargetSpec
 
 CONNECTOR = "LongdraftCaptureConnector"
 CONNECTOR_MODULE = "longdraft.engines.vllm_capture"
@@ -70,19 +70,19 @@ class VLLMTargetEngine(TargetEngine):
     ) -> None:
         """``gpu_memory``: the producer's GPUs' memory (None on CPU), checked before vLLM starts."""
         path = Path(path)
-        cfg, text = read_target_config(path)
-        self.dtype = vllm_dtype(dtype, cfg)
-        self._hidden_size = int(text["hidden_size"])
-        self._num_layers = int(text["num_hidden_layers"])
-        self._aux_layers = resolve_aux_layers(aux_layers, self._num_layers)
-        limit = text.get("max_position_embeddings")
+        spec = TargetSpec.load(path)
+        self.dtype = vllm_dtype(dtype, spec.dtype)
+        self._hidden_size = spec.hidden_size
+        self._num_layers = spec.num_layers
+        self._aux_layers = spec.aux_layers(aux_layers)
+        limit = spec.max_position_embeddings
         # vLLM needs room for the one generated token after the prompt.
         self.max_model_len = max_length + 1
         if limit is not None and self.max_model_len > int(limit):
             raise UserError(
                 f"prompts of up to {max_length} tokens (training.max_seq_length) need a vLLM context of "
                 f"{self.max_model_len}, more than the target's max_position_embeddings = {limit} "
-                f"({path / 'config.json'}): lower training.max_seq_length to at most {int(limit) - 1}"
+                f"({spec.source}): lower training.max_seq_length to at most {int(limit) - 1}"
             )
         self.path = path
         self.wait_timeout_s = wait_timeout_s
@@ -93,8 +93,8 @@ class VLLMTargetEngine(TargetEngine):
         ids, self._aux_rows, self._last_row = vllm_capture_ids(self._aux_layers, self._num_layers)
         size = dtype_bytes(self.dtype)
         if gpu_memory is not None:
-            per_token = kv_bytes_per_token(text, len(ids), size, tensor_parallel_size)
-            weights = weights_bytes(path, cfg, size)
+            per_token = kv_bytes_per_token(spec, len(ids), size, tensor_parallel_size)
+            weights = weights_bytes(path, spec.dtype, size)
             check_gpu_fits(
                 gpu_memory, gpu_memory_utilization, weights, per_token, self.max_model_len, tensor_parallel_size
             )
@@ -104,7 +104,7 @@ class VLLMTargetEngine(TargetEngine):
             tensor_parallel=tensor_parallel_size,
             enforce_eager=enforce_eager,
             kv_cache_mb=kv_cache_mb,
-            default_kv_bytes=default_kv_cache_bytes(text, len(ids), size, batch_size * self.max_model_len),
+            default_kv_bytes=default_kv_cache_bytes(spec, len(ids), size, batch_size * self.max_model_len),
         )
         self.llm = self._start(ids, memory_kwargs, max_num_batched_tokens)
 

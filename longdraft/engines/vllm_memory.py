@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longdraft.errors import UserError
+from longdraft.target.spec import TargetSpec
 
 GiB = 1 << 30
 _CHECKPOINT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
@@ -27,17 +28,15 @@ class DeviceMemory:
     total: int
 
 
-def kv_bytes_per_token(text_config: dict, captured: int, dtype_bytes: int, tensor_parallel: int = 1) -> int:
+def kv_bytes_per_token(target: TargetSpec, captured: int, dtype_bytes: int, tensor_parallel: int = 1) -> int:
     """Bytes per token on one GPU: the K/V of every layer (KV heads split over tensor-parallel ranks,
     at least one each) plus the ``captured`` hidden-state rows, which share vLLM's KV-cache budget."""
-    hidden = int(text_config["hidden_size"])
-    heads = int(text_config["num_attention_heads"])
-    head_dim = int(text_config.get("head_dim") or hidden // heads)
-    kv_heads = max(1, int(text_config.get("num_key_value_heads") or heads) // tensor_parallel)
-    return dtype_bytes * (int(text_config["num_hidden_layers"]) * 2 * kv_heads * head_dim + captured * hidden)
+    kv_heads = max(1, target.num_kv_heads // tensor_parallel)
+    per_layer = 2 * kv_heads * target.head_dim
+    return dtype_bytes * (target.num_layers * per_layer + captured * target.hidden_size)
 
 
-def weights_bytes(path: Path, config: dict, dtype_bytes: int) -> int | None:
+def weights_bytes(path: Path, checkpoint_dtype: str, dtype_bytes: int) -> int | None:
     """The target's weights in the run's dtype: the safetensors total (the index's ``total_size``,
     else the files' sizes, headers included) scaled from the checkpoint's dtype. None without files."""
     index = path / "model.safetensors.index.json"
@@ -47,9 +46,7 @@ def weights_bytes(path: Path, config: dict, dtype_bytes: int) -> int | None:
         stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     if not stored:
         return None
-    text = config.get("text_config") or {}
-    name = str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32")
-    return stored * dtype_bytes // _CHECKPOINT_BYTES.get(name, dtype_bytes)
+    return stored * dtype_bytes // _CHECKPOINT_BYTES.get(checkpoint_dtype, dtype_bytes)
 
 
 def gpu_kv_budget(memory: DeviceMemory, utilization: float, weights: int, tensor_parallel: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from longdraft.engines.vllm_memory import kv_bytes_per_token
+from longdraft.target.spec import TargetSpec
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -19,17 +20,16 @@ def vllm_capture_ids(aux_layers: Sequence[int], num_layers: int) -> tuple[list[i
     return ids, [ids.index(i + 1) for i in sorted(aux_layers)], ids.index(num_layers)
 
 
-def default_kv_cache_bytes(text_config: dict, captured: int, dtype_bytes: int, tokens: int) -> int:
+def default_kv_cache_bytes(target: TargetSpec, captured: int, dtype_bytes: int, tokens: int) -> int:
     """The CPU default: KV cache for ``tokens`` tokens in flight, twice over (at least 64 MiB)."""
-    return max(64 << 20, 2 * tokens * kv_bytes_per_token(text_config, captured, dtype_bytes))
+    return max(64 << 20, 2 * tokens * kv_bytes_per_token(target, captured, dtype_bytes))
 
 
-def vllm_dtype(dtype: str, config: dict) -> str:
-    """Our ``auto | fp32 | bf16`` as vLLM's dtype. ``auto`` is the checkpoint's own dtype, as in HF:
-    vLLM's own "auto" would run an fp32 checkpoint in half precision."""
+def vllm_dtype(dtype: str, checkpoint_dtype: str) -> str:
+    """Our ``auto | fp32 | bf16`` as vLLM's dtype. ``auto`` is the checkpoint's own dtype
+    (`TargetSpec.dtype`), as in HF: vLLM's own "auto" would run an fp32 checkpoint in half precision."""
     if dtype == "auto":
-        text = config.get("text_config") or {}
-        return str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "float32")
+        return checkpoint_dtype
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]

@@ -120,17 +120,17 @@ def final_evaluation(cfg: Config, train_result) -> dict:
 
 def check_context_eval(cfg: Config) -> None:
     """Refuse context lengths the target cannot take, before training."""
-    from longdraft.engines.head_weights import read_target_config
     from longdraft.errors import UserError
     from longdraft.eval.context import check_context_fits
+    from longdraft.target.spec import TargetSpec
 
-    _, text = read_target_config(cfg.model.target_path)
+    limit = TargetSpec.load(cfg.model.target_path).max_position_embeddings
     try:
         check_context_fits(
             cfg.eval.context_lengths,
             cfg.eval.max_new_tokens,
             cfg.training.ttt_length,
-            text.get("max_position_embeddings"),
+            limit,
         )
     except ValueError as e:
         raise UserError(f"eval.context_lengths: {e}") from None

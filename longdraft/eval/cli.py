@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from longdraft.cli_args import Parser, device_name, existing_dir, existing_file, int_at_least, output_file
-from longdraft.engines.base import resolve_aux_layers
-from longdraft.engines.head_weights import read_target_config
 from longdraft.errors import UserError
+from longdraft.target.spec import TargetSpec
 
 
 def _aux_layers(text: str) -> list[int]:
@@ -102,10 +101,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.context_lengths is not None and args.engine != "hf":
         raise UserError("--context-lengths runs with --engine hf")
     device_name(args.device)
-    num_layers = read_target_config(target)[1].get("num_hidden_layers")
-    if args.aux_layers is not None and num_layers is not None:
+    spec = TargetSpec.load(target)  # an unknown family quirk is refused here, by name
+    if args.aux_layers is not None:
         try:
-            resolve_aux_layers(args.aux_layers, int(num_layers))
+            spec.aux_layers(args.aux_layers)
         except ValueError as e:
             raise UserError(f"--aux-layers: {e}") from None
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from longdraft.engines.head_weights import read_target_config
 from longdraft.eval.context_prompts import context_prompts, document_ids
 from longdraft.eval.errors import EvalInputError
 from longdraft.eval.evaluate import load_for_eval, run_prompts
 from longdraft.eval.report import summarize
+from longdraft.target.spec import TargetSpec
 
 
 def check_context_fits(
@@ -52,8 +52,8 @@ def run_context_eval(
 ) -> dict:
     started = time.perf_counter()
     lengths = sorted({int(n) for n in context_lengths})
-    _, text = read_target_config(target_dir)
-    check_context_fits(lengths, max_new_tokens, num_draft_tokens, text.get("max_position_embeddings"))
+    limit = TargetSpec.load(target_dir).max_position_embeddings
+    check_context_fits(lengths, max_new_tokens, num_draft_tokens, limit)
     target, proposer, tokenizer, stop_ids = load_for_eval(target_dir, draft_dir, device, dtype, aux_layers)
     docs = document_ids(data_path, tokenizer)
     by_length = []

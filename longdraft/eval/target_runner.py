@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from longdraft.engines.base import resolve_aux_layers
 from longdraft.engines.layer_outputs import LayerOutputs, aux_layer_modules
+from longdraft.target.spec import TargetSpec
 
 
 @dataclass
@@ -51,9 +51,9 @@ def forward_with_cache(model, input_ids: torch.Tensor, cache: DynamicCache):
 class TargetRunner:
     def __init__(self, model, aux_layers: Sequence[int] | None = None):
         self.model = model.eval()
-        self._text_config = model.config.get_text_config()
-        self.aux_layers = resolve_aux_layers(aux_layers, int(self._text_config.num_hidden_layers))
-        self.max_positions = int(getattr(self._text_config, "max_position_embeddings", 1 << 30))
+        spec = TargetSpec.from_config(model.config)
+        self.aux_layers = spec.aux_layers(aux_layers)
+        self.max_positions = spec.max_position_embeddings or 1 << 30
         self._captured = LayerOutputs(aux_layer_modules(model, self.aux_layers))
         self.cache: DynamicCache | None = None
         self.length = 0

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from longdraft.engines.head_weights import read_target_config
 from longdraft.engines.vllm_settings import default_kv_cache_bytes, dtype_bytes, vllm_dtype
 from longdraft.errors import UserError
+from longdraft.target.spec import TargetSpec
 
 
 def _metric(metrics: dict, name: str):
@@ -48,14 +48,14 @@ def serve_with_vllm(
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(target_dir, local_files_only=True)
     prompts = load_prompts(data_path, tokenizer, num_prompts, max_text_prompt_tokens)
-    config, text = read_target_config(target_dir)
+    spec = TargetSpec.load(target_dir)
     needed = max(len(p.input_ids) for p in prompts) + max_new_tokens + num_draft_tokens + 1
     # The target's own context, as a server runs it: vLLM clamps draft positions and the batch's
     # attention length at max_model_len, so a limit just above the longest sequence lowers the
     # acceptance of every request in the batch (measured: tau 1.63 instead of 1.95).
-    max_model_len = max(needed, int(text.get("max_position_embeddings") or 0))
-    served_dtype = vllm_dtype(dtype, config)
-    kv_bytes = default_kv_cache_bytes(text, 0, dtype_bytes(served_dtype), max(len(prompts) * needed, max_model_len))
+    max_model_len = max(needed, spec.max_position_embeddings or 0)
+    served_dtype = vllm_dtype(dtype, spec.dtype)
+    kv_bytes = default_kv_cache_bytes(spec, 0, dtype_bytes(served_dtype), max(len(prompts) * needed, max_model_len))
     llm = LLM(
         model=str(target_dir),
         tokenizer=str(target_dir),

@@ -20,6 +20,9 @@ import contextlib
 import torch
 
 from longdraft.step_meter import StepMeter, phase
+from longdraft.target.logits import LogitTransform
+
+IDENTITY = LogitTransform()
 
 
 def _chunks(target_rows: list[torch.Tensor], chunk_size: int):
@@ -80,20 +83,23 @@ def _logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x.to(weight.dtype) @ weight.t()).float()
 
 
-def _target_probs(target_hidden, target_weight, rows):
-    return torch.softmax(_logits(target_hidden[rows], target_weight), dim=-1)
+def _target_probs(target_hidden, target_weight, rows, transform: LogitTransform = IDENTITY):
+    """The target's own distribution: its logits transformed as the target does (soft-cap, scaling)."""
+    return torch.softmax(transform.apply(_logits(target_hidden[rows], target_weight)), dim=-1)
 
 
 class _StepsSoftCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows):
+    def forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, transform, n_steps, *rest):
         with phase(meter, "loss_s", weight.device), matmul_precision(precision):
             return _StepsSoftCrossEntropy._forward(
-                ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows
+                ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, transform, n_steps, *rest
             )
 
     @staticmethod
-    def _forward(ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, n_steps, *xs_and_rows):
+    def _forward(
+        ctx, weight, target_hidden, target_weight, chunk_size, meter, precision, transform, n_steps, *xs_and_rows
+    ):
         xs, target_rows = xs_and_rows[:n_steps], xs_and_rows[n_steps:]
         used, where, plan = _chunks(list(target_rows), chunk_size)
         dtype = operand_dtype(precision)
@@ -102,7 +108,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
         agrees = [torch.empty(x.shape[0], dtype=torch.bool, device=x.device) for x in xs]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             for start, end, slices in plan:
-                probs = _target_probs(target_hidden, target_weight_op, used[start:end])
+                probs = _target_probs(target_hidden, target_weight_op, used[start:end], transform)
                 best = probs.argmax(-1)
                 for k, (lo, hi) in enumerate(slices):
                     if lo == hi:
@@ -113,6 +119,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     agrees[k][lo:hi] = logits.argmax(-1) == best[where[k][lo:hi] - start]
         ctx.save_for_backward(weight, target_hidden, target_weight, *xs)
         ctx.plan, ctx.meter, ctx.precision = (used, where, plan), meter, precision  # the backward reuses the plan
+        ctx.transform = transform
         ctx.mark_non_differentiable(*agrees)
         return (totals, *agrees)
 
@@ -131,7 +138,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
         with torch.autocast(device_type=weight.device.type, enabled=False):
             for start, end, slices in plan:
-                probs = _target_probs(target_hidden, target_weight_op, used[start:end])
+                probs = _target_probs(target_hidden, target_weight_op, used[start:end], ctx.transform)
                 for k, (lo, hi) in enumerate(slices):
                     if lo == hi:
                         continue
@@ -142,7 +149,7 @@ class _StepsSoftCrossEntropy(torch.autograd.Function):
                     grad_xs[k][lo:hi] = dlogits @ weight_op
                     grad_w.add_(dlogits.t() @ x)  # into fp32: no fp32 copy of a [Vd, H] product
         grads_x = tuple(g.to(x.dtype) for g, x in zip(grad_xs, xs))
-        return (grad_w.to(weight.dtype), None, None, None, None, None, None, *grads_x, *(None for _ in xs))
+        return (grad_w.to(weight.dtype), None, None, None, None, None, None, None, *grads_x, *(None for _ in xs))
 
 
 def soft_cross_entropy_steps(
@@ -154,15 +161,17 @@ def soft_cross_entropy_steps(
     chunk_size: int = 1024,
     meter: StepMeter | None = None,
     precision: str = "fp32",
+    target_logits: LogitTransform | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per step ``k``: ``Σ_i H(softmax(target_hidden[target_rows[k][i]] @ target_weight.T), softmax(xs[k][i] @ weight.T))``.
+    """Per step ``k``: ``Σ_i H(softmax(T(target_hidden[target_rows[k][i]] @ target_weight.T)), softmax(xs[k][i] @ weight.T))``.
 
     xs[k]: normed draft hidden of step k's scored queries ``[N_k, H]``; target_rows[k]: their target
     rows, ascending, ``[N_k]`` int64 into target_hidden ``[M, Ht]``; weight: draft ``lm_head``
     ``[Vd, H]``; target_weight: the target ``lm_head`` rows of the draft vocab ``[Vd, Ht]`` (frozen).
     Returns ``(sums, agrees)``: ``[K]`` fp32 with gradients for every ``xs[k]`` and ``weight``, and per
     step ``[N_k]`` bool, whether the draft argmax equals the target argmax. ``meter`` (optional) adds
-    the forward and backward time as ``loss_s``; ``precision``: fp32, tf32 or bf16 logits matmuls.
+    the forward and backward time as ``loss_s``; ``precision``: fp32, tf32 or bf16 logits matmuls;
+    ``target_logits``: ``T``, the target's own logit transform (`TargetSpec.logits`; None: none).
     """
     if chunk_size < 1:
         raise ValueError(f"training.loss_chunk_size must be >= 1, got {chunk_size}")
@@ -171,7 +180,16 @@ def soft_cross_entropy_steps(
     precision = resolve_loss_precision(precision, target_hidden.device)
     target_weight = target_weight.to(device=target_hidden.device)  # loaded on the CPU; fp32 below by design
     sums, *agrees = _StepsSoftCrossEntropy.apply(
-        weight, target_hidden, target_weight, chunk_size, meter, precision, len(xs), *xs, *target_rows
+        weight,
+        target_hidden,
+        target_weight,
+        chunk_size,
+        meter,
+        precision,
+        target_logits or IDENTITY,
+        len(xs),
+        *xs,
+        *target_rows,
     )
     return sums, agrees
 

@@ -19,6 +19,7 @@ from longdraft.model.draft import Eagle3Draft
 from longdraft.model.loss import soft_cross_entropy_steps, target_argmax_in_vocab
 from longdraft.sharding.batch import ShardBatch
 from longdraft.step_meter import StepMeter
+from longdraft.target.logits import LogitTransform
 
 STEP_WEIGHT_DECAY = 0.8
 
@@ -81,6 +82,7 @@ def ttt_unroll(
     activation_checkpointing: bool = False,
     meter: StepMeter | None = None,
     loss_precision: str = "fp32",
+    target_logits: LogitTransform | None = None,
 ) -> UnrollResult:
     """Run the K-step unroll; ``normalisers[k]`` is the global valid count of step k (>= 1);
     ``meter`` (optional) adds the loss's time (the attention backend times its own);
@@ -115,6 +117,7 @@ def ttt_unroll(
         loss_chunk_size,
         meter,
         loss_precision,
+        target_logits,  # the target's own logit transform (TargetSpec.logits)
     )
     weights = torch.tensor([STEP_WEIGHT_DECAY**k for k in range(ttt_length)], device=sums.device)
     loss = (weights * sums / normalisers).sum()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from longdraft.config import Config
 from longdraft.sharding.layout import ShardGrid
-from longdraft.train.setup import target_text_config
+from longdraft.train.setup import target_spec
 
 SHARD_OVERHEAD_BYTES = 64 << 10  # header tensor and per-tensor alignment of the store's encoding
 MiB = 1 << 20
@@ -30,13 +28,9 @@ class SampleSizes:
 
 
 def sample_sizes(cfg: Config) -> SampleSizes:
-    text = target_text_config(cfg)
-    if cfg.model.target_dtype in _DTYPE_BYTES:
-        itemsize = _DTYPE_BYTES[cfg.model.target_dtype]
-    else:  # "auto": the checkpoint's own dtype
-        dtype = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or torch.float32
-        itemsize = (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
-    return SampleSizes(8 + 4 * int(text.hidden_size) * itemsize, ShardGrid.from_training(cfg.training))
+    spec = target_spec(cfg)
+    itemsize = _DTYPE_BYTES.get(cfg.model.target_dtype, spec.torch_dtype.itemsize)  # "auto": the checkpoint's
+    return SampleSizes(8 + 4 * spec.hidden_size * itemsize, ShardGrid.from_training(cfg.training))
 
 
 def mib(n: int) -> int:

@@ -27,7 +27,7 @@ from longdraft.pipeline.shared_output import write_marker
 from longdraft.step_meter import StepMeter
 from longdraft.train.loop import LoopResult, train_loop
 from longdraft.train.rank_context import RankContext
-from longdraft.train.setup import build_train_parts, target_text_config
+from longdraft.train.setup import build_train_parts, target_spec
 
 
 class TrainerRank:
@@ -86,7 +86,6 @@ class TrainerRank:
     def setup(self, init_method: str, decided: Config) -> None:
         """``decided``: the config with the driver's device, precision and backend (``pipeline/decisions.py``)."""
         from longdraft.attention.factory import make_attention_backend
-        from longdraft.engines.head_weights import head_rows
         from longdraft.parallel.mesh import USPMesh, process_group_backend
 
         self.cfg = decided
@@ -100,13 +99,12 @@ class TrainerRank:
             world_size=self.world_size,
             timeout=timedelta(seconds=self.cfg.cluster.collective_timeout_s),
         )
-        text_config = target_text_config(self.cfg)
-        heads = text_config.num_attention_heads
-        kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+        spec = target_spec(self.cfg)
+        heads, kv_heads = spec.num_heads, spec.num_kv_heads
         self.mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
-        vocab = VocabMapping.from_draft_to_target(self.vocab_ids, head_rows(self.cfg.model.target_path))
+        vocab = VocabMapping.from_draft_to_target(self.vocab_ids, spec.head_rows())
         self.parts = build_train_parts(self.cfg, vocab, self.device)
-        self.report["ring_mode"] = ring_mode = agreed_ring_mode(t, text_config, t.precision, self.device)
+        self.report["ring_mode"] = ring_mode = agreed_ring_mode(t, spec, t.precision, self.device)
         self.meter = StepMeter.for_device(self.device)
         self.backend = make_attention_backend(
             self.cfg.attention_backend,

@@ -25,8 +25,9 @@ from longdraft.parallel.reduction import SumReducer
 from longdraft.sharding.batch import ShardBatch
 from longdraft.sharding.device_batches import DeviceBatches, batch_bytes
 from longdraft.sharding.layout import ShardGrid
+from longdraft.target.spec import TargetSpec
 from longdraft.train.optim import build_optimizer, build_scheduler
-from longdraft.train.setup import target_text_config
+from longdraft.train.setup import target_spec
 from longdraft.train.step import StepSettings
 
 
@@ -63,25 +64,22 @@ class PlanParts:
         return {"step_batches": step, "prefetch": prefetch, "held_out": held_out, "total": step + prefetch + held_out}
 
 
-def feature_dtype(cfg: Config, text) -> torch.dtype:
+def feature_dtype(cfg: Config, spec: TargetSpec) -> torch.dtype:
     """The dtype the producers store hidden states in (``pipeline/sizes.py``'s rule)."""
     if cfg.model.target_dtype != "auto":
         return torch.bfloat16 if cfg.model.target_dtype == "bf16" else torch.float32
-    dtype = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return spec.torch_dtype
 
 
-def _weights(cfg: Config, text, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _weights(spec: TargetSpec, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if random:
-        vocab, hidden = int(text.vocab_size), int(text.hidden_size)
+        vocab, hidden = spec.vocab_size, spec.hidden_size
         return torch.randn(vocab, hidden) * 0.02, torch.randn(vocab, hidden) * 0.02
-    from longdraft.engines.head_weights import load_embedding_and_head
-
-    return load_embedding_and_head(cfg.model.target_path)
+    return spec.embedding_and_head()
 
 
-def _draft(cfg: Config, text, embedding: torch.Tensor) -> Eagle3Draft:
-    config = draft_config_from_target(text, cfg.model.draft_vocab_size, cfg.model.aux_layers, cfg.model.draft_window)
+def _draft(cfg: Config, spec: TargetSpec, embedding: torch.Tensor) -> Eagle3Draft:
+    config = draft_config_from_target(spec, cfg.model.draft_vocab_size, cfg.model.aux_layers, cfg.model.draft_window)
     torch.manual_seed(cfg.training.seed)
     model = Eagle3Draft(config, embedding)
     draft_vocab, vocab = config.draft_vocab_size, config.vocab_size
@@ -111,20 +109,19 @@ def build_plan_parts(
     """Everything on ``device`` (the planned device, or CPU under the estimate's fake tensors);
     precision and ``ring_mode: auto`` follow ``planned_device`` and its ``device_memory``."""
     t = cfg.training
-    text = target_text_config(cfg)
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    spec = target_spec(cfg)
+    heads, kv_heads = spec.num_heads, spec.num_kv_heads
     mesh = USPMesh.build(t.sp_ulysses_size, t.sp_ring_size, heads, kv_heads)
     settings = StepSettings.from_config(cfg, planned_device)
-    embedding, head = _weights(cfg, text, random_weights)
-    model = _draft(cfg, text, embedding.float())
+    embedding, head = _weights(spec, random_weights)
+    model = _draft(cfg, spec, embedding.float())
     if device.type != "cpu":
         model, head = model.to(device), head.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
     _create_optimizer_state(params, optimizer)
-    ring_mode = choose_ring_mode(t.ring_mode, gathered_kv_bytes(t, text, settings.precision), device_memory // 20)
+    ring_mode = choose_ring_mode(t.ring_mode, gathered_kv_bytes(t, spec, settings.precision), device_memory // 20)
     backend = make_attention_backend(
         cfg.attention_backend,
         mesh=mesh,
@@ -134,10 +131,9 @@ def build_plan_parts(
         ring_mode=ring_mode,
         window=cfg.model.draft_window,
     )
-    dtype, hidden = feature_dtype(cfg, text), int(text.hidden_size)
+    dtype, hidden = feature_dtype(cfg, spec), spec.hidden_size
     batches = [
-        _micro_batch(cfg, mesh.coords.sp_rank, dtype, hidden, int(text.vocab_size))
-        for _ in range(cfg.accumulation_steps)
+        _micro_batch(cfg, mesh.coords.sp_rank, dtype, hidden, spec.vocab_size) for _ in range(cfg.accumulation_steps)
     ]
     group = torch.distributed.group.WORLD if mesh.world_size > 1 else None  # one trainer: the local run's reducer
     return PlanParts(

@@ -1,7 +1,7 @@
 """Everything a run builds before its first step: data streams, vocab mapping, draft, optimizer, schedule.
 
-The draft is built from the target checkpoint's config, embedding and ``lm_head`` (read from
-safetensors), never from an engine, so one device and every trainer rank start identically.
+The draft is built from the target's `TargetSpec` (its config, embedding and ``lm_head`` read from
+the checkpoint), never from an engine, so one device and every trainer rank start identically.
 """
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from longdraft.config import Config
 from longdraft.data.dataset import DataReport, Sample, iter_samples, load_samples
 from longdraft.data.stream import SampleStream
 from longdraft.data.vocab import VocabMapping, build_vocab_mapping
-from longdraft.engines.head_weights import head_rows, load_embedding_and_head
 from longdraft.errors import UserError
 from longdraft.model.draft import Eagle3Draft
 from longdraft.model.draft_config import draft_config_from_target
 from longdraft.model.loss import frozen_dtype, resolve_loss_precision
 from longdraft.model.target_head import TargetHead
+from longdraft.target.spec import TargetSpec
 from longdraft.train.optim import build_optimizer, build_scheduler
 
 
@@ -66,11 +66,11 @@ def vocab_for(cfg: Config, tokenizer) -> VocabMapping:
         d.on_bad_row,
         min(d.vocab_rows, d.max_rows or d.vocab_rows),
     )
-    return build_vocab_mapping(samples, head_rows(cfg.model.target_path), cfg.model.draft_vocab_size)
+    return build_vocab_mapping(samples, target_spec(cfg).head_rows(), cfg.model.draft_vocab_size)
 
 
 def build_draft(
-    target_config,
+    target: TargetSpec,
     embedding: torch.Tensor,
     vocab: VocabMapping,
     device,
@@ -81,7 +81,7 @@ def build_draft(
 ) -> Eagle3Draft:
     """The draft's initial weights depend only on ``seed``, so every rank and layout starts alike.
     The frozen target embedding lives in ``embedding_dtype``."""
-    config = draft_config_from_target(target_config, vocab.draft_vocab_size, aux_layers, sliding_window)
+    config = draft_config_from_target(target, vocab.draft_vocab_size, aux_layers, sliding_window)
     torch.manual_seed(seed)
     model = Eagle3Draft(config, embedding.to(dtype=embedding_dtype).cpu())
     model.set_vocab_mapping(vocab.d2t, vocab.t2d)
@@ -98,33 +98,35 @@ class TrainParts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
-def target_text_config(cfg: Config):
-    return AutoConfig.from_pretrained(cfg.model.target_path, local_files_only=True).get_text_config()
+def target_spec(cfg: Config) -> TargetSpec:
+    return TargetSpec.load(cfg.model.target_path)
 
 
 def check_training_length(cfg: Config) -> None:
     """Refuse a ``training.max_seq_length`` past the target's positions: the target was never run
     that far, and the export (which carries the target's ``max_position_embeddings``, as serving
     engines need) would make vLLM and SGLang clamp the positions the draft was trained on."""
-    limit = getattr(target_text_config(cfg), "max_position_embeddings", None)
+    spec = target_spec(cfg)
+    limit = spec.max_position_embeddings
     if limit is not None and cfg.training.max_seq_length > limit:
         raise UserError(
             f"training.max_seq_length = {cfg.training.max_seq_length} is longer than the target's "
-            f"max_position_embeddings = {limit} ({cfg.model.target_path}/config.json): lower it to at "
+            f"max_position_embeddings = {limit} ({spec.source}): lower it to at "
             f"most {limit}, or extend the target's context first"
         )
 
 
 def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) -> TrainParts:
     t = cfg.training
-    embedding, head = load_embedding_and_head(cfg.model.target_path)
+    spec = target_spec(cfg)
+    embedding, head = spec.embedding_and_head()
     # bf16 only where the loss reads them as bf16 (checkpoints store them so: nothing is lost)
     frozen = frozen_dtype(resolve_loss_precision(t.loss_precision, device))
     model = build_draft(
-        target_text_config(cfg), embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen, cfg.model.draft_window
+        spec, embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen, cfg.model.draft_window
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
-    target = TargetHead.cut(head.to(device=device, dtype=frozen), model.draft_to_target)  # once per run
+    target = TargetHead.cut(head.to(device=device, dtype=frozen), model.draft_to_target, spec.logits)  # once per run
     return TrainParts(model, target, optimizer, scheduler)

@@ -146,6 +146,7 @@ def train_step(
                 settings.activation_checkpointing,
                 meter,
                 settings.loss_precision,
+                target.logits,
             )
         meter.lap("forward_s")
         if buckets is not None and i == len(batches) - 1:
@@ -209,6 +210,7 @@ def evaluate(
                 backend,
                 settings.loss_chunk_size,
                 loss_precision=settings.loss_precision,
+                target_logits=target.logits,
             )
         sums += result.loss_sums
         correct += result.correct

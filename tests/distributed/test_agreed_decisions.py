@@ -9,6 +9,7 @@ from longdraft.attention.ring_mode import agreed_ring_mode, gathered_kv_bytes
 from longdraft.config.schema import TrainingConfig
 from longdraft.parallel.agree import agree_max, agree_min
 from longdraft.parallel.launch import run_ranks
+from longdraft.target.spec import TargetSpec
 from tests.draft_factory import tiny_target_config
 
 
@@ -18,7 +19,7 @@ def _training(mode: str = "auto") -> TrainingConfig:
 
 def _worker(rank, world):
     torch.set_num_threads(1)
-    text = tiny_target_config()
+    text = TargetSpec.from_config(tiny_target_config())
     need = gathered_kv_bytes(_training(), text, "fp32")
     # Rank 0's device is too small to gather the K/V, rank 1's is large enough: on its own, each
     # would choose differently.

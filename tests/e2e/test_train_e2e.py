@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from longdraft.cli import main
-from longdraft.engines.head_weights import load_embedding_and_head
+from longdraft.target.spec import TargetSpec
 from longdraft.testing.tiny_target import build_tiny_target, write_tiny_jsonl
 from longdraft.train.export import load_exported_draft
 from longdraft.train.metrics_log import read_metrics
@@ -86,7 +86,7 @@ def test_train_resume_export(workdir):
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-6
 
     # The export loads back and the CLI export of the last checkpoint is identical to final/.
-    embedding, _ = load_embedding_and_head(workdir / "target")
+    embedding, _ = TargetSpec.load(workdir / "target").embedding_and_head()
     draft = load_exported_draft(full / "final", embedding)
     config = json.loads((full / "final" / "config.json").read_text())
     assert config["draft_vocab_size"] == 200 and config["vocab_size"] == embedding.shape[0]

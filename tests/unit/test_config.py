@@ -216,7 +216,7 @@ def test_ring_mode_auto_gathers_when_the_gathered_kv_fit(tmp_path):
 
     cfg = load_config(write(tmp_path, BASE_YAML), ["training.num_trainers=2", "training.sp_ring_size=2"])
     assert cfg.training.ring_mode == "auto"
-    llama_8b = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, hidden_size=4096, head_dim=128)
+    llama_8b = SimpleNamespace(num_kv_heads=8, head_dim=128)  # the TargetSpec fields it reads
     cfg.training.max_seq_length = 131072
     # 8 KV heads x 128K positions x 128 dims, K and V, fp32 values + fp32 gradients
     assert gathered_kv_bytes(cfg.training, llama_8b) == 2 * 8 * 131072 * 128 * 8

@@ -1,14 +1,16 @@
 """A target checkpoint that lacks a tensor the trainers or the vLLM capture need is refused with one
 line naming the file, the tensor names looked for and what was expected."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from longdraft.engines.head_weights import head_rows, load_embedding_and_head, load_final_norm
 from longdraft.errors import UserError
+from longdraft.target.spec import TargetSpec
+from longdraft.target.weights import head_rows, load_embedding_and_head, load_final_norm
 
 V, H = 16, 4
 
@@ -38,19 +40,19 @@ def test_no_embedding(tmp_path):
     with pytest.raises(
         UserError, match=r"model\.safetensors\.index\.json: no tensor named model\.embed_tokens\.weight"
     ):
-        load_embedding_and_head(target)
+        load_embedding_and_head(target, tied=False)
     with pytest.raises(UserError, match="expected the target's input embedding"):
-        load_embedding_and_head(target)
+        load_embedding_and_head(target, tied=True)
 
 
 def test_no_head_and_untied(tmp_path):
     target = _checkpoint(tmp_path, {"model.embed_tokens.weight": torch.ones(V, H)}, {"tie_word_embeddings": False})
     with pytest.raises(UserError, match=r"no tensor named lm_head\.weight; .*tie_word_embeddings is false"):
-        load_embedding_and_head(target)
+        load_embedding_and_head(target, tied=False)
     tied = _checkpoint(
         tmp_path / "tied", {"model.embed_tokens.weight": torch.ones(V, H)}, {"tie_word_embeddings": True}
     )
-    embedding, head = load_embedding_and_head(tied)
+    embedding, head = load_embedding_and_head(tied, tied=True)
     assert head is embedding  # a tied target reuses its embedding
 
 
@@ -61,6 +63,10 @@ def test_no_final_norm(tmp_path):
 
 
 def test_no_norm_epsilon(tmp_path):
-    target = _checkpoint(tmp_path, {"model.norm.weight": torch.ones(H)}, {"hidden_size": H})
+    config = {"model_type": "llama", "hidden_size": H, "num_attention_heads": 1}
+    target = _checkpoint(tmp_path, {"model.norm.weight": torch.ones(H)}, config)
+    spec = TargetSpec.load(target)
+    assert torch.equal(spec.final_norm_weight(), torch.ones(H))
+    spec = dataclasses.replace(spec, rms_norm_eps=None)  # a config without it (transformers' own classes have it)
     with pytest.raises(UserError, match=r"config\.json: no rms_norm_eps; expected"):
-        load_final_norm(target)
+        _ = spec.final_norm_eps

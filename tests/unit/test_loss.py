@@ -72,7 +72,7 @@ def test_each_target_distribution_is_computed_once(monkeypatch):
     computed = []
     probs = loss_module._target_probs
     monkeypatch.setattr(
-        loss_module, "_target_probs", lambda h, tw32, r: (computed.append(r.clone()), probs(h, tw32, r))[1]
+        loss_module, "_target_probs", lambda h, tw32, r, *t: (computed.append(r.clone()), probs(h, tw32, r, *t))[1]
     )
     sums, _ = soft_cross_entropy_steps(xs, rows, w, th, tw, 4)
     sums.sum().backward()

@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from longdraft.engines.base import TargetEngine, default_aux_layers, resolve_aux_layers
-from longdraft.engines.head_weights import head_rows, load_embedding_and_head
+from longdraft.engines.base import TargetEngine
 from longdraft.engines.hf import HFTargetEngine
+from longdraft.errors import UserError
+from longdraft.target.aux_layers import default_aux_layers, resolve_aux_layers
+from longdraft.target.weights import head_rows, load_embedding_and_head
 
 ATOL = 1e-5
 
@@ -41,7 +43,7 @@ def test_engine_properties(engine, reference_model):
 
 
 def test_head_weights_read_from_safetensors_equal_the_model(target_dir, reference_model):
-    embedding, head = load_embedding_and_head(target_dir)
+    embedding, head = load_embedding_and_head(target_dir, tied=False)
     assert torch.equal(head, reference_model.lm_head.weight) and not head.requires_grad
     assert torch.equal(embedding, reference_model.model.embed_tokens.weight)
     assert head_rows(target_dir) == reference_model.config.vocab_size
@@ -113,7 +115,7 @@ def test_custom_aux_layers_sorted_and_validated(target_dir, reference_model):
         resolve_aux_layers(None, 4)
     with pytest.raises(ValueError, match="outside the target vocab"):
         eng.prefill([[0, eng.vocab_size]])
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(UserError, match="has no config.json"):
         HFTargetEngine(target_dir / "nope")
 
 

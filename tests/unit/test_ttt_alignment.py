@@ -25,9 +25,9 @@ def _spy_run(monkeypatch):
         model, "rope", lambda x, pos, lengths: (seen["positions"].append(pos.clone()), rope(x, pos, lengths))[1]
     )
 
-    def loss_spy(xs, rows, w, th, tw, chunk, meter=None, precision="fp32"):
+    def loss_spy(xs, rows, w, th, tw, chunk, meter=None, precision="fp32", target_logits=None):
         seen["target_rows"] += [th[r, 0].clone() for r in rows]
-        return loss(xs, rows, w, th, tw, chunk, meter, precision)
+        return loss(xs, rows, w, th, tw, chunk, meter, precision, target_logits)
 
     monkeypatch.setattr(ttt, "soft_cross_entropy_steps", loss_spy)
     valid = step_valid_masks(batch, target_ok(batch, target_head, model.t2d, 4), K)

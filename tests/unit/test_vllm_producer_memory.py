@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from transformers import LlamaConfig
 
 from longdraft.config import config_from_dict
 from longdraft.engines.vllm_memory import (
@@ -20,16 +21,20 @@ from longdraft.engines.vllm_memory import (
 from longdraft.engines.vllm_settings import default_kv_cache_bytes, vllm_capture_ids
 from longdraft.errors import UserError
 from longdraft.pipeline.placement import PlacementError, gpu_shares
+from longdraft.target.spec import TargetSpec
 
-LLAMA_8B = {  # Llama-3.1-8B's config.json, the keys that size it
+_LLAMA_8B = {  # Llama-3.1-8B's config.json, the keys that size it
     "hidden_size": 4096,
     "num_attention_heads": 32,
     "num_key_value_heads": 8,
     "num_hidden_layers": 32,
     "torch_dtype": "bfloat16",
 }
+LLAMA_8B = TargetSpec.from_config(LlamaConfig(**_LLAMA_8B))
 LLAMA_8B_WEIGHTS = 16_060_522_496  # its model.safetensors.index.json total_size
-LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "num_attention_heads": 64, "num_hidden_layers": 80}
+LLAMA_70B = TargetSpec.from_config(
+    LlamaConfig(**{**_LLAMA_8B, "hidden_size": 8192, "num_attention_heads": 64, "num_hidden_layers": 80})
+)
 LLAMA_70B_WEIGHTS = 141_107_412_992
 H100 = DeviceMemory(free=80 * GiB, total=80 * GiB)
 CONTEXT = 131072 + 1  # 128K prompts and the one generated token
@@ -84,13 +89,13 @@ def test_a_target_that_does_not_fit_is_refused_with_the_sizes():
 
 def test_weights_from_the_safetensors_index_or_files_in_the_runs_dtype(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 1000}}))
-    assert weights_bytes(tmp_path, {"torch_dtype": "bfloat16"}, 2) == 1000
-    assert weights_bytes(tmp_path, {"torch_dtype": "float32"}, 2) == 500  # an fp32 checkpoint run in bf16
+    assert weights_bytes(tmp_path, "bfloat16", 2) == 1000
+    assert weights_bytes(tmp_path, "float32", 2) == 500  # an fp32 checkpoint run in bf16
     single = tmp_path / "one"
     single.mkdir()
-    assert weights_bytes(single, {}, 4) is None
+    assert weights_bytes(single, "float32", 4) is None
     (single / "model.safetensors").write_bytes(b"x" * 400)
-    assert weights_bytes(single, {"dtype": "float32"}, 4) == 400
+    assert weights_bytes(single, "float32", 4) == 400
 
 
 def _cfg(engine="vllm", **inference):

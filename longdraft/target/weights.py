@@ -1,7 +1,8 @@
-"""Read only the target's input embedding and ``lm_head`` from its safetensors files.
+"""Read only the target's input embedding, ``lm_head`` and final norm from its safetensors files.
 
-Trainer ranks need these two matrices (frozen) but not the rest of the target, so they read them
-directly instead of instantiating the whole model.
+Trainer ranks need these matrices (frozen) but not the rest of the target, so they read them
+directly instead of instantiating the whole model. What the config says about them (tied
+embeddings, the norm's eps and kind) comes from `TargetSpec`, which calls these readers.
 """
 
 from __future__ import annotations
@@ -46,19 +47,6 @@ def _read(files: dict[str, Path], names: tuple[str, ...]) -> torch.Tensor | None
     return None
 
 
-def read_target_config(target_path: str | Path) -> tuple[dict, dict]:
-    """(the target's ``config.json``, its text part: ``text_config`` of a multimodal checkpoint,
-    else the whole), read as plain JSON so no model class is needed."""
-    path = Path(target_path) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"target model directory {path.parent} has no config.json (only local checkpoints "
-            "are loaded, never downloads)"
-        )
-    config = json.loads(path.read_text())
-    return config, config.get("text_config") or config
-
-
 def head_rows(target_path: str | Path) -> int:
     """Rows of the target's ``lm_head`` (the id space of ``d2t``/``t2d``), read from the header only."""
     path = Path(target_path)
@@ -70,7 +58,7 @@ def head_rows(target_path: str | Path) -> int:
     raise _missing(path, HEAD_KEYS + EMBED_KEYS, "lm_head or (tied) input embedding, [vocab, hidden]")
 
 
-def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+def load_embedding_and_head(target_path: str | Path, tied: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding ``[V, H]``, lm_head ``[V, H]``) in fp32; a tied target reuses the embedding."""
     path = Path(target_path)
     files = _weight_files(path)
@@ -79,8 +67,7 @@ def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torc
         raise _missing(path, EMBED_KEYS, "input embedding, [vocab, hidden]")
     head = _read(files, HEAD_KEYS)
     if head is None:
-        config, _ = read_target_config(path)
-        if not config.get("tie_word_embeddings", False):
+        if not tied:
             raise _missing(path, HEAD_KEYS, "lm_head [vocab, hidden] (config.json: tie_word_embeddings is false)")
         head = embed
     return embed.float(), head.float()
@@ -89,15 +76,11 @@ def load_embedding_and_head(target_path: str | Path) -> tuple[torch.Tensor, torc
 NORM_KEYS = ("model.norm.weight", "model.language_model.norm.weight", "norm.weight")
 
 
-def load_final_norm(target_path: str | Path) -> tuple[torch.Tensor, float]:
-    """(final RMSNorm weight ``[H]``, its eps): engines that capture the residual stream before the
-    final norm (vLLM) apply it themselves to get the ``lm_head`` input."""
+def load_final_norm(target_path: str | Path) -> torch.Tensor:
+    """The final norm's weight ``[H]``: engines that capture the residual stream before the final norm
+    (vLLM) apply it themselves to get the ``lm_head`` input (``engines/final_norm.py``)."""
     path = Path(target_path)
     weight = _read(_weight_files(path), NORM_KEYS)
     if weight is None:
         raise _missing(path, NORM_KEYS, "final RMSNorm weight, [hidden]")
-    config, text = read_target_config(path)
-    eps = config.get("rms_norm_eps", text.get("rms_norm_eps"))
-    if eps is None:
-        raise UserError(f"{path / 'config.json'}: no rms_norm_eps; expected the target's final RMSNorm epsilon")
-    return weight, float(eps)
+    return weight
