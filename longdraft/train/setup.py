@@ -122,9 +122,7 @@ def build_train_parts(cfg: Config, vocab: VocabMapping, device: torch.device) ->
     embedding, head = spec.embedding_and_head()
     # bf16 only where the loss reads them as bf16 (checkpoints store them so: nothing is lost)
     frozen = frozen_dtype(resolve_loss_precision(t.loss_precision, device))
-    model = build_draft(
-        spec, embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen, cfg.model.draft_window
-    )
+    model = build_draft(spec, embedding, vocab, device, t.seed, cfg.model.aux_layers, frozen, cfg.model.draft_window)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, t.lr, t.weight_decay)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.num_steps, t.lr, t.min_lr)
