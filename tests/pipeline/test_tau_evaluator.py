@@ -79,3 +79,29 @@ def test_a_killed_tau_evaluator_is_reported_and_training_finishes(ray_session, t
     assert len(failed) == 1 and failed[0]["step"] > 2  # reported once, when its answer was due
     assert (out / "final" / "config.json").is_file()
     print({"failed": failed[0]["tau_evaluator_failed"], "skipped": records[-1].get("tau_skipped")})
+
+
+class _SlowMeter:
+    """A real actor standing in for the evaluator: answers after ``delay_s`` with what it was sent."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+
+    def measure(self, step: int, exported: dict) -> dict:
+        time.sleep(self.delay_s)
+        return {"tau_step": step, "tau@8": float(exported["tensors"]["w"].sum()), "eval_tau_s": self.delay_s}
+
+
+@pytest.mark.timeout(60)
+def test_one_evaluation_in_flight_late_ones_skipped_and_counted_the_last_awaited(ray_session):
+    import torch
+
+    from longdraft.pipeline.tau_evaluator import ActorTau
+
+    tau = ActorTau(ray_session.remote(_SlowMeter).remote(1.0), wait_s=30)
+    export = {"config": {}, "tensors": {"w": torch.full((3,), 2.0)}}
+    assert tau.step(1, due=True, last=False, export=lambda: export) == {}  # sent; its answer comes later
+    assert tau.step(2, due=True, last=False, export=lambda: export) == {"tau_skipped": 1}  # one in flight already
+    export = {"config": {}, "tensors": {"w": torch.full((3,), 5.0)}}
+    last = tau.step(3, due=True, last=True, export=lambda: export)
+    assert last == {"tau_step": 3, "tau@8": 15.0, "eval_tau_s": 1.0, "tau_skipped": 1}  # the last step's own weights
