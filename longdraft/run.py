@@ -34,7 +34,9 @@ def run_training(cfg: Config) -> TrainResult:
 
     out = Path(cfg.output.shared_dir)  # rank 0's checkpoints, export and metrics
     check_training_length(cfg)
-    if cfg.eval.enabled and cfg.eval.context_lengths:  # refused now, not after the training it follows
+    if (
+        cfg.eval.enabled or cfg.eval.every
+    ) and cfg.eval.context_lengths:  # refused now, not after the training it follows
         from longdraft.eval.after_training import check_context_eval
 
         check_context_eval(cfg)
@@ -80,6 +82,7 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
         SumReducer(None),
         device,
         meter,
+        tau=_inline_tau(cfg, device),
     )
     try:
         loop = train_loop(cfg, parts, rank, checkpoint)
@@ -91,6 +94,16 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     data = [r.summary() for r in reports]
     write_summary(cfg, loop, dict(stream.report.skipped), data, {"epochs_started": stream.epoch + 1})
     return loop
+
+
+def _inline_tau(cfg: Config, device: torch.device):
+    """One device's real τ by context length between steps (``eval.every``), or None."""
+    if not cfg.eval.every:
+        return None
+    from longdraft.eval.context_tau import ContextTauMeter
+    from longdraft.train.tau_during_training import InlineTau
+
+    return InlineTau(ContextTauMeter(cfg, device))
 
 
 def finish_run(cfg: Config, result: TrainResult) -> TrainResult:

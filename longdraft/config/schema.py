@@ -212,6 +212,9 @@ class EvalConfig:
     )
     # Documents to cut those prompts from (long ones); None: data.eval_path (else the training data).
     context_path: str | None = _path(data=True)
+    # Also measure that real τ at each of context_lengths every N steps and at the last, while training
+    # (metrics.jsonl tau@L); 0: never. One device: between steps; pipeline: an evaluator actor.
+    every: int = _bounded(0, min=0, unit="steps", note="0: never")
 
 
 @dataclass

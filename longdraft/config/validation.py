@@ -40,6 +40,8 @@ def validate(cfg: Config, origins: dict[str, str]) -> None:
             f"a multiple of micro_batch_size*dp = {t.micro_batch_size}*{cfg.dp_size} = {per_step} "
             f"(dp = num_trainers / sp = {t.num_trainers}/{sp})",
         )
+    if cfg.eval.every and not cfg.eval.context_lengths:
+        fail("eval.every", cfg.eval.every, "0, or eval.context_lengths set (the lengths to measure τ at)")
     if t.num_trainers > 1 and t.micro_batch_size != 1:
         fail(
             "training.micro_batch_size",

@@ -6,7 +6,9 @@ pre-norm output predicts ``x[t+2]``; at the last verified position that is the t
 target's bonus token. Chain steps feed back the draft's own pre-norm output with the previously
 drafted token at the next RoPE position and append their keys as temporary entries, attended to
 causally together with the committed ones: the serving form of training's causal + diagonal mask.
-After verification the chain is discarded and the accepted tokens are committed from target features.
+A windowed draft (``config.sliding_window = N``) sees, as in training, only the last N committed
+(step-0) entries up to its anchor: its own index for a committed entry, the last committed entry for
+a chain step, whose chain entries (the TTT diagonal) stay visible. After verification the chain is discarded and the accepted tokens are committed from target features.
 
 The decoder math is ``Eagle3Draft.layer_step`` itself; only the attention backend differs.
 """
@@ -24,8 +26,15 @@ from longdraft.model.draft import Eagle3Draft
 class _CachedAttention:
     """Attention backend for ``layer_step``: new queries over cached keys plus their own, causally."""
 
-    def __init__(self, past_keys: torch.Tensor | None, past_values: torch.Tensor | None):
+    def __init__(
+        self,
+        past_keys: torch.Tensor | None,
+        past_values: torch.Tensor | None,
+        window: int | None = None,
+        committed: int = 0,
+    ):
         self.past_keys, self.past_values = past_keys, past_values
+        self.window, self.committed = window, committed  # committed: entries that are committed after this call
 
     def prepare(self, q, k, v):
         return q, k, v
@@ -41,7 +50,11 @@ class _CachedAttention:
         scores = torch.einsum("bhtd,bhsd->bhts", q.float(), k) / math.sqrt(q.shape[-1])
         # Query i sits at key index (n_all - n_new + i) and sees every key up to itself.
         own_index = n_all - n_new + torch.arange(n_new, device=q.device)
-        visible = torch.arange(n_all, device=q.device)[None, :] <= own_index[:, None]
+        key_index = torch.arange(n_all, device=q.device)[None, :]
+        visible = key_index <= own_index[:, None]
+        if self.window is not None:
+            anchor = own_index.clamp(max=self.committed - 1)[:, None]
+            visible &= (key_index >= self.committed) | (key_index > anchor - self.window)
         probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
         return torch.einsum("bhts,bhsd->bhtd", probs, v).to(q.dtype)
 
@@ -66,14 +79,16 @@ class DraftRunner:
     def device(self) -> torch.device:
         return self.model.fc.weight.device
 
-    def _run(self, tokens: torch.Tensor, feature: torch.Tensor, first_position: int) -> torch.Tensor:
+    def _run(self, tokens: torch.Tensor, feature: torch.Tensor, first_position: int, committing: bool) -> torch.Tensor:
         """Append entries for ``tokens`` [T] with pre-fc-applied ``feature`` [T, H]; return pre-norm [T, H]."""
         model = self.model
         n = tokens.shape[0]
         positions = torch.arange(first_position, first_position + n, device=self.device)[None]
         embedding = model.embed(tokens.to(self.device)[None])
         cos, sin = model.rope(feature[None], positions)
-        backend = _CachedAttention(self._keys, self._values)
+        committed = self.committed + (n if committing else 0)
+        window = getattr(model.config, "sliding_window", None)
+        backend = _CachedAttention(self._keys, self._values, window, committed)
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
         prenorm = model.layer_step(embedding, feature[None], cos, sin, keys, values, backend)
@@ -92,7 +107,7 @@ class DraftRunner:
                 f"and {tuple(aux.shape)}"
             )
         feature = self.model.fc(aux.to(self.device, self.model.fc.weight.dtype))
-        prenorm = self._run(tokens, feature, self.committed)
+        prenorm = self._run(tokens, feature, self.committed, committing=True)
         self.committed += tokens.shape[0]
         return prenorm
 
@@ -102,7 +117,7 @@ class DraftRunner:
         if self.committed == 0:
             raise RuntimeError("chain_step() before any committed entry")
         position = self.committed + self.chain  # last committed position + chain step index
-        prenorm = self._run(torch.tensor([token]), feature[None], position)
+        prenorm = self._run(torch.tensor([token]), feature[None], position, committing=False)
         self.chain += 1
         return prenorm[0]
 

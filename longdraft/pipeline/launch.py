@@ -102,6 +102,20 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float, liveness=None
     return results
 
 
+def _tau_evaluator(cfg: Config, placement):
+    """The actor that measures real τ by context length for rank 0 (``eval.every``), or None. It holds
+    an HF target like an HF producer (its CPUs and GPU share) and is not restarted: one that dies is
+    reported, and training goes on (`pipeline/tau_evaluator.py`)."""
+    if not cfg.eval.every:
+        return None
+    from longdraft.pipeline.tau_evaluator import tau_evaluator_actor
+
+    options = {"num_cpus": actor_cpus(cfg), "max_restarts": 0}
+    if placement.use_gpu and placement.producer_gpu:
+        options["num_gpus"] = placement.producer_gpu
+    return tau_evaluator_actor(options).remote(cfg)
+
+
 def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
     """Train with ``training.num_trainers`` rank actors; returns rank 0's loop result."""
     import ray
@@ -144,6 +158,8 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
             budget=inflight_budget(cfg, store.capacity_bytes),
             sizes=sizes,
         )
+        tau_actor = _tau_evaluator(cfg, placement)
+        actors += [tau_actor] if tau_actor is not None else []
         trainers = [
             trainer_actor(placement.trainer_options[rank]).remote(
                 rank,
@@ -155,6 +171,7 @@ def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:
                 vocab.draft_to_target,
                 start_position,
                 str(checkpoint) if checkpoint else None,
+                tau_actor if rank == 0 else None,
             )
             for rank in range(world)
         ]

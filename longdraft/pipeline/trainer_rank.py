@@ -42,6 +42,7 @@ class TrainerRank:
         vocab_ids: torch.Tensor,
         start_position: int,
         checkpoint: str | None,
+        tau_evaluator=None,
     ):
         import ray
 
@@ -56,6 +57,7 @@ class TrainerRank:
         self.vocab_ids = vocab_ids
         self.start_position = start_position
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.tau_evaluator = tau_evaluator  # rank 0's τ evaluator actor (eval.every), else None
         self.report = {
             "rank": rank,
             "sp_rank": self.sp_rank,
@@ -139,6 +141,7 @@ class TrainerRank:
             self.mesh,
             progress_bar=False,
             on_step=lambda step: self.controller.heartbeat.remote(self.rank, step),
+            tau=self._tau(),
         )
         result: LoopResult = train_loop(self.cfg, self.parts, role, self.checkpoint)
         self.report["step_s"], self.report["data_wait_s"] = result.step_s, result.data_wait_s
@@ -150,6 +153,14 @@ class TrainerRank:
         ranks_dir.mkdir(parents=True, exist_ok=True)
         (ranks_dir / f"rank{self.rank}.json").write_text(json.dumps(self.report, indent=2) + "\n")
         return {"rank": self.rank, "report": self.report, "loop": result if self.rank == 0 else None}
+
+    def _tau(self):
+        if self.tau_evaluator is None:
+            return None
+        from longdraft.pipeline.tau_evaluator import ActorTau
+
+        c = self.cfg.cluster  # the last step's wait: bounded by the run's own limit (else 10 minutes)
+        return ActorTau(self.tau_evaluator, c.run_timeout_s or 600.0)
 
     def shutdown(self) -> None:
         if dist.is_initialized():

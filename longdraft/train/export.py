@@ -12,6 +12,13 @@ top-level ``eagle_aux_hidden_state_layer_ids`` as *inputs* of layers (our output
 its id ``i + 1``); SGLang reads ``eagle_config.eagle_aux_hidden_state_layer_ids`` as outputs of
 layers (our ids as they are). Without them a serving engine falls back to its own default, which
 for small targets or non-default training layers are other tensors.
+
+A windowed draft (``model.draft_window``) writes ``sliding_window`` with ``layer_types:
+["sliding_attention"]``: vLLM's Llama layer applies ``sliding_window`` only to a layer that
+``layer_types`` marks sliding (counted from the draft's first layer), SGLang reads the same pair.
+
+`exported_state` is the export in memory (config dict + tensors): what a pipeline's evaluator
+actor receives through the object store, and what `export_draft` writes.
 """
 
 from __future__ import annotations
@@ -61,6 +68,10 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "target_dtype": getattr(config, "target_dtype", "float32"),
     }
+    window = getattr(config, "sliding_window", None)
+    if window is not None:
+        out["sliding_window"] = int(window)
+        out["layer_types"] = ["sliding_attention"]
     aux = getattr(config, "aux_layers", None)
     if aux is not None:  # None only for a checkpoint from before the layers were recorded
         out["eagle_aux_hidden_state_layer_ids"] = vllm_layer_ids(aux)
@@ -82,8 +93,19 @@ def export_draft(
             f"the draft was trained on sequences of {trained_length} tokens but its config says "
             f"max_position_embeddings = {limit}: a serving engine would clamp positions past {limit}"
         )
+    state = exported_state(model, dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    save_file(state["tensors"], str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
+    return out
+
+
+def exported_state(model: Eagle3Draft, dtype: torch.dtype | None = None) -> dict:
+    """``{"config": config.json's dict, "tensors": model.safetensors' tensors}`` on the CPU, in ``dtype``
+    (default: the target's)."""
+    if dtype is None:
+        dtype = getattr(torch, getattr(model.config, "target_dtype", "float32"))
     tensors = {
         name: param.detach().to("cpu", dtype).contiguous()
         for name, param in model.state_dict().items()
@@ -91,9 +113,7 @@ def export_draft(
     }
     tensors["d2t"] = model.d2t.detach().cpu().to(torch.int64).contiguous()
     tensors["t2d"] = model.t2d.detach().cpu().to(torch.bool).contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(export_config_dict(model.config, dtype), indent=2) + "\n")
-    return out
+    return {"config": export_config_dict(model.config, dtype), "tensors": tensors}
 
 
 def draft_config_from_export(cfg: dict) -> LlamaConfig:
@@ -115,6 +135,7 @@ def draft_config_from_export(cfg: dict) -> LlamaConfig:
     config.draft_vocab_size = cfg["draft_vocab_size"]
     config.target_hidden_size = cfg.get("target_hidden_size", cfg["hidden_size"])
     config.aux_layers = exported_aux_layers(cfg)
+    config.sliding_window = cfg.get("sliding_window")
     config.target_dtype = str(cfg.get("target_dtype") or cfg.get("torch_dtype") or "float32")
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
@@ -150,11 +171,16 @@ def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) 
         raise ExportError(
             f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']"
         )
+    return draft_from_export(cfg, load_file(str(path / "model.safetensors")), target_embedding, str(path))
+
+
+def draft_from_export(cfg: dict, tensors: dict, target_embedding: torch.Tensor, where: str = "export") -> Eagle3Draft:
+    """An ``Eagle3Draft`` (fp32) from an export's config dict and tensors, on disk or in memory."""
     model = Eagle3Draft(draft_config_from_export(cfg), target_embedding.float())
-    tensors = load_file(str(path / "model.safetensors"))
+    tensors = dict(tensors)
     model.set_vocab_mapping(tensors.pop("d2t"), tensors.pop("t2d"))
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     missing = [k for k in missing if k not in ("d2t", "t2d")]
     if missing or unexpected:
-        raise ExportError(f"{path / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
+        raise ExportError(f"{where}: missing keys {missing}, unexpected keys {unexpected}")
     return model

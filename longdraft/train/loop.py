@@ -2,7 +2,7 @@
 
 Per step: read the step's micro-batches, ``train_step`` (loss normalised by the global count,
 gradients summed over all ranks), metrics reduced as sums over ranks, then whatever says it is due:
-held-out evaluation, the metrics log, a checkpoint. At the end the export. Rank 0 (the only rank
+held-out evaluation, real τ by context length (``rank.tau``), the metrics log, a checkpoint. At the end the export. Rank 0 (the only rank
 on one device) writes the metrics, checkpoints and export.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from longdraft.config import Config
 from longdraft.train.batch_source import SKIP_TOO_FEW_LOSS_TOKENS, StepBatches
-from longdraft.train.export import export_draft
+from longdraft.train.export import export_draft, exported_state
 from longdraft.train.metrics_log import Console, MetricsLog, peak_memory
-from longdraft.train.periodic import Checkpointer, Evaluator
+from longdraft.train.periodic import Checkpointer, Evaluator, due
 from longdraft.train.rank_context import RankContext
 from longdraft.train.setup import TrainParts
 from longdraft.train.step import StepSettings, train_step
@@ -57,6 +57,9 @@ def train_loop(cfg: Config, parts: TrainParts, rank: RankContext, checkpoint: Pa
             metrics.update(step=step, elapsed_s=time.perf_counter() - started, epoch=rank.source.epoch)
             if evaluator.due(step):
                 metrics.update(evaluator.run())
+            if rank.tau is not None:  # real τ by context length, timed apart from the step (eval_tau_s)
+                tau_due = due(step, cfg.eval.every, t.num_steps)
+                metrics.update(rank.tau.step(step, tau_due, step == t.num_steps, lambda: exported_state(parts.model)))
             result.history.append(metrics)
             if rank.on_step is not None:
                 rank.on_step(step)

@@ -1,5 +1,6 @@
 """``<output_dir>/metrics.png``: loss and per-step acc_k over training steps, plus held-out curves
-and, once ``eval.json`` exists, the real acceptance length of the final evaluation."""
+and, once ``eval.json`` exists, the real acceptance length of the final evaluation; with ``eval.every``
+the real τ measured during training against the step it measured, one line per context length."""
 
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     evals = [r for r in records if "eval_loss" in r or "eval_acc_k" in r]
     real_tau = _real_acceptance_length(out)
     has_sim = any("eval_sim_acc_len" in r for r in evals) or real_tau is not None
-    fig = Figure(figsize=(15 if has_sim else 10, 4))
+    lengths = sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
+    panels = 2 + has_sim + bool(lengths)
+    fig = Figure(figsize=(5 * panels, 4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3 if has_sim else 2, squeeze=False)
+    axes = fig.subplots(1, panels, squeeze=False)
     ax_loss, ax_acc = axes[0][0], axes[0][1]
 
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
@@ -89,7 +92,19 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
         ax_sim.set(xlabel="step", ylabel="accepted drafts per verification", title="held-out acceptance length")
         ax_sim.legend()
 
+    if lengths:
+        _plot_tau_by_length(axes[0][-1], records, lengths)
+
     fig.tight_layout()
     path = out / filename
     fig.savefig(path, dpi=100)
     return path
+
+
+def _plot_tau_by_length(ax, records: list[dict], lengths: list[int]) -> None:
+    """Real τ during training (``eval.every``) against the step whose weights it measured."""
+    for n in lengths:
+        pts = [r for r in records if r.get(f"tau@{n}") is not None]
+        ax.plot([r["tau_step"] for r in pts], [r[f"tau@{n}"] for r in pts], "o-", label=f"context {n}")
+    ax.set(xlabel="step", ylabel="acceptance length τ (bonus included)", title="real τ by context length")
+    ax.legend(fontsize="small")

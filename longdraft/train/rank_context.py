@@ -17,6 +17,7 @@ from longdraft.parallel.mesh import USPMesh
 from longdraft.parallel.reduction import SumReducer
 from longdraft.step_meter import StepMeter
 from longdraft.train.batch_source import BatchSource
+from longdraft.train.tau_during_training import TauDuringTraining
 
 
 @dataclass
@@ -29,6 +30,7 @@ class RankContext:
     mesh: USPMesh | None = None  # None: the whole sequence on this rank (S = 1)
     progress_bar: bool = True  # the writer's console: a bar (a terminal) or log lines (a rank actor)
     on_step: Callable[[int], None] | None = None  # after every finished step (a pipeline rank's heartbeat)
+    tau: TauDuringTraining | None = None  # the writer's real τ by context length (eval.every), else None
 
     @property
     def rank(self) -> int:

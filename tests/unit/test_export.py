@@ -151,3 +151,16 @@ def test_a_bf16_target_gives_a_bf16_export_saying_so(tmp_path):
         assert torch.equal(loaded.fc.weight, model.fc.weight.detach().bfloat16().float())
     fp32 = export_draft(tiny_draft()[0], tmp_path / "fp32")  # an fp32 target keeps an fp32 export
     assert json.loads((fp32 / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_a_windowed_draft_exports_its_window_as_vllm_and_sglang_read_it(tmp_path):
+    """vLLM applies ``sliding_window`` only to a layer that ``layer_types`` marks sliding; loading the
+    export back keeps the window (the evaluator's draft runner reads it); a full draft writes neither."""
+    model, _ = tiny_draft()
+    full = json.loads((export_draft(model, tmp_path / "full") / "config.json").read_text())
+    assert "sliding_window" not in full and "layer_types" not in full
+    model.config.sliding_window = 5
+    cfg = json.loads((export_draft(model, tmp_path / "windowed") / "config.json").read_text())
+    assert cfg["sliding_window"] == 5 and cfg["layer_types"] == ["sliding_attention"]
+    back = load_exported_draft(tmp_path / "windowed", model.embed_tokens)
+    assert back.config.sliding_window == 5

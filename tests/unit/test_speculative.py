@@ -96,9 +96,12 @@ class NoisyOracle:
         return [(d + 1) % self.vocab if self.rng.random() < self.p else d for d in self.oracle.propose(tokens, aux, k)]
 
 
-def test_draft_runner_equals_training_unroll():
-    """Cached serving steps reproduce the TTT unroll: step 0 causal, chain steps = diagonal keys."""
+@pytest.mark.parametrize("window", [None, 3])
+def test_draft_runner_equals_training_unroll(window):
+    """Cached serving steps reproduce the TTT unroll: step 0 causal, chain steps = diagonal keys; a
+    windowed draft sees only the last ``window`` step-0 keys, as in training."""
     model, _ = tiny_draft(draft_vocab=30)
+    model.config.sliding_window = window
     gen = torch.Generator().manual_seed(1)
     length, steps = 14, 4
     x = torch.randint(0, VOCAB, (length,), generator=gen)
@@ -115,7 +118,7 @@ def test_draft_runner_equals_training_unroll():
                 sin,
                 keys,
                 values,
-                make_attention_backend("reference"),
+                make_attention_backend("reference", window=window),
             )
             per_step.append(feature[0])
     runner = DraftRunner(model)
