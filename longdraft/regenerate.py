@@ -30,6 +30,7 @@ from longdraft.data.errors import DataError
 from longdraft.data.rows import Conversation, PlainText, iter_jsonl
 from longdraft.data.tokenize import render_chat
 from longdraft.errors import UserError
+from longdraft.target.spec import TargetSpec
 
 TOO_LONG = "too_long_for_the_target"  # a reason kind of its own, beside those of data/errors.py
 
@@ -50,7 +51,7 @@ class Generator:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.stop_ids = sorted(stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_positions = TargetSpec.from_config(model.config).max_position_embeddings
 
     def fits(self, prompt_tokens: int, budget: int) -> bool:
         return self.max_positions is None or prompt_tokens + budget <= self.max_positions

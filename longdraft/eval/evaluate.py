@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -39,13 +38,10 @@ def run_prompts(
 
 
 def check_draft_fits_target(draft_dir: Path, vocab_size: int, hidden_size: int) -> None:
-    path = draft_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"draft directory {draft_dir} has no config.json (expected an export: "
-            "<output_dir>/final or `longdraft export`)"
-        )
-    cfg = json.loads(path.read_text())
+    from longdraft.train.export import read_export_config
+
+    path = draft_dir / "config.json"  # named in the messages
+    cfg = read_export_config(draft_dir)
     if cfg.get("vocab_size") != vocab_size:
         raise EvalInputError(
             f"{path}: vocab_size={cfg.get('vocab_size')}, but the target vocab has {vocab_size} tokens"

@@ -2,7 +2,7 @@
 
 The draft is one Llama decoder layer with the target's hidden size, heads and RoPE (that of its
 full-attention layers), so a ``LlamaConfig`` describes it; only ``draft_vocab_size``,
-``target_hidden_size`` and ``aux_layers`` are extra.
+``target_hidden_size``, ``target_dtype`` and ``aux_layers`` are extra.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def draft_config_from_target(
     )
     config.draft_vocab_size = draft_vocab
     config.target_hidden_size = spec.hidden_size
+    config.target_dtype = spec.dtype  # the export's dtype: serving engines load drafts in the target's
     config.aux_layers = spec.aux_layers(aux_layers)
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config

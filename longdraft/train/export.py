@@ -1,7 +1,9 @@
 """Export to the EAGLE-3 serving layout (SGLang / vLLM) and load it back.
 
 ``config.json``: a one-layer Llama with ``architectures: ["LlamaForCausalLMEagle3"]``, the target
-vocab as ``vocab_size``, ``draft_vocab_size``, explicit ``rope_theta``/``rope_scaling``.
+vocab as ``vocab_size``, ``draft_vocab_size``, explicit ``rope_theta``/``rope_scaling``; weights in the
+target's dtype (serving engines load drafts in it: bf16 for a bf16 target), named as ``torch_dtype``
+and ``dtype`` (transformers 4 and 5 read one each); ``target_dtype`` keeps it for `export_checkpoint`.
 ``model.safetensors``: ``fc.weight``, ``midlayer.*``, ``norm.weight``, ``lm_head.weight``, ``d2t``,
 ``t2d``; no ``model.`` prefix and no embedding (engines take the target's).
 
@@ -55,6 +57,8 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
         "attention_bias": False,
         "mlp_bias": False,
         "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
+        "target_dtype": getattr(config, "target_dtype", "float32"),
     }
     aux = getattr(config, "aux_layers", None)
     if aux is not None:  # None only for a checkpoint from before the layers were recorded
@@ -64,10 +68,13 @@ def export_config_dict(config: LlamaConfig, dtype: torch.dtype) -> dict:
 
 
 def export_draft(
-    model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype = torch.float32, trained_length: int | None = None
+    model: Eagle3Draft, out_dir: str | Path, dtype: torch.dtype | None = None, trained_length: int | None = None
 ) -> Path:
-    """Write the export; refuses one whose ``max_position_embeddings`` is below ``trained_length``
-    (vLLM and SGLang would clamp the positions the draft was trained on)."""
+    """Write the export, in ``dtype`` (default: the target's, ``config.target_dtype``); refuses one whose
+    ``max_position_embeddings`` is below ``trained_length`` (vLLM and SGLang would clamp the positions
+    the draft was trained on)."""
+    if dtype is None:
+        dtype = getattr(torch, getattr(model.config, "target_dtype", "float32"))
     limit = model.config.max_position_embeddings
     if trained_length is not None and limit < trained_length:
         raise ExportError(
@@ -107,6 +114,7 @@ def draft_config_from_export(cfg: dict) -> LlamaConfig:
     config.draft_vocab_size = cfg["draft_vocab_size"]
     config.target_hidden_size = cfg.get("target_hidden_size", cfg["hidden_size"])
     config.aux_layers = exported_aux_layers(cfg)
+    config.target_dtype = str(cfg.get("target_dtype") or cfg.get("torch_dtype") or "float32")
     config.architectures = ["LlamaForCausalLMEagle3"]
     return config
 
@@ -121,10 +129,22 @@ def exported_aux_layers(cfg: dict) -> list[int] | None:
     return [int(i) - 1 for i in top] if top is not None else None
 
 
+def read_export_config(export_dir: str | Path) -> dict:
+    """An export's ``config.json`` (the draft's, as written by `export_draft`)."""
+    path = Path(export_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"draft directory {path.parent} has no config.json (expected an export: "
+            "<output_dir>/final or `longdraft export`)"
+        )
+    return json.loads(path.read_text())
+
+
 def load_exported_draft(export_dir: str | Path, target_embedding: torch.Tensor) -> Eagle3Draft:
-    """Rebuild an ``Eagle3Draft`` from an export; the embedding comes from the target, as in serving."""
+    """Rebuild an ``Eagle3Draft`` from an export (weights cast to fp32 whatever the export's dtype);
+    the embedding comes from the target, as in serving."""
     path = Path(export_dir)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_export_config(path)
     if cfg.get("architectures") != ["LlamaForCausalLMEagle3"]:
         raise ExportError(
             f"{path / 'config.json'}: architectures={cfg.get('architectures')}, expected ['LlamaForCausalLMEagle3']"

@@ -17,4 +17,4 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     # The embedding is not part of the export (engines use the target's); a placeholder suffices.
     model = Eagle3Draft(config, torch.zeros(config.vocab_size, config.hidden_size))
     model.load_state_dict(state["model"])
-    return export_draft(model, out_dir)
+    return export_draft(model, out_dir)  # in the target's dtype, which the checkpoint's config records

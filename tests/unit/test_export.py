@@ -125,3 +125,29 @@ def test_an_export_that_would_clamp_the_trained_positions_is_refused(tmp_path):
     ):
         export_draft(model, tmp_path / "clamped", trained_length=4096)
     assert export_draft(model, tmp_path / "fits", trained_length=2048).is_dir()
+
+
+def test_a_bf16_target_gives_a_bf16_export_saying_so(tmp_path):
+    from longdraft.train.checkpoint import save_checkpoint
+    from longdraft.train.export import export_config_dict
+    from longdraft.train.export_checkpoint import export_checkpoint
+
+    model, _ = tiny_draft(dtype="bfloat16")  # the draft trains in fp32; the target is a bf16 checkpoint
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    assert model.fc.weight.dtype == torch.float32
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    extra = {"draft_config": export_config_dict(model.config, torch.float32)}
+    checkpoint = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, extra)
+    for out in (export_draft(model, tmp_path / "final"), export_checkpoint(checkpoint, tmp_path / "from_checkpoint")):
+        config = json.loads((out / "config.json").read_text())
+        assert config["torch_dtype"] == config["dtype"] == "bfloat16"
+        tensors = load_file(str(out / "model.safetensors"))
+        assert {t.dtype for name, t in tensors.items() if name not in ("d2t", "t2d")} == {torch.bfloat16}
+        assert torch.equal(tensors["fc.weight"], model.fc.weight.detach().bfloat16())
+        loaded = load_exported_draft(out, model.embed_tokens)  # eval's loader: cast back to fp32
+        assert loaded.fc.weight.dtype == torch.float32
+        assert torch.equal(loaded.fc.weight, model.fc.weight.detach().bfloat16().float())
+    fp32 = export_draft(tiny_draft()[0], tmp_path / "fp32")  # an fp32 target keeps an fp32 export
+    assert json.loads((fp32 / "config.json").read_text())["dtype"] == "float32"
