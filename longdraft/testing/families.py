@@ -214,6 +214,9 @@ def _deepseek_v3(ids):
     )
 
 
+# vLLM's own words after "vLLM 0.32 (CPU): ", which tests/vllm/test_families_vllm.py finds in vLLM's log.
+NO_EAGLE3 = "vLLM 0.32 (CPU): Model does not support EAGLE3 interface"
+
 _FAMILY_LIST = [
     Family("llama-3.1", "Llama-3.1 (`llama3` RoPE)", _llama31, chat_template="llama3"),
     Family("qwen2", "Qwen2 (tied embeddings)", _qwen2),
@@ -226,7 +229,8 @@ _FAMILY_LIST = [
         "gemma-3",
         "Gemma-3 (text; sliding + full layers)",
         _gemma3,
-        vllm_serving="vLLM 0.32 (CPU): Gemma-3 does not support the EAGLE-3 interface",
+        vllm_producer=f"{NO_EAGLE3} but aux_hidden_state_outputs was requested",
+        vllm_serving=f"{NO_EAGLE3} but aux_hidden_state_outputs was requested",
     ),
     Family("gpt-oss", "gpt-oss (MoE, sliding + full layers, YaRN)", _gpt_oss),
     Family("olmo-2", "OLMo-2", _olmo2),
