@@ -31,13 +31,19 @@ from longdraft.testing.tiny_target import write_tiny_jsonl
 
 LENGTHS = [5, 37, 130]  # one prompt past the sliding window, one longer than a prefill chunk of 32
 AUX = [0, 3, 7]  # the last layer's output is also the last hidden state's input
-PROMPTS, NEW_TOKENS, K = 6, 24, 3
+PROMPTS, NEW_TOKENS, K = 4, 20, 3
 FAILED = re.compile(r"vLLM could not start the target .*(Engine core initialization failed|not supported)")
 
 
 def _declared_reason(status: str) -> str:
     """vLLM's own words in a declaration such as 'vLLM 0.32 (CPU): <vLLM's message>'."""
     return status.split(": ", 1)[1]
+
+
+def _log(capfd) -> str:
+    """What vLLM's processes wrote (its logger writes to stdout, tracebacks to stderr)."""
+    out, err = capfd.readouterr()
+    return out + err
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -76,7 +82,7 @@ def _peaked(target, seed: int = 0) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_vllm_producer(name, targets, capfd):
     declared = FAMILIES[name].vllm_producer
@@ -84,7 +90,7 @@ def test_vllm_producer(name, targets, capfd):
     if declared != PASS:
         with pytest.raises(EngineError, match=FAILED):
             VLLMTargetEngine(target, AUX, dtype="fp32", max_length=200, max_num_batched_tokens=32)
-        assert _declared_reason(declared) in capfd.readouterr().err
+        assert _declared_reason(declared) in _log(capfd)
         return
     engine = VLLMTargetEngine(target, AUX, dtype="fp32", max_length=200, max_num_batched_tokens=32)
     try:
@@ -119,10 +125,10 @@ def _train(root, target):
                 "ttt_length": K,
                 "batch_size": 4,
                 "micro_batch_size": 4,
-                "num_steps": 60,
-                "lr": 5e-3,
+                "num_steps": 40,
+                "lr": 1e-2,
                 "warmup_steps": 3,
-                "min_lr": 5e-4,
+                "min_lr": 1e-3,
                 "eval_every": 1000,
             },
             "eval": {"enabled": True, "num_prompts": PROMPTS, "max_new_tokens": NEW_TOKENS},
@@ -133,7 +139,7 @@ def _train(root, target):
     return out / "final", heldout, json.loads((out / "eval.json").read_text())["real"]
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_vllm_serving(name, targets, tmp_path, capfd):
     declared = FAMILIES[name].vllm_serving
@@ -156,7 +162,7 @@ def test_vllm_serving(name, targets, tmp_path, capfd):
     if declared != PASS:
         with pytest.raises(Exception, match="Engine core initialization failed"):
             serve()
-        assert _declared_reason(declared) in capfd.readouterr().err
+        assert _declared_reason(declared) in _log(capfd)
         return
     export = json.loads((draft / "config.json").read_text())
     assert export["eagle_aux_hidden_state_layer_ids"] == [i + 1 for i in AUX]  # vLLM numbering
@@ -166,7 +172,7 @@ def test_vllm_serving(name, targets, tmp_path, capfd):
     assert served["acceptance_length"] == pytest.approx(ours["acceptance_length"], rel=0.05), (served, ours)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_vllm_serves_a_bf16_export_of_a_bf16_target(tmp_path):
     target = build_family_target("llama-3.1", tmp_path / "target", dtype=torch.bfloat16, seed=3)
     _peaked(target)
