@@ -332,9 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print the README support table")
     parser.add_argument("--build", nargs=2, metavar=("FAMILY", "DIR"), help="write one family's tiny target")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="the dtype --build saves")
     args = parser.parse_args(argv)
     if args.build:
-        print(build_family_target(*args.build))
+        import torch
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+        print(build_family_target(*args.build, dtype=dtype))
     if args.markdown or not args.build:
         print(support_table_markdown(), end="")
     return 0

@@ -10,11 +10,13 @@ import torch
 import yaml
 
 from longdraft.cli import main
-from longdraft.engines.head_weights import load_embedding_and_head
 from longdraft.engines.hf import HFTargetEngine, load_causal_lm
 from longdraft.eval.evaluate import load_for_eval
 from longdraft.eval.prompts import load_prompts
 from longdraft.eval.speculative import speculative_generate
+from longdraft.model.loss import soft_cross_entropy_steps
+from longdraft.model.target_head import TargetHead
+from longdraft.target.spec import TargetSpec
 from longdraft.testing.families import FAMILIES, PASS, SLIDING_WINDOW, build_family_target
 from longdraft.testing.tiny_target import write_tiny_jsonl
 
@@ -33,12 +35,22 @@ def expected_rope(target_config: dict) -> tuple[float, dict | None, int]:
 
 
 def longdraft_target_probs(target, ids: list[int]) -> torch.Tensor:
-    """The target distribution longdraft trains on: the engine's last hidden state and the head it reads."""
+    """The target distribution longdraft trains on, recovered from the loss itself (as in
+    tests/unit/test_target_distribution.py): the HF engine's last hidden state, the head and logit
+    transform of the TargetSpec, and a draft with logits 0, whose gradient is ``1/V - p_target``."""
+    spec = TargetSpec.load(target)
     engine = HFTargetEngine(target, device="cpu", dtype=torch.float32)
-    last = engine.prefill([ids])[0].last_hidden
+    hidden = engine.prefill([ids])[0].last_hidden.float().clone()  # out of inference mode, for the backward
     engine.close()
-    _, head = load_embedding_and_head(target)
-    return torch.softmax(last.float() @ head.float().T, dim=-1)
+    _, head = spec.embedding_and_head()
+    vocab = head.shape[0]
+    rows = TargetHead.cut(head, torch.arange(vocab), spec.logits)
+    x = torch.zeros(len(ids), vocab, requires_grad=True)
+    sums, _ = soft_cross_entropy_steps(
+        [x], [torch.arange(len(ids))], torch.eye(vocab), hidden, rows.draft_rows, 16, None, "fp32", rows.logits
+    )
+    sums.sum().backward()
+    return 1.0 / vocab - x.grad
 
 
 @torch.no_grad()
@@ -93,21 +105,8 @@ def _hf_checks(root, target) -> None:
     assert result.output == greedy_without_cache(model, prompt, MAX_NEW_TOKENS)
 
 
-# Until TargetSpec (branch h-target) is merged: the quirks it reads, which these families need.
-AWAITING_TARGET_SPEC = {
-    "gemma-3": "the draft takes the sliding layers' RoPE (base 10k), not the full-attention layers' (1M, linear x8)",
-    "granite": "the target distribution ignores logits_scaling (1e-2 from the model's softmax)",
-}
-
-
-def _family_params():
-    for name in FAMILIES:
-        reason = AWAITING_TARGET_SPEC.get(name)
-        yield pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True) if reason else ())
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", _family_params())
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_with_the_hf_engine(name, tmp_path):
     torch.set_num_threads(1)
     family = FAMILIES[name]
