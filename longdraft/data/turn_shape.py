@@ -1,4 +1,4 @@
-"""Assistant loss spans from ONE rendering of a conversation (issue 21, item 6).
+"""Assistant loss spans from ONE rendering of a conversation.
 
 The reference algorithm (``tokenize.spans_by_prefix_renders``) renders the conversation's prefixes
 2-3 times per assistant turn, quadratic in turns. Prefix-stable chat templates render each message

@@ -1,4 +1,4 @@
-"""Assistant loss spans found inside the rendering of the whole conversation (issue 20, item 3).
+"""Assistant loss spans found inside the rendering of the whole conversation.
 
 Some templates render a turn differently depending on what follows it: Qwen3 shows an assistant's
 reasoning only after the last user query and writes an empty ``<think>`` block in the last turn only;

@@ -1,4 +1,4 @@
-"""Chat templates of five target families, written here for tests (issue 20, item 3).
+"""Chat templates of five target families, written here for tests.
 
 Each reproduces the RENDERING RULES of its family's official template (read for its rules, not copied):
 - ``qwen3``: ChatML; the tool definitions in the system turn, after the system prompt; an assistant's reasoning (``reasoning_content``, or ``<think>...</think>`` at the

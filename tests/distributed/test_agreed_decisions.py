@@ -1,4 +1,4 @@
-"""Cross-rank decisions are made once (issue 19.3): two gloo ranks whose devices differ in memory
+"""Cross-rank decisions are made once: two gloo ranks whose devices differ in memory
 (a mixed cluster, MIG slices) agree on ``ring_mode: auto``, which picks their collectives: a rank
 that gathered while its peer rotated the ring would hang until the collective timeout."""
 

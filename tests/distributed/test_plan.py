@@ -163,7 +163,7 @@ def test_measured_peak_agrees_with_the_resident_set_on_cpu():
 def test_only_one_micro_batch_of_shards_is_on_the_device(tmp_path, method):
     """Four micro-batches per step and a held-out set: the device holds the micro-batch being trained
     (and, for a moment, the previous one, which the step's loop still names while it reads the next;
-    a CPU plan copies on demand, no look-ahead), never the step's four or the held-out set (issue 21)."""
+    a CPU plan copies on demand, no look-ahead), never the step's four or the held-out set."""
     cfg = _cfg(tmp_path, 64, 2, 2, batch_size=4, eval_every=1)
     result = plan(cfg, 2, 0, method=method, random_weights=True)
     col = result["estimate" if method == "estimate" else "measured"]

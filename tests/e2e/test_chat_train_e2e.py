@@ -1,4 +1,4 @@
-"""Issue 20's "done when": the Qwen3 multi-turn thinking conversation of the tests trains, with exactly
+"""The Qwen3 multi-turn thinking conversation of the tests trains, with exactly
 its assistant tokens carrying loss (one device, through the CLI)."""
 
 import json

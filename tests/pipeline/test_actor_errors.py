@@ -1,4 +1,4 @@
-"""An actor's user mistake reaches the driver as the one-line UserError it raised (issue 18.6); any
+"""An actor's user mistake reaches the driver as the one-line UserError it raised; any
 other failure keeps naming its type. Real Ray actors, the shared local Ray session."""
 
 from __future__ import annotations

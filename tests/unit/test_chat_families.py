@@ -1,5 +1,5 @@
 """Loss masks of multi-turn conversations with reasoning and tool calls, under templates that follow the
-rendering rules of Qwen3, Llama-3.1, gpt-oss, Mistral and Gemma-3 (issue 20, item 3).
+rendering rules of Qwen3, Llama-3.1, gpt-oss, Mistral and Gemma-3.
 
 The expected masked texts are written out by hand from each family's rules: exactly what the template
 emits for each assistant turn, after its generation prompt and up to its end-of-turn token, nothing else.

@@ -1,4 +1,4 @@
-"""Assistant masks from one rendering per conversation, equal to the prefix-render reference (issue 21, item 6)."""
+"""Assistant masks from one rendering per conversation, equal to the prefix-render reference."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_a_multi_turn_conversation_is_rendered_once(tokenizer, monkeypatch):
 
 
 def test_a_template_that_drops_reasoning_trains_on_what_it_emits(tiny_target):
-    """Issue 20: a template that drops earlier reasoning is not prefix-stable; such conversations were
+    """A template that drops earlier reasoning is not prefix-stable; such conversations were
     refused. The loss now covers exactly what it writes for each assistant turn in the whole rendering."""
     tok = AutoTokenizer.from_pretrained(tiny_target(chat_template="chatml"), local_files_only=True)
     tok.chat_template = THINKING

@@ -1,4 +1,4 @@
-"""``longdraft regenerate`` keeps thinking and tool calls intact (issue 20, item 3)."""
+"""``longdraft regenerate`` keeps thinking and tool calls intact."""
 
 from __future__ import annotations
 

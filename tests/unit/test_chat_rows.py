@@ -1,4 +1,4 @@
-"""Modern chat rows (issue 20, item 3): reasoning, the tool role, tool calls, text parts; images refused."""
+"""Modern chat rows: reasoning, the tool role, tool calls, text parts; images refused."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Read shards wait on the host: between steps a trainer rank's source holds nothing on the device,
-and its read-ahead is bounded by ``training.prefetch_mb`` bytes (issue 21, item 1).
+and its read-ahead is bounded by ``training.prefetch_mb`` bytes.
 
 The device is ``meta``: not the CPU, so any tensor the source parks on the device is visible (a meta
 tensor) without a GPU. The source is the real ``ShardSource`` over shards split by the real

@@ -1,4 +1,4 @@
-"""The vectorised mask builders equal the simple per-token loops they replaced (issue 21, item 6)."""
+"""The vectorised mask builders equal the simple per-token loops they replaced."""
 
 from __future__ import annotations
 

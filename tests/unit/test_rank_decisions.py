@@ -1,4 +1,4 @@
-"""The driver decides what every trainer rank must share (issue 19.3): device, precision and
+"""The driver decides what every trainer rank must share: device, precision and
 attention backend reach the ranks concrete, so no rank resolves ``auto`` from its own device."""
 
 import pytest

@@ -1,6 +1,6 @@
 """RoPE of the whole sequence: every shard of a sample, at every TTT step, rotates each position
 exactly as one device holding the sample does, for every RoPE variant transformers knows, under
-U x R = 1, 2 and 4 and both shard orders (issue 19.4)."""
+U x R = 1, 2 and 4 and both shard orders."""
 
 import pytest
 import torch

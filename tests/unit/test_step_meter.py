@@ -1,4 +1,4 @@
-"""StepMeter's laps synchronise the device only when the meter times (issue 21, item 6)."""
+"""StepMeter's laps synchronise the device only when the meter times."""
 
 from __future__ import annotations
 
