@@ -252,11 +252,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILY_LIST}
 
 def family_config(name: str):
     """The transformers config of family ``name`` with the tiny tokenizer's special-token ids."""
-    from longdraft.testing.tiny_target import END_OF_TURN, _train_tokenizer
+    from longdraft.testing.tiny_target import END_OF_TURN, _train_tokenizer, special_token_ids
 
     family = _family(name)
     raw = _train_tokenizer(VOCAB_SIZE)
-    return _config(family, raw, END_OF_TURN[family.chat_template])
+    return _config(family, special_token_ids(raw, END_OF_TURN[family.chat_template]))
 
 
 def _family(name: str) -> Family:
@@ -265,14 +265,7 @@ def _family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def _config(family: Family, raw, eos: str):
-    from longdraft.testing.tiny_target import BOS, PAD
-
-    ids = {
-        "bos_token_id": raw.token_to_id(BOS),
-        "eos_token_id": raw.token_to_id(eos),
-        "pad_token_id": raw.token_to_id(PAD),
-    }
+def _config(family: Family, ids: dict):
     config = family.make_config(ids)
     if config.vocab_size != VOCAB_SIZE or config.num_hidden_layers != LAYERS:
         raise AssertionError(f"{family.name}: the config class dropped vocab_size or num_hidden_layers")
@@ -283,32 +276,15 @@ def build_family_target(name: str, out_dir: str | Path, dtype=None, *, seed: int
     """Write family ``name`` as a random-weight checkpoint (``dtype``, default fp32) plus the tiny
     tokenizer to ``out_dir``, loadable offline with ``AutoModelForCausalLM``/``AutoTokenizer``."""
     import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
-    from longdraft.testing.tiny_target import BOS, CHAT_TEMPLATES, END_OF_TURN, PAD, _train_tokenizer
+    from longdraft.testing.tiny_target import save_tiny_tokenizer
 
     dtype = torch.float32 if dtype is None else dtype
     family = _family(name)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    raw = _train_tokenizer(VOCAB_SIZE)
-    bos_id = raw.token_to_id(BOS)
-    if family.chat_template == "llama3":  # as tiny_target: Llama-3 tokenizers prepend BOS to plain text
-        raw.post_processor = TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-        )
-    eos = END_OF_TURN[family.chat_template]
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token=BOS,
-        eos_token=eos,
-        pad_token=PAD,
-        chat_template=CHAT_TEMPLATES[family.chat_template],
-        model_max_length=MAX_POSITIONS,
-    )
-    tokenizer.save_pretrained(out)
-    config = _config(family, raw, eos)
+    _, ids = save_tiny_tokenizer(out, VOCAB_SIZE, family.chat_template, MAX_POSITIONS)
+    config = _config(family, ids)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

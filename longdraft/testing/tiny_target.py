@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -98,6 +99,41 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
+def save_tiny_tokenizer(out: Path, vocab_size: int, chat_template: str, max_positions: int) -> tuple[Any, dict]:
+    """Train the tiny byte-level tokenizer, save it with ``chat_template`` to ``out``; returns the raw
+    tokenizer and the config's special-token ids (``bos_token_id``, ``eos_token_id``, ``pad_token_id``)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    raw = _train_tokenizer(vocab_size)
+    bos_id = raw.token_to_id(BOS)
+    if chat_template == "llama3":  # Llama-3 tokenizers prepend BOS to plain text; ChatML ones do not.
+        raw.post_processor = TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+        )
+    eos = END_OF_TURN[chat_template]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=BOS,
+        eos_token=eos,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATES[chat_template],
+        model_max_length=max_positions,
+    )
+    tokenizer.save_pretrained(out)
+    return raw, special_token_ids(raw, eos)
+
+
+def special_token_ids(raw: Any, eos: str) -> dict:
+    """The ids a model config of the tiny tokenizer names: BOS, ``eos`` (the template's end of turn), PAD."""
+    return {
+        "bos_token_id": raw.token_to_id(BOS),
+        "eos_token_id": raw.token_to_id(eos),
+        "pad_token_id": raw.token_to_id(PAD),
+    }
+
+
 def build_tiny_target(
     out_dir: str | Path,
     *,
@@ -114,8 +150,7 @@ def build_tiny_target(
 ) -> Path:
     """Write a random tiny Llama target + tokenizer to `out_dir` and return the path."""
     import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if chat_template not in CHAT_TEMPLATES:
         raise ValueError(f"chat_template={chat_template!r}: expected one of {sorted(CHAT_TEMPLATES)}")
@@ -124,23 +159,7 @@ def build_tiny_target(
         raise ValueError(f"vocab_size={vocab_size} is too small: need at least {base_size} (bytes + special tokens)")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    raw = _train_tokenizer(vocab_size)
-    bos_id = raw.token_to_id(BOS)
-    if chat_template == "llama3":  # Llama-3 tokenizers prepend BOS to plain text; ChatML ones do not.
-        raw.post_processor = TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-        )
-    eos = END_OF_TURN[chat_template]
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token=BOS,
-        eos_token=eos,
-        pad_token=PAD,
-        chat_template=CHAT_TEMPLATES[chat_template],
-        model_max_length=max_position_embeddings,
-    )
-    tokenizer.save_pretrained(out)
+    raw, ids = save_tiny_tokenizer(out, vocab_size, chat_template, max_position_embeddings)
 
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -151,10 +170,8 @@ def build_tiny_target(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
-        bos_token_id=bos_id,
-        eos_token_id=raw.token_to_id(eos),
-        pad_token_id=raw.token_to_id(PAD),
         tie_word_embeddings=False,
+        **ids,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
