@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from longdraft.config import config_from_dict
 from longdraft.pipeline.launch import run_pipeline
 from longdraft.train.metrics_log import read_metrics
 from tests.e2e.test_tau_during_training import assert_last_tau_equals_the_export, tau_config
+from tests.pipeline.test_pipeline import _actor_pids
 
 TWO_RANKS = {"num_trainers": 2, "sp_ulysses_size": 2, "micro_batch_size": 1, "batch_size": 4}
 
@@ -42,19 +42,6 @@ def test_tau_from_the_evaluator_actor_at_the_last_step_equals_the_exports_evalua
     assert {r["tau_step"] for r in measured} <= {5, 10} and all(r["tau_step"] <= r["step"] for r in measured)
     assert "tau_evaluator_failed" not in json.dumps(records)
     print([{k: v for k, v in r.items() if k.startswith(("tau", "eval_tau", "step"))} for r in measured])
-
-
-def _actor_pids(title: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmdline.startswith(f"ray::{title}"):
-                pids.append(int(entry))
-    return pids
 
 
 @pytest.mark.timeout(420)
