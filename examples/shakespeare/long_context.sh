@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# Why train long: drafts for the long-context target (target_long, 4096 tokens), one trained on
-# 256-token passages (draft_short.yaml, one device) and two on 4096-token passages with sequence
-# parallelism through the Ray pipeline (draft_long.yaml, SP = 2): with the short draft's token
-# budget (200 steps) and with its number of steps (400). All are measured at 256 / 1024 / 2048 /
-# 4096 tokens of context on the held-out plays. Writes runs/long_context/ (each draft's
-# eval_context.json, and the chart eval_context_both.png). About 50 minutes on 2 CPU cores.
+# Why train long, and why a window: four drafts for the long-context target (target_long, 4096
+# tokens), measured by real speculative decoding at 256 / 1024 / 2048 / 4096 tokens of context on
+# the held-out plays (32 prompts per length):
+#   short         draft_short.yaml: 400 steps x 8 x 256-token passages, one device
+#   short_window  the same with model.draft_window = 128 (attention sees the last 128 keys)
+#   long          draft_long.yaml: 200 steps x one 4096-token passage (the same tokens), Ray
+#                 pipeline with 2 trainer ranks (Ulysses SP = 2); it also measures τ at every
+#                 length every 50 steps while it trains (eval.every, in metrics.jsonl)
+#   long_window   the same with model.draft_window = 128
+# Writes runs/long_context/<draft>/ (eval_context.json, metrics.jsonl, ...) and the chart
+# runs/long_context/eval_context_windows.png. A draft whose eval_context.json exists is not trained
+# again (delete its folder to redo it). About an hour on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled
-python3 examples/shakespeare/make_data.py --long-passages runs/long_context/train_4096.jsonl
-longdraft train examples/shakespeare/draft_short.yaml
-longdraft train examples/shakespeare/draft_long.yaml
-longdraft train examples/shakespeare/draft_long.yaml training.num_steps=400 output.dir=runs/long_context/long_400
-python3 - <<'PY'
-import json
-from longdraft.eval.context import plot_context
-
-runs = "runs/long_context"
-reports = {"trained at 256 tokens (400 steps)": json.load(open(f"{runs}/short/eval_context.json")),
-           "at 4096, SP = 2, same tokens (200 steps)": json.load(open(f"{runs}/long/eval_context.json")),
-           "at 4096, SP = 2, same steps (400)": json.load(open(f"{runs}/long_400/eval_context.json"))}
-print("plot:", plot_context(reports, f"{runs}/eval_context_both.png"))
-for label, report in reports.items():
-    print(label + ": " + ", ".join(f"{r['context_length']}: {r['acceptance_length']:.2f}" for r in report["by_length"]))
-PY
+runs=runs/long_context
+window=128
+train() {  # train DRAFT CONFIG [overrides...], unless DRAFT was measured already
+  local draft=$1 config=$2
+  shift 2
+  if [ -f "$runs/$draft/eval_context.json" ]; then echo "$draft: measured already"; return; fi
+  echo "== $draft ($(date +%H:%M:%S))"
+  longdraft train "examples/shakespeare/$config" "output.dir=$runs/$draft" "$@"
+}
+[ -f "$runs/train_4096.jsonl" ] || python3 examples/shakespeare/make_data.py --long-passages "$runs/train_4096.jsonl"
+train long draft_long.yaml eval.every=50
+train short draft_short.yaml
+train short_window draft_short.yaml "model.draft_window=$window"
+train long_window draft_long.yaml "model.draft_window=$window"
+python3 -m longdraft.eval.context_chart "$runs" \
+  "short=trained at 256 tokens" "short_window=trained at 256, window $window" \
+  "long=trained at 4096 (SP = 2)" "long_window=trained at 4096 (SP = 2), window $window" \
+  --curve long --out "$runs/eval_context_windows.png"

@@ -103,7 +103,14 @@ def plot_context(reports: dict[str, dict], path: str | Path) -> Path:
         raise PlotUnavailable("plotting needs matplotlib: pip install 'longdraft[plot]'") from exc
     fig = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    draw_context(fig.add_subplot(1, 1, 1), reports)
+    out = Path(path)
+    fig.savefig(out, bbox_inches="tight")
+    return out
+
+
+def draw_context(ax, reports: dict[str, dict]) -> None:
+    """τ against context length on ``ax``, one annotated line per report."""
     for label, report in reports.items():
         rows = [r for r in report["by_length"] if r["acceptance_length"] is not None]
         xs, ys = [r["context_length"] for r in rows], [r["acceptance_length"] for r in rows]
@@ -116,6 +123,3 @@ def plot_context(reports: dict[str, dict], path: str | Path) -> Path:
     ax.set_title("Acceptance by context length")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    return out

@@ -93,7 +93,7 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
         ax_sim.legend()
 
     if lengths:
-        _plot_tau_by_length(axes[0][-1], records, lengths)
+        draw_tau_by_step(axes[0][-1], records, lengths)
 
     fig.tight_layout()
     path = out / filename
@@ -101,7 +101,7 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     return path
 
 
-def _plot_tau_by_length(ax, records: list[dict], lengths: list[int]) -> None:
+def draw_tau_by_step(ax, records: list[dict], lengths: list[int]) -> None:
     """Real τ during training (``eval.every``) against the step whose weights it measured."""
     for n in lengths:
         pts = [r for r in records if r.get(f"tau@{n}") is not None]
