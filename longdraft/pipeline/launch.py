@@ -103,17 +103,14 @@ def _wait_all(named_futures: dict, actors: list, timeout_s: float, liveness=None
 
 
 def _tau_evaluator(cfg: Config, placement):
-    """The actor that measures real τ by context length for rank 0 (``eval.every``), or None. It holds
-    an HF target like an HF producer (its CPUs and GPU share) and is not restarted: one that dies is
-    reported, and training goes on (`pipeline/tau_evaluator.py`)."""
+    """The actor that measures real τ by context length for rank 0 (``eval.every``), or None: its
+    resources are `Placement.evaluator_options`; one that dies is reported, and training goes on
+    (`pipeline/tau_evaluator.py`)."""
     if not cfg.eval.every:
         return None
     from longdraft.pipeline.tau_evaluator import tau_evaluator_actor
 
-    options = {"num_cpus": actor_cpus(cfg), "max_restarts": 0}
-    if placement.use_gpu and placement.producer_gpu:
-        options["num_gpus"] = placement.producer_gpu
-    return tau_evaluator_actor(options).remote(cfg)
+    return tau_evaluator_actor(placement.evaluator_options()).remote(cfg)
 
 
 def run_pipeline(cfg: Config, checkpoint: Path | None) -> LoopResult:

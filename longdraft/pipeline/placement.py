@@ -5,7 +5,8 @@ take a fraction ``f < 0.5`` of the same GPU), so two trainer ranks never share a
 group is packed on one node when some node can hold it, else each Ulysses group is (its all-to-alls
 need the fast links); ring neighbours may then cross nodes. Producers ask for
 ``inference.gpus_per_producer`` GPUs and are restarted by Ray if their process dies; a vLLM producer
-takes whole GPUs of its own (``tensor_parallel_size`` of them), never a share of a trainer's.
+takes whole GPUs of its own (``tensor_parallel_size`` of them), never a share of a trainer's. The
+τ evaluator (``eval.every``) holds an HF target like an HF producer and is counted with them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Placement:
     trainer_gpu: float  # GPUs per trainer rank (0 without GPUs)
     producer_gpu: float
     cpus: float
+    evaluator_gpu: float = 0.0  # GPUs of the τ evaluator (eval.every)
     trainer_options: list[dict] = field(default_factory=list)  # Ray actor options per rank
     groups_ready: list = field(default_factory=list)  # the placement groups (removed at the end)
 
@@ -34,6 +36,13 @@ class Placement:
         options = {"num_cpus": self.cpus, "max_restarts": -1, "max_task_retries": 0}
         if self.use_gpu and self.producer_gpu:
             options["num_gpus"] = self.producer_gpu
+        return options
+
+    def evaluator_options(self) -> dict:
+        # Not restarted: an evaluator that dies is reported and training goes on without it.
+        options = {"num_cpus": self.cpus, "max_restarts": 0}
+        if self.evaluator_gpu:
+            options["num_gpus"] = self.evaluator_gpu
         return options
 
 
@@ -49,7 +58,8 @@ def gpu_shares(cfg: Config, cluster_gpus: float) -> tuple[bool, float, float]:
     if inf.engine == "vllm":
         return True, 1.0, vllm_producer_gpus(cfg, cluster_gpus)
     if f is None:
-        f = 1.0 if cluster_gpus >= t.num_trainers + inf.num_producers else 0.25
+        whole = t.num_trainers + inf.num_producers + (1 if cfg.eval.every else 0)
+        f = 1.0 if cluster_gpus >= whole else 0.25
     return True, (1.0 - f if 0 < f < 1 else 1.0), f
 
 
@@ -91,6 +101,26 @@ def vllm_producer_gpus(cfg: Config, cluster_gpus: float) -> float:
     return f
 
 
+def evaluator_gpus(cfg: Config, cluster_gpus: float, trainer_gpu: float, producer_gpu: float) -> float:
+    """GPUs of the τ evaluator (``eval.every``; 0 without it): it loads the target with the HF engine,
+    so it takes an HF producer's share, or one whole GPU beside vLLM producers (on the CPU when the
+    producers are). Refused at start-up when the trainers and producers leave too little: Ray would
+    otherwise hold the actor back until ``cluster.run_timeout_s``."""
+    t, inf = cfg.training, cfg.inference
+    if not cfg.eval.every or not producer_gpu:
+        return 0.0
+    share = producer_gpu if inf.engine == "hf" else 1.0
+    used = t.num_trainers * trainer_gpu + inf.num_producers * producer_gpu
+    if used + share > cluster_gpus + 1e-9:
+        raise PlacementError(
+            f"eval.every = {cfg.eval.every}: the τ evaluator needs {share:g} GPU besides the {used:g} of "
+            f"{t.num_trainers} trainers and {inf.num_producers} producers, but the Ray cluster has "
+            f"{cluster_gpus:g}: lower inference.num_producers, or set eval.every = 0 (τ by context length "
+            f"is still measured after training)"
+        )
+    return share
+
+
 def trainer_groups(cfg: Config, per_node_capacity: int) -> list[list[int]]:
     """SP groups if one fits on a node, else Ulysses groups (contiguous ranks); refused if even a
     Ulysses group does not fit on any node."""
@@ -124,10 +154,12 @@ def place(cfg: Config, cpus: float) -> Placement:
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    use_gpu, trainer_gpu, producer_gpu = gpu_shares(cfg, ray.cluster_resources().get("GPU", 0))
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu, trainer_gpu, producer_gpu = gpu_shares(cfg, cluster_gpus)
+    evaluator_gpu = evaluator_gpus(cfg, cluster_gpus, trainer_gpu, producer_gpu) if use_gpu else 0.0
     groups = trainer_groups(cfg, node_capacity(ray.nodes(), use_gpu, trainer_gpu, cpus))
     bundle = {"CPU": cpus, **({"GPU": trainer_gpu} if use_gpu else {})}
-    placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus)
+    placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus, evaluator_gpu)
     options: dict[int, dict] = {}
     for ranks in groups:
         pg = placement_group([dict(bundle) for _ in ranks], strategy="STRICT_PACK")
