@@ -50,20 +50,22 @@ class ActorTau:
         self.skipped = 0
         self.failed = False
 
-    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> dict:
+    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> list[dict]:
         import ray
 
-        out = self._collect(wait=last)  # the last step's own evaluation starts only after the one in flight
+        arrived = [self._collect(wait=last)]  # the last step's own evaluation starts only after the one in flight
         if due and not self.failed:
             if self.pending is not None:
                 self.skipped += 1
             else:
                 self.pending = (step, self.actor.measure.remote(step, ray.put(export())))
         if last:
-            out.update(self._collect(wait=True))
+            arrived.append(self._collect(wait=True))
+        arrived = [r for r in arrived if r]
         if self.skipped:
-            out["tau_skipped"] = self.skipped
-        return out
+            arrived = arrived or [{}]
+            arrived[-1]["tau_skipped"] = self.skipped
+        return arrived
 
     def _collect(self, wait: bool) -> dict:
         import ray

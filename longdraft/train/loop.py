@@ -59,7 +59,11 @@ def train_loop(cfg: Config, parts: TrainParts, rank: RankContext, checkpoint: Pa
                 metrics.update(evaluator.run())
             if rank.tau is not None:  # real τ by context length, timed apart from the step (eval_tau_s)
                 tau_due = due(step, cfg.eval.every, t.num_steps)
-                metrics.update(rank.tau.step(step, tau_due, step == t.num_steps, lambda: exported_state(parts.model)))
+                arrived = rank.tau.step(step, tau_due, step == t.num_steps, lambda: exported_state(parts.model))
+                for earlier in arrived[:-1]:  # in flight when the last step came: a record of its own
+                    if log is not None:
+                        log.write({"step": step, **earlier}, show=False)
+                metrics.update(arrived[-1] if arrived else {})
             result.history.append(metrics)
             if rank.on_step is not None:
                 rank.on_step(step)

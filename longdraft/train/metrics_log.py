@@ -1,4 +1,5 @@
-"""``<output_dir>/metrics.jsonl`` (one JSON object per optimizer step), optional TensorBoard, and
+"""``<output_dir>/metrics.jsonl`` (one JSON object per optimizer step, and one for a τ result that
+arrived with the last step besides its own), optional TensorBoard, and
 the console: a progress bar in a terminal, or a line every ``training.log_every`` steps from a rank
 actor (whose output reaches the driver as lines)."""
 
@@ -49,8 +50,10 @@ class MetricsLog:
                 ) from exc
             self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
-    def write(self, record: dict) -> None:
-        if self.console is not None:
+    def write(self, record: dict, show: bool = True) -> None:
+        """Append ``record``; ``show``: a step's record, which the console shows (a τ result that
+        joins no step's record is not)."""
+        if show and self.console is not None:
             self.console.show(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,6 +1,8 @@
 """Real τ by context length while training (``eval.every``): what the loop's writer calls after each
-step. ``step`` returns the metrics to add to that step's record: ``tau@L`` (and its counts) with
-``tau_step``, the step whose weights they measured, and ``eval_tau_s``, the evaluation's own time.
+step. ``step`` returns the results that arrived: ``tau@L`` (and its counts) with ``tau_step``, the
+step whose weights they measured, and ``eval_tau_s``, the evaluation's own time. The loop adds the
+last of them to that step's record and writes any earlier one (an evaluation still in flight when
+the last step came) as a record of its own, so none is lost.
 
 One device measures in place, between steps (`InlineTau`); a pipeline's rank 0 hands the weights to
 an evaluator actor (`pipeline/tau_evaluator.py`), whose results arrive with a later step's record.
@@ -13,7 +15,7 @@ from typing import Protocol
 
 
 class TauDuringTraining(Protocol):
-    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> dict:
+    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> list[dict]:
         """After optimizer step ``step``: measure ``export()`` (the draft as `exported_state` gives it)
         when ``due``; at the ``last`` step, return only once its own result is in."""
         ...
@@ -31,7 +33,7 @@ class InlineTau:
     def __init__(self, meter):
         self.meter = meter
 
-    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> dict:
+    def step(self, step: int, due: bool, last: bool, export: Callable[[], dict]) -> list[dict]:
         if not due:
-            return {}
-        return {"tau_step": step, **self.meter.measure(export())}
+            return []
+        return [{"tau_step": step, **self.meter.measure(export())}]

@@ -87,8 +87,11 @@ def test_one_evaluation_in_flight_late_ones_skipped_and_counted_the_last_awaited
 
     tau = ActorTau(ray_session.remote(_SlowMeter).remote(1.0), wait_s=30)
     export = {"config": {}, "tensors": {"w": torch.full((3,), 2.0)}}
-    assert tau.step(1, due=True, last=False, export=lambda: export) == {}  # sent; its answer comes later
-    assert tau.step(2, due=True, last=False, export=lambda: export) == {"tau_skipped": 1}  # one in flight already
+    assert tau.step(1, due=True, last=False, export=lambda: export) == []  # sent; its answer comes later
+    assert tau.step(2, due=True, last=False, export=lambda: export) == [{"tau_skipped": 1}]  # one in flight already
     export = {"config": {}, "tensors": {"w": torch.full((3,), 5.0)}}
-    last = tau.step(3, due=True, last=True, export=lambda: export)
-    assert last == {"tau_step": 3, "tau@8": 15.0, "eval_tau_s": 1.0, "tau_skipped": 1}  # the last step's own weights
+    # The last step waits for step 1's answer, then measures its own weights: both come back, neither lost.
+    assert tau.step(3, due=True, last=True, export=lambda: export) == [
+        {"tau_step": 1, "tau@8": 6.0, "eval_tau_s": 1.0},
+        {"tau_step": 3, "tau@8": 15.0, "eval_tau_s": 1.0, "tau_skipped": 1},
+    ]
