@@ -191,15 +191,16 @@ def tokenize_conversation(
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("assistant loss masks need a fast tokenizer (offset mapping)")
     text, spans = assistant_spans(tokenizer, messages, tools)
-    # The template already wrote BOS (if any); do not add special tokens again.
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # The template already wrote BOS (if any); do not add special tokens again. verbose=False: rows
+    # are cut to max_seq_length afterwards, so "longer than the maximum" would be a false alarm.
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return list(enc["input_ids"]), mask_from_offsets(enc["offset_mapping"], spans).tolist()
 
 
 def tokenize_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     if not text.strip():  # would be nothing (or a lone BOS) after tokenization
         raise DataError(E.EMPTY_AFTER_TOKENIZATION, "text row is empty after tokenization")
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])  # cut to length afterwards
     return ids, [1] * len(ids)
 
 

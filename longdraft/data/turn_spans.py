@@ -56,7 +56,7 @@ def _after(render: Render, messages: list[dict[str, Any]], gen: bool, anchor: st
 
 def _tokens(tokenizer: Any, text: str) -> list[tuple[str, bool]]:
     """(token text, is special) of each token of `text`."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     special = set(tokenizer.all_special_ids) | {
         i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
     }
