@@ -82,7 +82,7 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
         SumReducer(None),
         device,
         meter,
-        tau=_inline_tau(cfg, device),
+        tau=_inline_tau(cfg, device, engine),
     )
     try:
         loop = train_loop(cfg, parts, rank, checkpoint)
@@ -96,14 +96,17 @@ def _run_local(cfg: Config, checkpoint: Path | None) -> LoopResult:
     return loop
 
 
-def _inline_tau(cfg: Config, device: torch.device):
-    """One device's real τ by context length between steps (``eval.every``), or None."""
+def _inline_tau(cfg: Config, device: torch.device, engine):
+    """One device's real τ by context length between steps (``eval.every``), or None. It decodes with
+    the HF engine's target when there is one: a second copy would double the target's memory."""
     if not cfg.eval.every:
         return None
+    from longdraft.engines.hf import HFTargetEngine
     from longdraft.eval.context_tau import ContextTauMeter
     from longdraft.train.tau_during_training import InlineTau
 
-    return InlineTau(ContextTauMeter(cfg, device))
+    shared = engine.model if isinstance(engine, HFTargetEngine) else None
+    return InlineTau(ContextTauMeter(cfg, device, shared))
 
 
 def finish_run(cfg: Config, result: TrainResult) -> TrainResult:

@@ -40,7 +40,10 @@ def tau_metrics(by_length: list[dict]) -> dict:
 
 
 class ContextTauMeter:
-    def __init__(self, cfg: Config, device: torch.device | str):
+    """``model``: a target already loaded on ``device`` (one device's HF engine) to decode with, instead
+    of a second copy of the target."""
+
+    def __init__(self, cfg: Config, device: torch.device | str, model=None):
         from transformers import AutoTokenizer
 
         from longdraft.device import resolve_device
@@ -50,7 +53,9 @@ class ContextTauMeter:
         self.device = resolve_device(str(device))
         self.lengths = sorted({int(n) for n in e.context_lengths})
         self.max_new_tokens, self.num_draft_tokens = e.max_new_tokens, cfg.training.ttt_length
-        self.model = load_causal_lm(cfg.model.target_path, self.device, cfg.model.target_dtype)
+        self.model = (
+            model if model is not None else load_causal_lm(cfg.model.target_path, self.device, cfg.model.target_dtype)
+        )
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         check_context_fits(self.lengths, self.max_new_tokens, self.num_draft_tokens, limit)
         self.embedding = self.model.get_input_embeddings().weight.detach().float().cpu()

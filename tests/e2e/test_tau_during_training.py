@@ -2,6 +2,7 @@
 with the draft of that step, and at the last step equal to `longdraft eval`'s context evaluation of
 the export (same prompts, the same emitted tokens and verification steps)."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from longdraft.config import config_from_dict
 from longdraft.config.schema import ConfigError
+from longdraft.engines import hf
 from longdraft.eval.context import run_context_eval
 from longdraft.run import run_training
 from longdraft.train.metrics_log import read_metrics
@@ -70,10 +72,19 @@ def assert_last_tau_equals_the_export(cfg, out) -> list[dict]:
 
 
 @pytest.mark.timeout(300)
-def test_tau_during_training_on_one_device_equals_the_exports_evaluation(tmp_path):
+def test_tau_during_training_on_one_device_equals_the_exports_evaluation(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     cfg = config_from_dict(tau_config(tmp_path / "run"))
+    loaders, load = [], hf.load_causal_lm  # the modules that load a target
+
+    def counted_load(*args, **kwargs):
+        loaders.append(sys._getframe(1).f_globals["__name__"])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "load_causal_lm", counted_load)
     run_training(cfg)
+    # the τ meter decodes with the HF engine's target instead of loading a second copy
+    assert "longdraft.eval.context_tau" not in loaders and "longdraft.engines.hf" in loaders, loaders
     records = assert_last_tau_equals_the_export(cfg, tmp_path / "run")
     measured = [r for r in records if "tau_step" in r]
     assert [r["step"] for r in measured] == [r["tau_step"] for r in measured] == [10, 20]  # between steps, in place
