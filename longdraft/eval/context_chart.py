@@ -90,6 +90,7 @@ def plot_comparison(reports: dict[str, dict], curve: tuple[str, list[dict]] | No
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if curve else 1, squeeze=False)[0]
     draw_context(axes[0], reports)
+    axes[0].legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: lines cross
     if curve:
         label, records = curve
         lengths = sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
