@@ -69,7 +69,9 @@ def curve_differences(last: dict, report: dict) -> list[str]:
 
 
 def curve_table(records: list[dict]) -> str:
-    lengths = sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
+    from longdraft.train.plot import tau_lengths
+
+    lengths = tau_lengths(records)
     lines = ["| step | " + " | ".join(f"τ@{n}" for n in lengths) + " |", "| --- |" + " --- |" * len(lengths)]
     for r in records:
         cells = ["-" if r.get(f"tau@{n}") is None else f"{r[f'tau@{n}']:.2f}" for n in lengths]
@@ -79,7 +81,7 @@ def curve_table(records: list[dict]) -> str:
 
 def plot_comparison(reports: dict[str, dict], curve: tuple[str, list[dict]] | None, path: Path) -> Path:
     from longdraft.eval.context import draw_context
-    from longdraft.train.plot import PlotUnavailable, draw_tau_by_step
+    from longdraft.train.plot import PlotUnavailable, draw_tau_by_step, tau_lengths
 
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -93,8 +95,7 @@ def plot_comparison(reports: dict[str, dict], curve: tuple[str, list[dict]] | No
     axes[0].legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: lines cross
     if curve:
         label, records = curve
-        lengths = sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
-        draw_tau_by_step(axes[1], records, lengths)
+        draw_tau_by_step(axes[1], records, tau_lengths(records))
         axes[1].set_title(f"τ while training: {label}")
         axes[1].grid(True, alpha=0.3)
     fig.savefig(path, bbox_inches="tight")

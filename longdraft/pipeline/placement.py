@@ -156,7 +156,7 @@ def place(cfg: Config, cpus: float) -> Placement:
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu, trainer_gpu, producer_gpu = gpu_shares(cfg, cluster_gpus)
-    evaluator_gpu = evaluator_gpus(cfg, cluster_gpus, trainer_gpu, producer_gpu) if use_gpu else 0.0
+    evaluator_gpu = evaluator_gpus(cfg, cluster_gpus, trainer_gpu, producer_gpu)  # 0 without GPUs
     groups = trainer_groups(cfg, node_capacity(ray.nodes(), use_gpu, trainer_gpu, cpus))
     bundle = {"CPU": cpus, **({"GPU": trainer_gpu} if use_gpu else {})}
     placement = Placement(use_gpu, trainer_gpu, producer_gpu, cpus, evaluator_gpu)

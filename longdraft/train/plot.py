@@ -42,7 +42,7 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     evals = [r for r in records if "eval_loss" in r or "eval_acc_k" in r]
     real_tau = _real_acceptance_length(out)
     has_sim = any("eval_sim_acc_len" in r for r in evals) or real_tau is not None
-    lengths = sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
+    lengths = tau_lengths(records)
     panels = 2 + has_sim + bool(lengths)
     fig = Figure(figsize=(5 * panels, 4))
     FigureCanvasAgg(fig)
@@ -99,6 +99,11 @@ def plot_metrics(output_dir: str | Path, filename: str = "metrics.png") -> Path:
     path = out / filename
     fig.savefig(path, dpi=100)
     return path
+
+
+def tau_lengths(records: list[dict]) -> list[int]:
+    """The context lengths whose τ the records carry (``tau@L`` keys), ascending."""
+    return sorted({int(k.removeprefix("tau@")) for r in records for k in r if k.startswith("tau@")})
 
 
 def draw_tau_by_step(ax, records: list[dict], lengths: list[int]) -> None:
